@@ -1,0 +1,209 @@
+"""`PromptDataModule`: prompt rows with their resolved contrast, split and image, for extraction and generation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from l2s_lightning.data.images import check_image, load_image, render_typo_image
+from l2s_lightning.data.sources import PromptSource
+from l2s_lightning.data.split import load_or_make_split
+from l2s_lightning.templates import TemplateSet, load_templates
+
+
+@dataclass
+class PromptItem:
+    """One prompt row, ready to be encoded: question, optional image, contrast and split."""
+
+    id: str
+    question: str
+    category: str
+    behaviour: str
+    positive: str
+    negative: str
+    suffix: str
+    close_turn: bool
+    instruction: str
+    split: str
+    benchmark: str
+    label: str = ""
+    image: Image.Image | None = None
+    image_path: str = ""
+
+
+class _Items(Dataset):
+    def __init__(self, rows: list[dict[str, Any]], use_images: bool, typo_kwargs: dict[str, Any]) -> None:
+        self.rows = rows
+        self.use_images = use_images
+        self.typo_kwargs = typo_kwargs
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> PromptItem:
+        row = dict(self.rows[index])
+        key_phrase = row.pop("key_phrase", "")
+        image = None
+        if self.use_images and row["image_path"]:
+            image = load_image(row["image_path"], row["id"])
+        elif self.use_images and key_phrase:
+            image = render_typo_image(key_phrase, **self.typo_kwargs)
+        return PromptItem(**row, image=image)
+
+
+def collate_items(items: list[PromptItem]) -> list[PromptItem]:
+    """Batches stay lists of items; the LightningModule encodes them with its processor."""
+    return items
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Rows of a dataset source with their contrast (T+, T-) resolved from a template set.
+
+    Args:
+        source: a :class:`PromptSource` (MM-SafetyBench folder, POPE files, generic JSONL).
+        templates: template set name (``configs/templates/<name>.yaml``) or YAML path.
+        split_file: where the seeded train/test split is saved (reused when present).
+        test_fraction, split_seed: the split's parameters.
+        splits: which splits to serve (``["train", "test"]`` for extraction of both).
+        limit_per_category: keep only the first N rows of each category and split (quick runs).
+        use_images: False for text-only models (no image is loaded or rendered).
+        sort_by_length: order rows by question length so batches carry little padding.
+    """
+
+    def __init__(
+        self,
+        source: PromptSource,
+        templates: str = "safety",
+        split_file: str = "outputs/split.json",
+        test_fraction: float = 0.2,
+        split_seed: int = 21,
+        splits: list[str] | None = None,
+        limit_per_category: int | None = None,
+        categories: list[str] | None = None,
+        use_images: bool = True,
+        sort_by_length: bool = True,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        typo_font_size: int = 90,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.template_name = templates
+        self.split_file = split_file
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.splits = list(splits or ["train", "test"])
+        self.limit_per_category = limit_per_category
+        self.categories = categories
+        self.use_images = use_images
+        self.sort_by_length = sort_by_length
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.typo_kwargs = {"font_size": typo_font_size}
+        self.exclude_ids: set[str] = set()
+        self._rows: list[dict[str, Any]] | None = None
+        self._templates: TemplateSet | None = None
+
+    @property
+    def templates(self) -> TemplateSet:
+        if self._templates is None:
+            self._templates = load_templates(self.template_name)
+        return self._templates
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All selected rows (before excluding finished ids), validated: templates resolve, images exist."""
+        if self._rows is None:
+            self._rows = self._build_rows()
+        return self._rows
+
+    def _build_rows(self) -> list[dict[str, Any]]:
+        for split in self.splits:
+            if split not in {"train", "test"}:
+                raise ValueError(f"splits={self.splits}: each must be 'train' or 'test'")
+        data = self.source.load()
+        split_of = load_or_make_split(self.split_file, data["id"], data["category"], self.test_fraction, self.split_seed)
+        rows: list[dict[str, Any]] = []
+        kept: dict[tuple[str, str], int] = {}
+        for row in data:
+            split = split_of[row["id"]]
+            if split not in self.splits or (self.categories and row["category"] not in self.categories):
+                continue
+            key = (row["category"], split)
+            if self.limit_per_category is not None and kept.get(key, 0) >= self.limit_per_category:
+                continue
+            kept[key] = kept.get(key, 0) + 1
+            contrast = self.templates.resolve(
+                row["category"],
+                sample_id=row["id"],
+                behaviour=row["behaviour"] or None,
+                positive=row["positive"] or None,
+                negative=row["negative"] or None,
+                fields=_label_fields(row["label"]),
+            )
+            if self.use_images and row["image"]:
+                check_image(row["image"], row["id"])
+            rows.append(
+                {
+                    "id": row["id"],
+                    "question": row["question"],
+                    "category": row["category"],
+                    "behaviour": contrast.behaviour,
+                    "positive": contrast.positive,
+                    "negative": contrast.negative,
+                    "suffix": contrast.suffix,
+                    "close_turn": contrast.close_turn,
+                    "instruction": contrast.instruction,
+                    "split": split,
+                    "benchmark": row["benchmark"],
+                    "label": row["label"],
+                    "image_path": row["image"] if self.use_images else "",
+                    "key_phrase": row["key_phrase"] if self.use_images else "",
+                }
+            )
+        if not rows:
+            raise ValueError(
+                f"empty dataset: no rows of {self.source.describe()} in splits {self.splits}"
+                + (f" and categories {self.categories}" if self.categories else "")
+            )
+        if self.sort_by_length:
+            rows.sort(key=lambda r: (len(r["question"]) + len(r["suffix"]), r["id"]))
+        return rows
+
+    def exclude(self, ids: Iterable[str]) -> None:
+        """Skip these ids (already written by an earlier, interrupted run)."""
+        self.exclude_ids = set(ids)
+
+    def pending_rows(self) -> list[dict[str, Any]]:
+        return [row for row in self.rows() if row["id"] not in self.exclude_ids]
+
+    def predict_dataloader(self) -> DataLoader:
+        dataset = _Items(self.pending_rows(), self.use_images, self.typo_kwargs)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_items,
+            persistent_workers=False,
+        )
+
+
+def _label_fields(label: str) -> dict[str, str]:
+    """Template fields from a yes/no label: ``correct``/``wrong`` (capitalised) and lower-case variants."""
+    if label not in {"yes", "no"}:
+        return {}
+    wrong = "no" if label == "yes" else "yes"
+    return {"correct": label.capitalize(), "wrong": wrong.capitalize(), "correct_lower": label, "wrong_lower": wrong}
+
+
+def describe_data(datamodule: PromptDataModule) -> str:
+    """Text recorded in output files about where the rows came from."""
+    source = datamodule.source
+    root = getattr(source, "root", None) or getattr(source, "path", None) or getattr(source, "hf_dataset", None)
+    return f"{source.describe()}:{Path(str(root)).name if root else ''}"

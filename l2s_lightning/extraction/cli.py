@@ -1,0 +1,84 @@
+"""`l2s extract`: P2S features of a dataset written to features.h5 (LightningCLI; resumable; DDP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from rich.console import Console
+
+from l2s_lightning.data.datamodule import PromptDataModule, describe_data
+from l2s_lightning.extraction.module import ExtractionModule
+from l2s_lightning.extraction.writer import FORMAT_VERSION, HDF5FeatureWriter
+from l2s_lightning.models.loading import load_config
+from l2s_lightning.models.loading import _is_image_text as is_image_text_config
+
+
+class ExtractCLI(LightningCLI):
+    """LightningCLI with the HDF5 writer as a configurable, always-present callback (``--writer.output``)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(HDF5FeatureWriter, "writer")
+
+
+def extraction_attrs(module: ExtractionModule, data: PromptDataModule) -> dict[str, Any]:
+    """Attributes recorded in features.h5 (and compared when a run resumes)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": module.spec.display_name,
+        "layer_steer": module.layer_steer,
+        "layer_context": module.layer_context,
+        "hidden_size": module.hidden_size,
+        "num_layers": module.num_layers,
+        "template_set": data.templates.name,
+        "dataset": describe_data(data),
+        "split_seed": data.split_seed,
+        "test_fraction": data.test_fraction,
+        "split_file": str(data.split_file),
+    }
+
+
+def preflight(module: ExtractionModule, data: PromptDataModule, writer: HDF5FeatureWriter) -> int:
+    """Every check that can fail before the model loads; returns the number of rows still to extract."""
+    rows = data.rows()  # reads the source, resolves templates, checks images, refuses empty data
+    if data.use_images and any(r["image_path"] or r["key_phrase"] for r in rows):
+        if not is_image_text_config(load_config(module.spec)):
+            raise ValueError(
+                f"model {module.spec.display_name} is text-only but the data has images: set data.use_images=false"
+            )
+    writer.attrs = extraction_attrs(module, data)
+    writer.check_compatible(writer.attrs)
+    data.exclude(writer.done_ids())
+    return len(data.pending_rows())
+
+
+def extract_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``l2s extract``."""
+    cli = ExtractCLI(
+        ExtractionModule,
+        PromptDataModule,
+        run=False,
+        args=argv,
+        save_config_callback=None,
+        trainer_defaults={"logger": False, "callbacks": [RichProgressBar()], "enable_checkpointing": False},
+    )
+    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, HDF5FeatureWriter))
+    console = Console(stderr=True)
+    total = len(cli.datamodule.rows())
+    pending = preflight(cli.model, cli.datamodule, writer)
+    if cli.trainer.is_global_zero:
+        console.print(f"[bold]extract[/]: {total} samples, {total - pending} already in {writer.output}, {pending} to do")
+    if pending == 0:
+        if writer.parts_dir.is_dir():
+            from l2s_lightning.extraction.writer import merge_features
+
+            merge_features(writer.existing_files(), writer.output, writer.attrs)
+            for path in writer.parts_dir.glob("*.h5"):
+                path.unlink()
+            writer.parts_dir.rmdir()
+        return 0
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    if cli.trainer.is_global_zero:
+        console.print(f"[green]features written[/] to {writer.output}")
+    return 0

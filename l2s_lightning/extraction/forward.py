@@ -1,0 +1,158 @@
+"""P2S features of a batch: h at L' (last prompt token) and z = h_L*(X+)[last] - h_L*(X-)[last].
+
+`prefix_shared_features` encodes each prompt once (up to block max(L*, L')), keeps its KV cache, and runs
+both completions of every row on that cache as one batch of 2B rows. `reference_features` is the plain
+style (batch 1, three full forwards); a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from l2s_lightning.models.layers import decoder_layers, layer_output, truncated_decoder
+
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+
+@dataclass
+class ContrastInputs:
+    """Encoded inputs of one batch.
+
+    ``prefix``: left-padded prompt encodings (X), ``completions``: (2B, C) right-padded ids with rows
+    2i / 2i+1 the positive / negative completion of sample i, ``completion_lengths``: (2B,).
+    ``context_prefix``: the prompt the context h is read from when it differs from ``prefix`` (a template
+    suffix), else None.
+    """
+
+    prefix: Mapping[str, torch.Tensor]
+    completions: torch.Tensor
+    completion_lengths: torch.Tensor
+    context_prefix: Mapping[str, torch.Tensor] | None = None
+
+
+@contextlib.contextmanager
+def capture_layer_outputs(model: nn.Module, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the output hidden state of the given decoder blocks at every forward (latest call wins)."""
+    captured: dict[int, torch.Tensor] = {}
+    blocks = decoder_layers(model)
+    handles = []
+    for index in sorted(set(layers)):
+
+        def hook(_module, _args, output, index=index):
+            captured[index] = layer_output(output)
+
+        handles.append(blocks[index].register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _cache_kwarg(module: nn.Module) -> str:
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def prefix_position_ids(model: nn.Module, prefix: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Position ids of a left-padded prompt batch: mRoPE (3, B, P) for Qwen2-VL-style models with images,
+    else (B, P) counting real tokens only."""
+    base = model.base_model
+    mask = prefix["attention_mask"]
+    if hasattr(base, "get_rope_index") and prefix.get("image_grid_thw") is not None:
+        positions, _ = base.get_rope_index(
+            prefix["input_ids"],
+            mm_token_type_ids=prefix.get("mm_token_type_ids"),
+            image_grid_thw=prefix.get("image_grid_thw"),
+            video_grid_thw=prefix.get("video_grid_thw"),
+            attention_mask=mask,
+        )
+        return positions
+    positions = mask.long().cumsum(-1) - 1
+    return positions.masked_fill(mask == 0, 0)
+
+
+def continuation_position_ids(prefix_positions: torch.Tensor, prefix_mask: torch.Tensor, length: int, repeats: int) -> torch.Tensor:
+    """Positions of ``length`` text tokens appended to each prompt (each row repeated ``repeats`` times)."""
+    real = prefix_mask.bool()
+    if prefix_positions.dim() == 3:
+        last = prefix_positions.masked_fill(~real[None], -1).amax(dim=(0, 2))
+    else:
+        last = prefix_positions.masked_fill(~real, -1).amax(dim=1)
+    steps = torch.arange(1, length + 1, device=prefix_positions.device)
+    positions = (last[:, None] + steps[None]).repeat_interleave(repeats, dim=0)
+    if prefix_positions.dim() == 3:
+        positions = positions[None].expand(prefix_positions.shape[0], -1, -1)
+    return positions
+
+
+@torch.no_grad()
+def prefix_shared_features(
+    model: nn.Module, inputs: ContrastInputs, layer_steer: int, layer_context: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, z), each (B, D), computing only blocks 0..max(L*, L') and encoding each prompt once."""
+    base = model.base_model
+    cache_key = _cache_kwarg(base)
+    depth = max(layer_steer, layer_context) + 1
+    prefix = dict(inputs.prefix)
+    mask = prefix["attention_mask"]
+    with truncated_decoder(model, depth), capture_layer_outputs(model, [layer_steer, layer_context]) as captured:
+        positions = prefix_position_ids(model, prefix)
+        out = base(**prefix, position_ids=positions, use_cache=True, return_dict=True)
+        cache = out.cache if cache_key == "cache" else out.past_key_values
+        if inputs.context_prefix is None:
+            context = captured[layer_context][:, -1]
+        else:
+            context_inputs = dict(inputs.context_prefix)
+            base(**context_inputs, position_ids=prefix_position_ids(model, context_inputs), use_cache=False)
+            context = captured[layer_context][:, -1]
+        cache.batch_repeat_interleave(2)
+        completions = inputs.completions.to(mask.device)
+        lengths = inputs.completion_lengths.to(mask.device)
+        width = completions.shape[1]
+        completion_mask = (torch.arange(width, device=mask.device)[None] < lengths[:, None]).to(mask.dtype)
+        full_mask = torch.cat([mask.repeat_interleave(2, dim=0), completion_mask], dim=1)
+        base(
+            input_ids=completions,
+            attention_mask=full_mask,
+            position_ids=continuation_position_ids(positions, mask, width, repeats=2),
+            use_cache=True,
+            **{cache_key: cache},
+        )
+        hidden = captured[layer_steer]
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+    return context.float(), (last[0::2] - last[1::2]).float()
+
+
+def _append_tokens(prefix: Mapping[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inputs of one un-padded sample X with ``ids`` appended (per-token fields extended)."""
+    out = dict(prefix)
+    n = ids.numel()
+    out["input_ids"] = torch.cat([prefix["input_ids"], ids[None].to(prefix["input_ids"].device)], dim=1)
+    out["attention_mask"] = torch.ones_like(out["input_ids"])
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in prefix:
+            out[key] = torch.cat([prefix[key], prefix[key].new_zeros(1, n)], dim=1)
+    return out
+
+
+@torch.no_grad()
+def reference_features(
+    model: nn.Module, prefix: Mapping[str, torch.Tensor], positive: torch.Tensor, negative: torch.Tensor,
+    layer_steer: int, layer_context: int, context_prefix: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain way for ONE un-padded sample: three full forwards (X, X+, X-) with all hidden states."""
+
+    def hidden(inputs: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
+        states = model(**inputs, output_hidden_states=True, use_cache=False).hidden_states
+        return states[layer + 1][0, -1]
+
+    context = hidden(context_prefix if context_prefix is not None else prefix, layer_context)
+    steer = hidden(_append_tokens(prefix, positive), layer_steer) - hidden(_append_tokens(prefix, negative), layer_steer)
+    return context.float(), steer.float()

@@ -1,0 +1,140 @@
+"""`ExtractionModule`: the frozen model, run with `Trainer.predict`, returning (h, z) for each sample."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from l2s_lightning.data.datamodule import PromptItem
+from l2s_lightning.extraction.forward import ContrastInputs, prefix_shared_features, reference_features
+from l2s_lightning.models.layers import text_config
+from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
+from l2s_lightning.prompts import assistant_turn_suffix, encode_completions, encode_prompts, render_prompt
+
+
+class ExtractionModule(L.LightningModule):
+    """Computes P2S features: h = h_L'(X)[last prompt token], z = h_L*(X+)[last] - h_L*(X-)[last].
+
+    Args:
+        model: the model to load (hub id, folder, GGUF, ``pkg:``).
+        layer_steer: L*, the block whose output is steered.
+        layer_context: L', the block whose output is the context h.
+        forward: ``prefix_shared`` (prompt encoded once, decoder cut after max(L*, L')) or ``reference``
+            (three full forwards per sample, batch 1 inside the step; for checks and benchmarks).
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        layer_steer: int,
+        layer_context: int,
+        forward: Literal["prefix_shared", "reference"] = "prefix_shared",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = model
+        self.layer_steer = layer_steer
+        self.layer_context = layer_context
+        self.forward_style = forward
+        config = text_config(load_config(model))
+        self.num_layers = int(config.num_hidden_layers)
+        self.hidden_size = int(config.hidden_size)
+        for field, index in (("layer_steer", layer_steer), ("layer_context", layer_context)):
+            if not 0 <= index < self.num_layers:
+                raise ValueError(
+                    f"{field}={index} is out of range: model {model.display_name} has {self.num_layers} decoder "
+                    f"layers (valid 0..{self.num_layers - 1})"
+                )
+        self.loaded: LoadedModel | None = None
+
+    def configure_model(self) -> None:
+        if self.loaded is None:
+            self.loaded = load_model(self.spec)
+            self.llm = self.loaded.model
+
+    def encode(self, items: list[PromptItem]) -> ContrastInputs:
+        """Encode prompts (with template suffixes) and both completions of every item."""
+        loaded = self.loaded
+        assert loaded is not None, "configure_model() has not run"
+        images = [item.image for item in items]
+        has_image = [image is not None for image in images]
+        prompts = [render_prompt(loaded, item.question + item.suffix, h) for item, h in zip(items, has_image)]
+        prefix = encode_prompts(loaded, prompts, images)
+        context_prefix = None
+        if any(item.suffix for item in items):
+            plain = [render_prompt(loaded, item.question, h) for item, h in zip(items, has_image)]
+            context_prefix = encode_prompts(loaded, plain, images)
+        closing = assistant_turn_suffix(loaded)
+        texts = []
+        for item in items:
+            end = closing if item.close_turn else ""
+            texts += [item.positive + end, item.negative + end]
+        completions, lengths = encode_completions(loaded.tokenizer, texts)
+        return ContrastInputs(prefix=prefix, completions=completions, completion_lengths=lengths, context_prefix=context_prefix)
+
+    def _to_device(self, tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        if tensors is None:
+            return None
+        dtype = next(self.llm.parameters()).dtype
+        return {
+            key: value.to(self.device, dtype=dtype if value.is_floating_point() else None, non_blocking=True)
+            for key, value in tensors.items()
+        }
+
+    def features(self, items: list[PromptItem]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, z) of a batch, each (B, D) float32 on the module's device."""
+        inputs = self.encode(items)
+        if self.forward_style == "reference":
+            return self._reference(inputs)
+        inputs.prefix = self._to_device(dict(inputs.prefix))
+        inputs.context_prefix = self._to_device(inputs.context_prefix)
+        return prefix_shared_features(self.llm, inputs, self.layer_steer, self.layer_context)
+
+    def _reference(self, inputs: ContrastInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        contexts, steers = [], []
+        for i in range(inputs.completions.shape[0] // 2):
+            one = _unpad_row(inputs.prefix, i)
+            ctx = _unpad_row(inputs.context_prefix, i) if inputs.context_prefix is not None else None
+            pos = inputs.completions[2 * i, : inputs.completion_lengths[2 * i]]
+            neg = inputs.completions[2 * i + 1, : inputs.completion_lengths[2 * i + 1]]
+            h, z = reference_features(
+                self.llm, self._to_device(one), pos.to(self.device), neg.to(self.device),
+                self.layer_steer, self.layer_context, self._to_device(ctx),
+            )
+            contexts.append(h)
+            steers.append(z)
+        return torch.stack(contexts), torch.stack(steers)
+
+    def predict_step(self, batch: list[PromptItem], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        context, steer = self.features(batch)
+        return {
+            "sample_id": [item.id for item in batch],
+            "category": [item.category for item in batch],
+            "behaviour": [item.behaviour for item in batch],
+            "split": [item.split for item in batch],
+            "context": context.to("cpu", non_blocking=True),
+            "steer": steer.to("cpu", non_blocking=True),
+        }
+
+
+def _unpad_row(encoded: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
+    """One sample of a left-padded batch encoding, padding removed (pixel tensors split per image)."""
+    mask = encoded["attention_mask"][row].bool()
+    out: dict[str, torch.Tensor] = {}
+    batch = encoded["input_ids"].shape[0]
+    for key, value in encoded.items():
+        if key in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"):
+            out[key] = value[row][mask][None]
+        elif key == "pixel_values" and value.shape[0] == batch and value.dim() == 4:
+            out[key] = value[row : row + 1]
+        elif key == "image_grid_thw":
+            out[key] = value[row : row + 1]
+        elif key == "pixel_values" and "image_grid_thw" in encoded:
+            sizes = encoded["image_grid_thw"].prod(-1).tolist()
+            start = sum(sizes[:row])
+            out[key] = value[start : start + sizes[row]]
+        else:
+            out[key] = value
+    return out

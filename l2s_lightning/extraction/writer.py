@@ -1,0 +1,174 @@
+"""`HDF5FeatureWriter`: one HDF5 part file per rank while running, merged into one `features.h5` at the end.
+
+Resuming: ids already in `features.h5` or in any part file left by a killed run are skipped by the data
+module; the merge keeps each id once. Attributes record the model, layers, hidden size, template set and
+split, and a rerun against a file of another model or other layers stops before the model runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+FORMAT_VERSION = 1
+STRING_COLUMNS = ("sample_id", "category", "behaviour", "split")
+ARRAY_COLUMNS = ("context", "steer")
+# Attributes that must match for a run to add rows to an existing file.
+IDENTITY_ATTRS = ("model", "layer_steer", "layer_context", "hidden_size", "template_set", "split_seed", "test_fraction")
+_STR = h5py.string_dtype("utf-8")
+
+
+def append_rows(file: h5py.File, rows: Mapping[str, Any]) -> None:
+    """Append rows (``context``/``steer`` as (n, D) arrays, string columns as lists) to resizable datasets."""
+    n = len(rows["sample_id"])
+    if n == 0:
+        return
+    for name in ARRAY_COLUMNS:
+        values = np.asarray(rows[name], dtype=np.float32)
+        if name not in file:
+            file.create_dataset(name, shape=(0, values.shape[1]), maxshape=(None, values.shape[1]), dtype="f4", chunks=(max(1, min(256, n)), values.shape[1]))
+        dataset = file[name]
+        dataset.resize(dataset.shape[0] + n, axis=0)
+        dataset[-n:] = values
+    for name in STRING_COLUMNS:
+        if name not in file:
+            file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
+        dataset = file[name]
+        dataset.resize(dataset.shape[0] + n, axis=0)
+        dataset[-n:] = [str(v) for v in rows[name]]
+
+
+def read_rows(path: str | Path) -> dict[str, Any]:
+    """All rows of a feature or part file (empty columns when the file has none)."""
+    with h5py.File(path, "r") as file:
+        if "sample_id" not in file:
+            return {name: [] for name in STRING_COLUMNS} | {name: np.zeros((0, 0), np.float32) for name in ARRAY_COLUMNS}
+        n = min(file[name].shape[0] for name in (*STRING_COLUMNS, *ARRAY_COLUMNS))
+        rows: dict[str, Any] = {name: [v.decode() if isinstance(v, bytes) else str(v) for v in file[name][:n]] for name in STRING_COLUMNS}
+        rows |= {name: file[name][:n] for name in ARRAY_COLUMNS}
+        return rows
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    with h5py.File(path, "r") as file:
+        return {key: (value.item() if hasattr(value, "item") else value) for key, value in file.attrs.items()}
+
+
+class HDF5FeatureWriter(BasePredictionWriter):
+    """Writes (h, z) rows of every predict batch to ``<output>.parts/rank<R>.h5``; rank 0 merges them
+    into ``output`` when prediction ends (atomically: a temporary file renamed over the old one)."""
+
+    def __init__(self, output: str = "outputs/features.h5") -> None:
+        super().__init__(write_interval="batch")
+        self.output = Path(output)
+        self.attrs: dict[str, Any] = {}
+        self._part: h5py.File | None = None
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.output.with_name(self.output.name + ".parts")
+
+    def existing_files(self) -> list[Path]:
+        files = [self.output] if self.output.is_file() else []
+        return files + sorted(self.parts_dir.glob("*.h5")) if self.parts_dir.is_dir() else files
+
+    def check_compatible(self, attrs: Mapping[str, Any]) -> None:
+        """Stop before any work if existing output was made by another model, other layers or templates."""
+        for path in self.existing_files():
+            try:
+                found = read_attrs(path)
+            except OSError as err:
+                raise ValueError(f"{path} exists but cannot be read as HDF5 ({err}); move it away to start over") from err
+            for key in IDENTITY_ATTRS:
+                if key in found and key in attrs and str(found[key]) != str(attrs[key]):
+                    raise ValueError(
+                        f"{path} holds features with {key}={found[key]!r}, this run has {key}={attrs[key]!r}: "
+                        "choose another output path (nothing was overwritten)"
+                    )
+
+    def done_ids(self) -> set[str]:
+        """Sample ids already written by earlier runs (final file and leftover parts)."""
+        done: set[str] = set()
+        for path in self.existing_files():
+            done.update(read_rows(path)["sample_id"])
+        return done
+
+    def _open_part(self, trainer: L.Trainer) -> h5py.File:
+        if self._part is None:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            index = 0
+            while (path := self.parts_dir / f"rank{trainer.global_rank}-{index}.h5").exists():
+                index += 1
+            self._part = h5py.File(path, "w", libver="latest")
+            self._part.attrs.update(self.attrs)
+        return self._part
+
+    def write_on_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Mapping[str, Any],
+        batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        part = self._open_part(trainer)
+        rows = dict(prediction)
+        for name in ARRAY_COLUMNS:
+            value = rows[name]
+            rows[name] = value.float().numpy() if isinstance(value, torch.Tensor) else value
+        bad = ~np.isfinite(rows["context"]).all(1) | ~np.isfinite(rows["steer"]).all(1)
+        if bad.any():
+            ids = [i for i, b in zip(rows["sample_id"], bad) if b]
+            raise FloatingPointError(f"non-finite features for samples {ids[:5]}: check dtype/model (nothing else lost)")
+        append_rows(part, rows)
+        part.flush()
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+        trainer.strategy.barrier("l2s-merge-features")
+        if trainer.is_global_zero:
+            merge_features(self.existing_files(), self.output, self.attrs)
+            for path in self.parts_dir.glob("*.h5"):
+                path.unlink()
+            if self.parts_dir.is_dir():
+                self.parts_dir.rmdir()
+        trainer.strategy.barrier("l2s-merged-features")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+
+
+def merge_features(files: Sequence[Path], output: Path, attrs: Mapping[str, Any]) -> int:
+    """Merge feature/part files into ``output`` (each sample id once, rows sorted by id); returns N."""
+    seen: set[str] = set()
+    merged: dict[str, list[Any]] = {name: [] for name in (*STRING_COLUMNS, *ARRAY_COLUMNS)}
+    for path in files:
+        rows = read_rows(path)
+        keep = [i for i, sample_id in enumerate(rows["sample_id"]) if sample_id not in seen]
+        seen.update(rows["sample_id"][i] for i in keep)
+        for name in STRING_COLUMNS:
+            merged[name] += [rows[name][i] for i in keep]
+        for name in ARRAY_COLUMNS:
+            if keep:
+                merged[name].append(rows[name][keep])
+    order = np.argsort(np.asarray(merged["sample_id"], dtype=object), kind="stable")
+    final = {name: [merged[name][i] for i in order] for name in STRING_COLUMNS}
+    for name in ARRAY_COLUMNS:
+        final[name] = np.concatenate(merged[name])[order] if merged[name] else np.zeros((0, 0), np.float32)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    with h5py.File(tmp, "w") as file:
+        append_rows(file, final)
+        file.attrs.update({key: value for key, value in attrs.items() if value is not None})
+        file.attrs["splits"] = ",".join(sorted(set(final["split"])))
+        file.attrs["num_rows"] = len(final["sample_id"])
+    os.replace(tmp, output)
+    return len(final["sample_id"])

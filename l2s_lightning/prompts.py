@@ -1,0 +1,86 @@
+"""Prompts through the processor's (or tokenizer's) chat template, and batch encoding with left padding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+from PIL import Image
+
+from l2s_lightning.models.loading import LoadedModel
+
+
+def user_message(question: str, has_image: bool, instruction: str = "") -> dict[str, Any]:
+    """One user turn; an instruction (prompt baseline) is prepended to the question."""
+    text = f"{instruction}\n\n{question}" if instruction else question
+    if not has_image:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+
+
+def _templater(loaded: LoadedModel) -> Any:
+    return loaded.processor if loaded.processor is not None else loaded.tokenizer
+
+
+def render_prompt(loaded: LoadedModel, question: str, has_image: bool, instruction: str = "") -> str:
+    """The prompt text X, ending with the chat template's generation prompt (assistant turn opened)."""
+    messages = [user_message(question, has_image, instruction)]
+    if loaded.processor is None and has_image:
+        raise ValueError(f"model {loaded.spec.display_name} is text-only but a sample has an image")
+    return _templater(loaded).apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def assistant_turn_suffix(loaded: LoadedModel) -> str:
+    """The text the chat template puts after an assistant answer (e.g. ``<|im_end|>\\n``)."""
+    return _turn_suffix(id(loaded), _templater(loaded))
+
+
+@lru_cache(maxsize=8)
+def _turn_suffix(_key: int, templater: Any) -> str:
+    marker = "L2SANSWERMARKER"
+    messages = [{"role": "user", "content": "Hi"}]
+    prompt = templater.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full = templater.apply_chat_template(
+        messages + [{"role": "assistant", "content": marker}], add_generation_prompt=False, tokenize=False
+    )
+    if not full.startswith(prompt + marker):
+        return ""
+    return full[len(prompt) + len(marker) :]
+
+
+def _add_special_tokens(tokenizer: Any, text: str) -> bool:
+    """Templates that already write the BOS token must not get a second one from the tokenizer."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
+
+
+def encode_prompts(loaded: LoadedModel, texts: Sequence[str], images: Sequence[Image.Image | None]) -> dict[str, torch.Tensor]:
+    """Left-padded encodings of rendered prompts (with pixel values etc. for MLLMs)."""
+    add_special = _add_special_tokens(loaded.tokenizer, texts[0])
+    present = [image for image in images if image is not None]
+    if present and len(present) != len(images):
+        raise ValueError("a batch mixes samples with and without images; keep them in separate runs")
+    if loaded.processor is None:
+        encoded = loaded.tokenizer(list(texts), padding=True, return_tensors="pt", add_special_tokens=add_special)
+    else:
+        kwargs: dict[str, Any] = {"text": list(texts), "padding": True, "return_tensors": "pt", "add_special_tokens": add_special}
+        if present:
+            kwargs["images"] = list(present)
+        encoded = loaded.processor(**kwargs)
+    return dict(encoded)
+
+
+def encode_completions(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids of completions (no special tokens added) and their lengths."""
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    for text, row in zip(texts, ids):
+        if not row:
+            raise ValueError(f"completion {text!r} encodes to no tokens")
+    width = max(len(row) for row in ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = torch.full((len(ids), width), pad, dtype=torch.long)
+    for i, row in enumerate(ids):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out, torch.tensor([len(row) for row in ids], dtype=torch.long)

@@ -1,0 +1,146 @@
+"""Contrastive templates (T+, T-) as data: behaviours, and the mapping from dataset category to behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "configs" / "templates"
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """One behaviour: the desired (positive) and undesired (negative) completion of its inputs."""
+
+    name: str
+    positive: str
+    negative: str
+    instruction: str = ""
+    suffix: str = ""
+    close_turn: bool = False
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """The resolved contrast of one sample."""
+
+    behaviour: str
+    positive: str
+    negative: str
+    suffix: str
+    close_turn: bool
+    instruction: str
+
+
+@dataclass(frozen=True)
+class TemplateSet:
+    """Behaviours plus the category → (behaviour, fields) mapping of one dataset family."""
+
+    name: str
+    behaviours: Mapping[str, Behaviour]
+    categories: Mapping[str, tuple[str, Mapping[str, str]]]
+    default_behaviour: str | None = None
+    prompt_baseline: str = ""
+    source: str = ""
+
+    def behaviour_of(self, category: str, sample_id: str = "?") -> tuple[str, Mapping[str, str]]:
+        """The behaviour name and fields for a category; a clear error when it has none."""
+        if category in self.categories:
+            return self.categories[category]
+        if self.default_behaviour:
+            return self.default_behaviour, {}
+        raise ValueError(
+            f"category {category!r} of sample {sample_id!r} has no template in template set "
+            f"{self.name!r} ({self.source}); known categories: {sorted(self.categories)}"
+        )
+
+    def resolve(
+        self,
+        category: str,
+        sample_id: str = "?",
+        behaviour: str | None = None,
+        positive: str | None = None,
+        negative: str | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Contrast:
+        """The contrast of one sample; the row's own ``positive``/``negative`` win over the template."""
+        if behaviour:
+            category_fields: Mapping[str, str] = {}
+            if behaviour not in self.behaviours and not (positive and negative):
+                raise ValueError(
+                    f"sample {sample_id!r}: behaviour {behaviour!r} is not in template set {self.name!r} "
+                    f"(known: {sorted(self.behaviours)})"
+                )
+        else:
+            behaviour, category_fields = self.behaviour_of(category, sample_id)
+        spec = self.behaviours.get(behaviour) or Behaviour(behaviour, positive or "", negative or "")
+        values = {**spec.fields, **category_fields, **(fields or {})}
+
+        def fill(text: str, what: str) -> str:
+            try:
+                return text.format(**values)
+            except KeyError as err:
+                raise ValueError(
+                    f"sample {sample_id!r}: template {self.name!r}/{behaviour} {what} needs field {err} "
+                    f"(row fields: {sorted(values)})"
+                ) from None
+
+        return Contrast(
+            behaviour=behaviour,
+            positive=positive if positive else fill(spec.positive, "positive"),
+            negative=negative if negative else fill(spec.negative, "negative"),
+            suffix=fill(spec.suffix, "suffix"),
+            close_turn=spec.close_turn,
+            instruction=spec.instruction,
+        )
+
+
+def template_path(name_or_path: str) -> Path:
+    """A template YAML by path, or by name from ``configs/templates/``."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} and path.is_file():
+        return path
+    candidate = TEMPLATE_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"template set {name_or_path!r} not found: not a YAML file, and not one of {known}")
+
+
+def load_templates(name_or_path: str) -> TemplateSet:
+    """Read and check a template YAML (behaviours with positive/negative, categories mapping)."""
+    path = template_path(name_or_path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    where = str(path)
+    behaviours: dict[str, Behaviour] = {}
+    for name, spec in (raw.get("behaviours") or {}).items():
+        missing = [key for key in ("positive", "negative") if not spec.get(key)]
+        if missing:
+            raise ValueError(f"{where}: behaviour {name!r} lacks {missing}")
+        unknown = set(spec) - {"positive", "negative", "instruction", "suffix", "close_turn", "fields"}
+        if unknown:
+            raise ValueError(f"{where}: behaviour {name!r} has unknown keys {sorted(unknown)}")
+        behaviours[name] = Behaviour(name=name, **spec)
+    if not behaviours:
+        raise ValueError(f"{where}: no behaviours defined")
+    categories: dict[str, tuple[str, Mapping[str, str]]] = {}
+    for category, target in (raw.get("categories") or {}).items():
+        name, fields = (target, {}) if isinstance(target, str) else (target["behaviour"], target.get("fields", {}))
+        if name not in behaviours:
+            raise ValueError(f"{where}: category {category!r} maps to unknown behaviour {name!r}")
+        categories[str(category)] = (name, dict(fields))
+    default = raw.get("default_behaviour")
+    if default is not None and default not in behaviours:
+        raise ValueError(f"{where}: default_behaviour {default!r} is not a behaviour")
+    return TemplateSet(
+        name=raw.get("name", path.stem),
+        behaviours=behaviours,
+        categories=categories,
+        default_behaviour=default,
+        prompt_baseline=(raw.get("prompt_baseline") or "").strip(),
+        source=where,
+    )
