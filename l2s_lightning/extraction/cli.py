@@ -70,13 +70,8 @@ def extract_main(argv: list[str] | None = None) -> int:
     if cli.trainer.is_global_zero:
         console.print(f"[bold]extract[/]: {total} samples, {total - pending} already in {writer.output}, {pending} to do")
     if pending == 0:
-        if writer.parts_dir.is_dir():
-            from l2s_lightning.extraction.writer import merge_features
-
-            merge_features(writer.existing_files(), writer.output, writer.attrs)
-            for path in writer.parts_dir.glob("*.h5"):
-                path.unlink()
-            writer.parts_dir.rmdir()
+        if writer.part_files():
+            writer.merge_and_clean()
         return 0
     cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     if cli.trainer.is_global_zero:

@@ -16,7 +16,8 @@ import h5py
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+
+from l2s_lightning.part_writer import RankPartWriter
 
 FORMAT_VERSION = 1
 STRING_COLUMNS = ("sample_id", "category", "behaviour", "split")
@@ -62,23 +63,15 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         return {key: (value.item() if hasattr(value, "item") else value) for key, value in file.attrs.items()}
 
 
-class HDF5FeatureWriter(BasePredictionWriter):
-    """Writes (h, z) rows of every predict batch to ``<output>.parts/rank<R>.h5``; rank 0 merges them
+class HDF5FeatureWriter(RankPartWriter):
+    """Writes (h, z) rows of every predict batch to ``<output>.parts/rank<R>-<k>.h5``; rank 0 merges them
     into ``output`` when prediction ends (atomically: a temporary file renamed over the old one)."""
 
+    part_suffix = ".h5"
+
     def __init__(self, output: str = "outputs/features.h5") -> None:
-        super().__init__(write_interval="batch")
-        self.output = Path(output)
+        super().__init__(output)
         self.attrs: dict[str, Any] = {}
-        self._part: h5py.File | None = None
-
-    @property
-    def parts_dir(self) -> Path:
-        return self.output.with_name(self.output.name + ".parts")
-
-    def existing_files(self) -> list[Path]:
-        files = [self.output] if self.output.is_file() else []
-        return files + sorted(self.parts_dir.glob("*.h5")) if self.parts_dir.is_dir() else files
 
     def check_compatible(self, attrs: Mapping[str, Any]) -> None:
         """Stop before any work if existing output was made by another model, other layers or templates."""
@@ -101,21 +94,15 @@ class HDF5FeatureWriter(BasePredictionWriter):
             done.update(read_rows(path)["sample_id"])
         return done
 
-    def _open_part(self, trainer: L.Trainer) -> h5py.File:
-        if self._part is None:
-            self.parts_dir.mkdir(parents=True, exist_ok=True)
-            index = 0
-            while (path := self.parts_dir / f"rank{trainer.global_rank}-{index}.h5").exists():
-                index += 1
-            self._part = h5py.File(path, "w", libver="latest")
-            self._part.attrs.update(self.attrs)
-        return self._part
+    def _open(self, path: Path) -> h5py.File:
+        part = h5py.File(path, "w", libver="latest")
+        part.attrs.update(self.attrs)
+        return part
 
     def write_on_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Mapping[str, Any],
         batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int = 0,
     ) -> None:
-        part = self._open_part(trainer)
         rows = dict(prediction)
         for name in ARRAY_COLUMNS:
             value = rows[name]
@@ -124,26 +111,12 @@ class HDF5FeatureWriter(BasePredictionWriter):
         if bad.any():
             ids = [i for i, b in zip(rows["sample_id"], bad) if b]
             raise FloatingPointError(f"non-finite features for samples {ids[:5]}: check dtype/model (nothing else lost)")
+        part = self.part(trainer)
         append_rows(part, rows)
         part.flush()
 
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._part is not None:
-            self._part.close()
-            self._part = None
-        trainer.strategy.barrier("l2s-merge-features")
-        if trainer.is_global_zero:
-            merge_features(self.existing_files(), self.output, self.attrs)
-            for path in self.parts_dir.glob("*.h5"):
-                path.unlink()
-            if self.parts_dir.is_dir():
-                self.parts_dir.rmdir()
-        trainer.strategy.barrier("l2s-merged-features")
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if self._part is not None:
-            self._part.close()
-            self._part = None
+    def merge(self) -> int:
+        return merge_features(self.existing_files(), self.output, self.attrs)
 
 
 def merge_features(files: Sequence[Path], output: Path, attrs: Mapping[str, Any]) -> int:

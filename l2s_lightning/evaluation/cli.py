@@ -1,0 +1,110 @@
+"""``l2s evaluate``: metrics, tables and plots from prediction JSONL files.
+
+    l2s evaluate preds/*.jsonl --out results/ [--config eval.yaml] [--judge http --judge-arg base_url=... ...]
+
+Command-line options override the YAML config (format in :mod:`l2s_lightning.evaluation.config`).
+Exit codes: 0 success, 2 bad input or config, 3 judge failure (unreachable, unparseable answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import yaml
+
+from l2s_lightning.evaluation.config import EvalConfig
+from l2s_lightning.evaluation.judges.base import JUDGES, JudgeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="l2s evaluate",
+        description="Evaluate prediction JSONL files (MM-SafetyBench, POPE, CHAIR; several methods and α values).",
+    )
+    parser.add_argument("predictions", nargs="+", help="prediction JSONL files")
+    parser.add_argument("--out", "-o", required=True, help="output folder (metrics.json, metrics.md, scores.jsonl, *.png)")
+    parser.add_argument("--config", "-c", help="evaluation config YAML (judge, safety, pope, chair sections)")
+    parser.add_argument("--judge", help=f"judge name: {', '.join(sorted(JUDGES))} or module:Class (default: keyword)")
+    parser.add_argument(
+        "--judge-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="judge constructor argument (YAML value), repeatable: --judge-arg base_url=http://127.0.0.1:8000/v1",
+    )
+    parser.add_argument("--thresholds", type=float, nargs="+", help="t of each unsafe@t (default 0.5 0.7 0.9)")
+    parser.add_argument("--unsafe-scenarios", nargs="+", help="scenarios scored for unsafe@t (default 01..12)")
+    parser.add_argument("--ed-scenarios", nargs="+", help="scenarios scored for the ED score (default 10 11 12)")
+    parser.add_argument("--no-quality", action="store_true", help="skip the judge's quality ratings")
+    parser.add_argument("--pope-empty-as", choices=["yes", "no", "wrong"], help="how an empty POPE answer is read")
+    parser.add_argument("--chair-instances", nargs="+", help="COCO instances_*.json files (CHAIR ground truth)")
+    parser.add_argument("--chair-captions", nargs="+", help="COCO captions_*.json files (CHAIR ground truth)")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print no table")
+    return parser
+
+
+def _judge_kwargs(pairs: list[str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--judge-arg {pair!r}: expected KEY=VALUE")
+        kwargs[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return kwargs
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The YAML config (if any) with the command-line options applied on top."""
+    data: dict[str, Any] = {}
+    if args.config:
+        data = EvalConfig.from_yaml(args.config).to_dict()
+    judge = dict(data.get("judge") or {"name": "keyword", "kwargs": {}})
+    if args.judge and args.judge != judge["name"]:
+        judge = {"name": args.judge, "kwargs": {}}
+    judge["kwargs"] = {**judge.get("kwargs", {}), **_judge_kwargs(args.judge_arg)}
+    data["judge"] = judge
+    safety = data.setdefault("safety", {})
+    for key, value in (("thresholds", args.thresholds), ("unsafe_scenarios", args.unsafe_scenarios), ("ed_scenarios", args.ed_scenarios)):
+        if value:
+            safety[key] = value
+    if args.no_quality:
+        safety["quality"] = False
+    if args.pope_empty_as:
+        data.setdefault("pope", {})["empty_as"] = args.pope_empty_as
+    chair = data.setdefault("chair", {})
+    if args.chair_instances:
+        chair["instances"] = args.chair_instances
+    if args.chair_captions:
+        chair["captions"] = args.chair_captions
+    if args.no_plots:
+        data["plots"] = False
+    return EvalConfig.from_dict(data)
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``l2s evaluate``; returns the exit code."""
+    from rich.console import Console
+
+    from l2s_lightning.evaluation.evaluate import evaluate_predictions
+    from l2s_lightning.evaluation.report import print_report
+
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        config = config_from_args(args)
+        results = evaluate_predictions(args.predictions, out_dir=args.out, config=config)
+    except JudgeError as error:
+        err.print(f"[red]judge error:[/red] {error}", highlight=False)
+        return 3
+    except (ValueError, FileNotFoundError) as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        return 2
+    if not args.quiet:
+        console = Console()
+        print_report(results, console)
+        console.print(f"written to {args.out}/ (metrics.json, metrics.md, plots)", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(evaluate_main())

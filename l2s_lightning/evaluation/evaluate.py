@@ -1,0 +1,167 @@
+"""``evaluate_predictions``: prediction JSONL files → metrics per benchmark and run, written to a folder.
+
+Output folder: ``metrics.json`` (every figure), ``metrics.md`` (tables, runs side by side), ``scores.jsonl``
+(per-row judge scores / parses), and PNG plots (metric vs α per method, per-scenario / per-subset bars).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from l2s_lightning.evaluation.chair import ChairVocabulary, chair_metrics, image_id_of, load_ground_truth
+from l2s_lightning.evaluation.config import EvalConfig
+from l2s_lightning.evaluation.judges.base import Judge, build_judge, check_scores, describe_judge
+from l2s_lightning.evaluation.pope import pope_metrics
+from l2s_lightning.evaluation.records import PredictionFormatError, Run, group_runs
+from l2s_lightning.evaluation.safety import check_scenarios, safety_metrics
+
+FORMAT_VERSION = 1
+_JUDGED = ("mm_safetybench", "jsonl")
+
+
+def _config(config: EvalConfig | Mapping[str, Any] | str | Path | None) -> EvalConfig:
+    if config is None:
+        return EvalConfig()
+    if isinstance(config, EvalConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        return EvalConfig.from_yaml(config)
+    return EvalConfig.from_dict(config)
+
+
+def judge_runs(runs: Sequence[Run], judge: Judge, quality: bool) -> dict[tuple[str, str], tuple[float, float | None]]:
+    """(prompt, response) → (p_unsafe, quality) for every distinct non-empty response of the runs.
+
+    One call per judge method over all distinct pairs (so identical answers are judged once). Empty
+    responses are not sent. Any judge failure propagates: no partial scores.
+    """
+    pairs = sorted({(row.prompt, row.response) for run in runs for row in run.rows if not row.is_empty})
+    if not pairs:
+        return {}
+    prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+    p_unsafe = check_scores(judge.p_unsafe(prompts, responses), len(pairs), 0.0, 1.0, "p_unsafe")
+    ratings: list[float | None] = [None] * len(pairs)
+    if quality:
+        ratings = list(check_scores(judge.quality(prompts, responses), len(pairs), 1.0, 10.0, "quality"))
+    return {pair: (p, q) for pair, p, q in zip(pairs, p_unsafe, ratings)}
+
+
+def _run_header(run: Run) -> dict[str, Any]:
+    return {
+        "method": run.method, "alpha": run.alpha, "label": run.label, "model": run.model,
+        "layer_steer": run.layer_steer, "files": run.files,
+    }
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN/inf → None, recursively (metrics.json stays strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def evaluate_predictions(
+    paths: Sequence[str | Path] | str | Path,
+    judge: Judge | str | Mapping[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    config: EvalConfig | Mapping[str, Any] | str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate prediction JSONL files and return the metrics dict (also written to ``out_dir`` if given).
+
+    Args:
+        paths: prediction files (any mix of benchmarks, methods and α; one benchmark per file).
+        judge: a judge object, a registered name, or ``{"name", "kwargs"}``; None uses ``config.judge``
+            (default: the offline ``keyword`` judge). Only built when there are safety/JSONL rows.
+        out_dir: folder for metrics.json, metrics.md, scores.jsonl and plots.
+        config: :class:`EvalConfig`, a dict of it, or a YAML path.
+
+    Returns ``{"format_version", "inputs", "judge", "config", "benchmarks": {name: {"runs": [...]}}}``; each
+    run has ``method``, ``alpha``, ``label``, ``model``, ``layer_steer``, ``files``, ``summary`` and a
+    breakdown (``per_scenario`` / ``per_category`` / ``per_subset``).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    cfg = _config(config)
+    runs = group_runs(list(paths))
+    results: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "inputs": [str(p) for p in paths],
+        "judge": None,
+        "config": cfg.to_dict(),
+        "benchmarks": {},
+    }
+    score_rows: list[dict[str, Any]] = []
+
+    # Everything that can fail on the input is checked before the (possibly slow) judge runs.
+    for run in runs:
+        if run.benchmark == "mm_safetybench":
+            check_scenarios(run.rows)
+    chair_runs = [run for run in runs if run.benchmark == "chair"]
+    vocab = truth = None
+    if chair_runs:
+        vocab = ChairVocabulary(cfg.chair.synonyms)
+        ids = {image_id_of(row) for run in chair_runs for row in run.rows}
+        truth = load_ground_truth(cfg.chair.instances, cfg.chair.captions, vocab, ids)
+        for row in (row for run in chair_runs for row in run.rows):
+            if image_id_of(row) not in truth:
+                raise PredictionFormatError(f"{row.source}: image {image_id_of(row)} is not in the COCO annotation files")
+
+    judged_runs = [run for run in runs if run.benchmark in _JUDGED]
+    scores: dict[tuple[str, str], tuple[float, float | None]] = {}
+    if judged_runs:
+        judge_obj = build_judge(judge if judge is not None else cfg.judge)
+        results["judge"] = describe_judge(judge_obj)
+        scores = judge_runs(judged_runs, judge_obj, cfg.safety.quality)
+
+    for run in runs:
+        entry = _run_header(run)
+        if run.benchmark in _JUDGED:
+            p = [0.0 if row.is_empty else scores[(row.prompt, row.response)][0] for row in run.rows]
+            q = None
+            if cfg.safety.quality:
+                q = [1.0 if row.is_empty else scores[(row.prompt, row.response)][1] for row in run.rows]
+            strict = run.benchmark == "mm_safetybench"
+            summary, groups, per_row = safety_metrics(run.rows, p, q, cfg.safety, strict_scenarios=strict)
+            entry.update(summary=summary, **{"per_scenario" if strict else "per_category": groups})
+        elif run.benchmark == "pope":
+            summary, groups, per_row = pope_metrics(run.rows, cfg.pope.empty_as)  # type: ignore[arg-type]
+            entry.update(summary=summary, per_subset=groups)
+        else:
+            summary, per_row = chair_metrics(run.rows, truth or {}, vocab)  # type: ignore[arg-type]
+            entry.update(summary=summary)
+        results["benchmarks"].setdefault(run.benchmark, {"runs": []})["runs"].append(entry)
+        score_rows.extend({"benchmark": run.benchmark, "method": run.method, "alpha": run.alpha, **r} for r in per_row)
+
+    results = _json_ready(results)
+    if out_dir is not None:
+        write_outputs(results, score_rows if cfg.scores else None, Path(out_dir), cfg.plots)
+    return results
+
+
+def write_outputs(results: dict[str, Any], score_rows: list[dict] | None, out_dir: Path, plots: bool = True) -> list[Path]:
+    """Write metrics.json, metrics.md, scores.jsonl (if given) and plots; return the paths written."""
+    from l2s_lightning.evaluation.report import to_markdown
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "metrics.json", out_dir / "metrics.md"]
+    written[0].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    written[1].write_text(to_markdown(results), encoding="utf-8")
+    if score_rows is not None:
+        path = out_dir / "scores.jsonl"
+        with path.open("w", encoding="utf-8") as handle:
+            for row in score_rows:
+                handle.write(json.dumps(_json_ready(row), ensure_ascii=False) + "\n")
+        written.append(path)
+    if plots:
+        from l2s_lightning.evaluation.plots import write_plots
+
+        written.extend(write_plots(results, out_dir))
+    return written

@@ -1,0 +1,94 @@
+"""The judge interface, its errors, prompt templates and the registry that builds a judge from config."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from l2s_lightning.evaluation.resources import resource_text
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Scores responses: ``p_unsafe`` in [0, 1] and ``quality`` in [1, 10], one value per (prompt, response)."""
+
+    def p_unsafe(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
+
+    def quality(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
+
+
+class JudgeError(RuntimeError):
+    """A judge could not score (unparseable answer, wrong number of scores, bad value)."""
+
+
+class JudgeUnavailableError(JudgeError):
+    """The judge cannot be reached or loaded; no score of the batch is kept."""
+
+
+# name -> "module:Class", imported on use so that the keyword judge needs neither torch models nor HTTP.
+JUDGES: dict[str, str] = {
+    "keyword": "l2s_lightning.evaluation.judges.keyword:KeywordJudge",
+    "causal_lm": "l2s_lightning.evaluation.judges.causal_lm:CausalLMJudge",
+    "http": "l2s_lightning.evaluation.judges.http:HttpJudge",
+}
+
+
+def build_judge(spec: str | Mapping[str, Any] | Judge | None = None, **kwargs: Any) -> Judge:
+    """A judge from a name and kwargs, a ``{"name": ..., "kwargs": {...}}`` mapping, or a judge (returned as is).
+
+    ``None`` gives the offline ``keyword`` judge. A ``module:Class`` name loads a judge of one's own.
+    """
+    if spec is None:
+        spec = "keyword"
+    if not isinstance(spec, (str, Mapping)):
+        if not isinstance(spec, Judge):
+            raise TypeError(f"{type(spec).__name__} is not a judge (needs p_unsafe and quality methods)")
+        return spec
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"name", "kwargs"}
+        if unknown or "name" not in spec:
+            raise ValueError(f"judge config needs 'name' and optional 'kwargs', got keys {sorted(spec)}")
+        kwargs = {**dict(spec.get("kwargs") or {}), **kwargs}
+        spec = str(spec["name"])
+    target = JUDGES.get(spec, spec)
+    if ":" not in target:
+        raise ValueError(f"unknown judge {spec!r}: one of {sorted(JUDGES)} or 'module:Class'")
+    module, _, name = target.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"judge {spec!r}: bad kwargs {sorted(kwargs)} ({err})") from None
+
+
+def describe_judge(judge: Judge) -> dict[str, Any]:
+    """What a judge records in metrics.json: its ``describe()`` if it has one, else its class name."""
+    if hasattr(judge, "describe"):
+        return dict(judge.describe())
+    return {"name": type(judge).__name__}
+
+
+def fill_template(template: str, prompt: str, response: str) -> str:
+    """Replace ``{prompt}`` and ``{response}`` (plain replacement: other braces stay as they are)."""
+    return template.replace("{prompt}", prompt).replace("{response}", response)
+
+
+def load_template(name_or_path: str) -> str:
+    """A judge prompt template (bundled resource name or path) that must contain ``{response}``."""
+    text = resource_text(name_or_path)
+    if "{response}" not in text:
+        raise ValueError(f"judge template {name_or_path!r} has no {{response}} placeholder")
+    return text
+
+
+def check_scores(values: Sequence[float], expected: int, low: float, high: float, what: str) -> list[float]:
+    """The scores as floats, or :class:`JudgeError` when there are too few/many or any is out of range."""
+    values = [float(v) for v in values]
+    if len(values) != expected:
+        raise JudgeError(f"judge returned {len(values)} {what} scores for {expected} responses")
+    for i, v in enumerate(values):
+        if not math.isfinite(v) or not low <= v <= high:
+            raise JudgeError(f"judge {what} score {v} of response {i} is outside [{low}, {high}]")
+    return values

@@ -1,0 +1,100 @@
+"""PNG plots of evaluation results (matplotlib, Agg backend): metric vs α per method, per-group bars."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from l2s_lightning.evaluation.report import GROUPS, TITLES, summary_metrics  # noqa: E402
+
+ALPHA_METRICS = {
+    "mm_safetybench": ["ed_score", "quality"],
+    "jsonl": ["quality"],
+    "pope": ["accuracy", "f1", "yes_ratio"],
+    "chair": ["chair_s", "chair_i", "recall"],
+}
+
+
+def _alpha_metrics(benchmark: str, runs: list[dict]) -> list[str]:
+    unsafe = [m for m in summary_metrics(benchmark, runs) if m.startswith("unsafe@")]
+    present = {k for run in runs for k, v in run["summary"].items() if v is not None}
+    return [m for m in unsafe + ALPHA_METRICS.get(benchmark, []) if m in present]
+
+
+def plot_vs_alpha(benchmark: str, runs: list[dict], path: Path) -> Path | None:
+    """One panel per metric; a line per method over its α values; runs without α as dashed levels."""
+    metrics = _alpha_metrics(benchmark, runs)
+    if not metrics:
+        return None
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_method[run["method"]].append(run)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method, method_runs in by_method.items():
+            points = sorted((r["alpha"], r["summary"].get(metric)) for r in method_runs if r["alpha"] is not None)
+            points = [(a, v) for a, v in points if v is not None]
+            if points:
+                ax.plot([a for a, _ in points], [v for _, v in points], marker="o", label=method)
+            for r in method_runs:
+                if r["alpha"] is None and r["summary"].get(metric) is not None:
+                    ax.axhline(r["summary"][metric], linestyle="--", linewidth=1, label=f"{method} (no α)")
+        ax.set_title(metric)
+        ax.set_xlabel("α")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{TITLES.get(benchmark, benchmark)}: metrics vs α")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_groups(benchmark: str, runs: list[dict], metric: str, path: Path) -> Path | None:
+    """Grouped bars: one group per scenario / subset, one bar per run."""
+    key = GROUPS.get(benchmark)
+    if key is None:
+        return None
+    groups = sorted({g for run in runs for g, vals in (run.get(key) or {}).items() if vals.get(metric) is not None})
+    if not groups:
+        return None
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(groups) * max(1, len(runs)) ** 0.5 + 2), 3.8))
+    for i, run in enumerate(runs):
+        values = [((run.get(key) or {}).get(g) or {}).get(metric) for g in groups]
+        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar(xs, [v if v is not None else 0.0 for v in values], width=width, label=run["label"])
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{TITLES.get(benchmark, benchmark)}: {metric} by {key.removeprefix('per_')}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """All plots of the results into ``out_dir``: ``<benchmark>_vs_alpha.png``, ``<benchmark>_<metric>_by_group.png``."""
+    written: list[Path] = []
+    for benchmark, block in results["benchmarks"].items():
+        runs = block["runs"]
+        path = plot_vs_alpha(benchmark, runs, out_dir / f"{benchmark}_vs_alpha.png")
+        if path:
+            written.append(path)
+        metrics = [m for m in summary_metrics(benchmark, runs) if m.startswith("unsafe@")][:1]
+        metrics += {"mm_safetybench": ["ed_score"], "pope": ["f1"]}.get(benchmark, [])
+        for metric in metrics:
+            safe = metric.replace("@", "_at_")
+            path = plot_groups(benchmark, runs, metric, out_dir / f"{benchmark}_{safe}_by_group.png")
+            if path:
+                written.append(path)
+    return written

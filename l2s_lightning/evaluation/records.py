@@ -1,0 +1,177 @@
+"""Reading prediction JSONL files (the format in docs/DESIGN.md) into validated rows, grouped into runs.
+
+A *run* is every row of one benchmark with the same ``method`` and ``alpha``; a run may span files (e.g. a
+sweep that wrote one file per shard), a file must hold one benchmark only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = ("mm_safetybench", "pope", "chair", "jsonl")
+
+_COMMON_FIELDS = ("id", "benchmark", "method", "alpha", "response")
+_BENCHMARK_FIELDS = {
+    "mm_safetybench": ("category", "prompt"),
+    "pope": ("label",),
+    "chair": (),
+    "jsonl": ("prompt",),
+}
+
+
+class PredictionFormatError(ValueError):
+    """A prediction file that cannot be evaluated; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One generated answer. ``source`` is ``file:line`` for error messages."""
+
+    id: str
+    benchmark: str
+    method: str
+    alpha: float | None
+    response: str
+    prompt: str = ""
+    category: str = ""
+    label: str = ""
+    subset: str = ""
+    image: str = ""
+    model: str = ""
+    layer_steer: int | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.response.strip()
+
+
+@dataclass
+class Run:
+    """All rows of one (benchmark, method, alpha)."""
+
+    benchmark: str
+    method: str
+    alpha: float | None
+    rows: list[Prediction]
+    files: list[str]
+
+    @property
+    def label(self) -> str:
+        return self.method if self.alpha is None else f"{self.method} α={self.alpha:g}"
+
+    @property
+    def model(self) -> str:
+        return next((r.model for r in self.rows if r.model), "")
+
+    @property
+    def layer_steer(self) -> int | None:
+        return next((r.layer_steer for r in self.rows if r.layer_steer is not None), None)
+
+
+def _alpha(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        raise PredictionFormatError(f"{where}: alpha {value!r} is not a number") from None
+    if not math.isfinite(alpha):
+        raise PredictionFormatError(f"{where}: alpha {value!r} is not finite")
+    return alpha
+
+
+def _parse_row(item: Any, where: str) -> Prediction:
+    if not isinstance(item, dict):
+        raise PredictionFormatError(f"{where}: a line must be a JSON object, got {type(item).__name__}")
+    benchmark = item.get("benchmark")
+    if benchmark not in BENCHMARKS:
+        if "benchmark" not in item:
+            raise PredictionFormatError(f"{where}: missing field 'benchmark'")
+        raise PredictionFormatError(f"{where}: unknown benchmark {benchmark!r} (one of {list(BENCHMARKS)})")
+    missing = [key for key in _COMMON_FIELDS + _BENCHMARK_FIELDS[benchmark] if key not in item or (item[key] is None and key != "alpha")]
+    if missing:
+        raise PredictionFormatError(f"{where}: missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+    if not isinstance(item["response"], str):
+        raise PredictionFormatError(f"{where}: 'response' must be a string, got {type(item['response']).__name__}")
+    label = str(item.get("label") or "").strip().lower()
+    if benchmark == "pope" and label not in {"yes", "no"}:
+        raise PredictionFormatError(f"{where}: POPE label {item.get('label')!r} is not 'yes' or 'no'")
+    layer = item.get("layer_steer")
+    known = {"id", "benchmark", "method", "alpha", "response", "prompt", "category", "label", "subset", "image", "model", "layer_steer"}
+    return Prediction(
+        id=str(item["id"]),
+        benchmark=benchmark,
+        method=str(item["method"]),
+        alpha=_alpha(item["alpha"], where),
+        response=item["response"],
+        prompt=str(item.get("prompt") or ""),
+        category=str(item.get("category") or ""),
+        label=label,
+        subset=str(item.get("subset") or ""),
+        image=str(item.get("image") or ""),
+        model=str(item.get("model") or ""),
+        layer_steer=int(layer) if isinstance(layer, (int, float)) and not isinstance(layer, bool) else None,
+        source=where,
+        extra={k: v for k, v in item.items() if k not in known},
+    )
+
+
+def read_predictions(path: str | Path) -> list[Prediction]:
+    """Validated rows of one prediction JSONL file (blank lines skipped).
+
+    Raises :class:`PredictionFormatError` (naming file and line) for invalid JSON, missing fields, an
+    unknown benchmark, or a file that mixes benchmarks; :class:`FileNotFoundError` for a missing file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prediction file not found: {path}")
+    rows: list[Prediction] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PredictionFormatError(f"{where}: not valid JSON ({err.msg})") from None
+            row = _parse_row(item, where)
+            if rows and row.benchmark != rows[0].benchmark:
+                raise PredictionFormatError(
+                    f"{where}: benchmark {row.benchmark!r} differs from {rows[0].benchmark!r} at {rows[0].source}; "
+                    "one prediction file holds one benchmark"
+                )
+            rows.append(row)
+    if not rows:
+        raise PredictionFormatError(f"{path}: no prediction rows")
+    return rows
+
+
+def group_runs(paths: list[str | Path]) -> list[Run]:
+    """Read every file and group rows into runs, ordered by benchmark, method, then alpha (None first).
+
+    A sample id repeated within a run is an error (it would be counted twice).
+    """
+    if not paths:
+        raise ValueError("no prediction files given")
+    runs: dict[tuple[str, str, float | None], Run] = {}
+    seen: dict[tuple[str, str, float | None], dict[str, str]] = {}
+    for path in paths:
+        for row in read_predictions(path):
+            key = (row.benchmark, row.method, row.alpha)
+            run = runs.setdefault(key, Run(row.benchmark, row.method, row.alpha, [], []))
+            ids = seen.setdefault(key, {})
+            if row.id in ids:
+                raise PredictionFormatError(f"{row.source}: sample id {row.id!r} repeats {ids[row.id]} in run {run.label}")
+            ids[row.id] = row.source
+            run.rows.append(row)
+            if str(path) not in run.files:
+                run.files.append(str(path))
+    order = {name: i for i, name in enumerate(BENCHMARKS)}
+    return sorted(runs.values(), key=lambda r: (order[r.benchmark], r.method, r.alpha is not None, r.alpha or 0.0))

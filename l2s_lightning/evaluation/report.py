@@ -1,0 +1,126 @@
+"""Tables of evaluation results: markdown (metrics.md) and Rich (console), runs side by side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+TITLES = {"mm_safetybench": "MM-SafetyBench", "jsonl": "JSONL prompts (safety metrics)", "pope": "POPE", "chair": "CHAIR"}
+
+# Metrics shown in the summary tables, in order (unsafe@t rows are added from the results).
+SUMMARY_METRICS = {
+    "mm_safetybench": ["ed_score", "quality", "mean_p_unsafe", "n", "n_empty", "n_unsafe_scored", "n_ed_scored"],
+    "jsonl": ["quality", "mean_p_unsafe", "n", "n_empty"],
+    "pope": ["accuracy", "precision", "recall", "f1", "yes_ratio", "f1_release", "accuracy_first15", "n", "n_empty"],
+    "chair": ["chair_s", "chair_i", "recall", "n_mentions", "mean_words", "n", "n_empty"],
+}
+
+NOTES = {
+    "mm_safetybench": [
+        "unsafe@t = E_{p≥t}[Unsafe]: mean over τ = t, t+0.02, …, ≤ 1 of the share of responses with p(unsafe) > τ "
+        "(scored scenarios only; lower is safer).",
+        "ed_score: share of responses to the expert-deferral scenarios (default 10-12) containing a deferral phrase.",
+        "quality: judge rating 1-10 (the keyword judge's is a heuristic proxy of coherence). "
+        "Empty responses: p = 0, no deferral, quality 1 (n_empty).",
+    ],
+    "jsonl": ["unsafe@t as for MM-SafetyBench, over all rows; quality: judge rating 1-10."],
+    "pope": [
+        "Official POPE parsing (first sentence; 'no'/'No'/'not' → no); precision/recall/F1 with 'yes' positive.",
+        "f1_release = 2·acc/(1+acc): the L2S release's \"F1\", not POPE's F1. accuracy_first15: the release's "
+        "rule (ground-truth word in the first 15 characters).",
+    ],
+    "chair": ["CHAIR_s: captions with a hallucinated COCO object; CHAIR_i: hallucinated / all object mentions; "
+              "recall: ground-truth objects mentioned / ground-truth objects (lower CHAIR is better)."],
+}
+
+GROUPS = {"mm_safetybench": "per_scenario", "jsonl": "per_category", "pope": "per_subset"}
+
+
+def fmt(value: Any) -> str:
+    """Numbers for tables: ints as is, floats to 3 decimals, None as an en dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def summary_metrics(benchmark: str, runs: list[dict]) -> list[str]:
+    """The summary rows of a benchmark's table: unsafe@t keys first (safety), then the fixed list."""
+    unsafe = sorted({k for run in runs for k in run["summary"] if k.startswith("unsafe@")}, key=lambda k: float(k[7:]))
+    present = {k for run in runs for k in run["summary"]}
+    return unsafe + [k for k in SUMMARY_METRICS.get(benchmark, []) if k in present]
+
+
+def summary_table(benchmark: str, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header (metric, run labels...) and rows (one per metric)."""
+    header = ["metric"] + [run["label"] for run in runs]
+    rows = [[m] + [fmt(run["summary"].get(m)) for run in runs] for m in summary_metrics(benchmark, runs)]
+    return header, rows
+
+
+def group_table(runs: list[dict], group_key: str, metric: str) -> tuple[list[str], list[list[str]]] | None:
+    """Header (group, run labels...) and one row per group for ``metric``; None if no group has it."""
+    groups: list[str] = []
+    for run in runs:
+        for name, values in (run.get(group_key) or {}).items():
+            if metric in values and name not in groups:
+                groups.append(name)
+    if not groups:
+        return None
+    header = [group_key.removeprefix("per_")] + [run["label"] for run in runs]
+    rows = [[g] + [fmt((run.get(group_key) or {}).get(g, {}).get(metric)) for run in runs] for g in sorted(groups)]
+    return header, rows
+
+
+def group_metrics(benchmark: str, runs: list[dict]) -> list[str]:
+    """Metrics broken down by group in the report."""
+    if benchmark in ("mm_safetybench", "jsonl"):
+        first = summary_metrics(benchmark, runs)[:1]
+        return first + (["ed_score"] if benchmark == "mm_safetybench" else []) + ["quality"]
+    if benchmark == "pope":
+        return ["accuracy", "f1", "yes_ratio"]
+    return []
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    """metrics.md: per benchmark a summary table and per-group tables, runs side by side."""
+    parts = ["# Evaluation results", ""]
+    judge = results.get("judge")
+    if judge:
+        parts += [f"Judge: `{judge.get('name', '?')}` " + ", ".join(f"{k}={v}" for k, v in judge.items() if k != "name"), ""]
+    for benchmark, block in results["benchmarks"].items():
+        runs = block["runs"]
+        parts += [f"## {TITLES.get(benchmark, benchmark)}", "", _markdown_table(*summary_table(benchmark, runs)), ""]
+        parts += [f"- {note}" for note in NOTES.get(benchmark, [])] + [""]
+        key = GROUPS.get(benchmark)
+        for metric in group_metrics(benchmark, runs) if key else []:
+            table = group_table(runs, key, metric)
+            if table:
+                parts += [f"### {metric} by {key.removeprefix('per_')}", "", _markdown_table(*table), ""]
+    return "\n".join(parts)
+
+
+def print_report(results: dict[str, Any], console: Console | None = None) -> None:
+    """The summary tables on the console (Rich)."""
+    console = console or Console()
+    for benchmark, block in results["benchmarks"].items():
+        header, rows = summary_table(benchmark, block["runs"])
+        table = Table(title=TITLES.get(benchmark, benchmark), title_justify="left")
+        for i, name in enumerate(header):
+            table.add_column(name, justify="left" if i == 0 else "right", style="bold" if i == 0 else None)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)

@@ -1,0 +1,59 @@
+"""`l2s predict`: steered generation of a dataset split into JSONL (LightningCLI; resumable; DDP)."""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from rich.console import Console
+
+from l2s_lightning.data.datamodule import PromptDataModule
+from l2s_lightning.generation.module import SteeredGenerationModule
+from l2s_lightning.generation.writer import JsonlPredictionWriter
+
+
+class PredictCLI(LightningCLI):
+    """LightningCLI with the JSONL writer as an always-present callback (``--writer.output``)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(JsonlPredictionWriter, "writer")
+        parser.set_defaults({"data.splits": ["test"]})
+
+
+def run_prediction(module: SteeredGenerationModule, data: PromptDataModule, writer: JsonlPredictionWriter, trainer) -> int:
+    """Check everything, skip finished ids, generate the rest; returns the number of rows generated."""
+    rows = data.rows()
+    if module.method == "p2s_oracle":
+        missing = [r["id"] for r in rows if not module.steerer.has_sample(r["id"])]
+        if missing:
+            raise ValueError(
+                f"P2S oracle steerer has no features for {len(missing)} samples, e.g. {missing[:3]}: "
+                "extract the test split too (data.splits=[train, test])"
+            )
+    writer.check_compatible(module.method, module.alpha if module.steerer is not None else 0.0, module.spec.display_name)
+    data.exclude(writer.done_ids())
+    pending = len(data.pending_rows())
+    if trainer.is_global_zero:
+        Console(stderr=True).print(
+            f"[bold]predict[/] {module.method} α={module.alpha:g}: {len(rows)} samples, {len(rows) - pending} done, {pending} to do"
+        )
+    if pending == 0:
+        if writer.part_files():
+            writer.merge_and_clean()
+        return 0
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    return pending
+
+
+def predict_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``l2s predict``."""
+    cli = PredictCLI(
+        SteeredGenerationModule,
+        PromptDataModule,
+        run=False,
+        args=argv,
+        save_config_callback=None,
+        trainer_defaults={"logger": False, "callbacks": [RichProgressBar()], "enable_checkpointing": False},
+    )
+    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, JsonlPredictionWriter))
+    run_prediction(cli.model, cli.datamodule, writer, cli.trainer)
+    return 0

@@ -1,0 +1,176 @@
+"""`SteeredGenerationModule`: generation with α·v_i added at layer L* for each sample (Trainer.predict)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from l2s_lightning.data.datamodule import PromptItem
+from l2s_lightning.models.layers import text_config, validate_layers
+from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
+from l2s_lightning.prompts import encode_prompts, render_prompt
+
+Method = Literal["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
+STEERER_METHODS = {"mean", "mean_ba", "random", "p2s_oracle", "l2s"}
+
+
+class SteeredGenerationModule(L.LightningModule):
+    """Generates an answer per prompt with one steering method.
+
+    Args:
+        model: the model to load.
+        method: ``none`` (no steering), ``prompt`` (the template set's behaviour instruction prepended), or a
+            steerer method (``mean``, ``mean_ba``, ``random``, ``p2s_oracle``, ``l2s``) read from ``steerer``.
+        steerer: the steerer folder (required by steerer methods; its method must equal ``method``).
+        alpha: scale of the steering vector (default: the steerer's ``default_alpha``).
+        positions: where the vector is added: ``generated`` tokens only (the paper), also the
+            ``last_prompt_and_generated`` token, or ``all`` positions (the authors' release).
+        max_new_tokens, do_sample, temperature, top_p, seed: generation settings (greedy by default; with
+            sampling, each batch is seeded with ``seed + batch index``).
+        cache_implementation: ``dynamic`` or ``static`` (with ``compile`` for the compiled decode path).
+        allow_other_model: apply a steerer trained on another model of the same shape.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        method: Method = "none",
+        steerer: str | None = None,
+        alpha: float | None = None,
+        positions: Literal["generated", "last_prompt_and_generated", "all"] = "generated",
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        cache_implementation: Literal["dynamic", "static"] = "dynamic",
+        compile: bool = False,
+        allow_other_model: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = model
+        self.method = method
+        self.positions = positions
+        self.generation_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+        if do_sample:
+            self.generation_kwargs |= {"temperature": temperature, "top_p": top_p}
+        self.seed = seed
+        self.cache_implementation = cache_implementation
+        self.compile = compile
+        self.steerer = None
+        if method in STEERER_METHODS:
+            self.steerer = _load_steerer(steerer, method)
+            self.alpha = float(self.steerer.default_alpha if alpha is None else alpha)
+            _check_steerer_fits(self.steerer, model, allow_other_model)
+        elif steerer:
+            raise ValueError(f"method={method!r} takes no steerer (got steerer={steerer!r})")
+        else:
+            self.alpha = 0.0 if alpha is None else float(alpha)
+        if not torch.isfinite(torch.tensor(self.alpha)):
+            raise ValueError(f"alpha={alpha!r} must be a finite number")
+        self.loaded: LoadedModel | None = None
+
+    def configure_model(self) -> None:
+        if self.loaded is None:
+            self.loaded = load_model(self.spec)
+            self.llm = self.loaded.model
+            if self.steerer is not None:
+                validate_layers(self.llm, self.spec.display_name, layer_steer=self.steerer.layer_steer, layer_context=self.steerer.layer_context)
+            if self.compile:
+                self.llm.forward = torch.compile(self.llm.forward, mode="reduce-overhead", fullgraph=False)
+
+    def _instruction(self) -> str:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return datamodule.templates.prompt_baseline if datamodule is not None else ""
+
+    def prompts(self, items: list[PromptItem], instruction: str = "") -> list[str]:
+        """Rendered prompts; the prompt baseline puts its instruction before each question."""
+        assert self.loaded is not None
+        if self.method == "prompt":
+            instruction = instruction or self._instruction()
+        return [render_prompt(self.loaded, item.question, item.image is not None, instruction if self.method == "prompt" else "") for item in items]
+
+    def steering(self, items: list[PromptItem]) -> contextlib.AbstractContextManager:
+        """The steering context of a batch (a no-op for ``none`` and ``prompt``)."""
+        if self.steerer is None:
+            return contextlib.nullcontext()
+        return self.steerer.attach(
+            self.llm, alpha=self.alpha, mode=self.positions,
+            behaviours=[item.behaviour for item in items], sample_ids=[item.id for item in items],
+        )
+
+    @torch.no_grad()
+    def generate(self, items: list[PromptItem], batch_idx: int = 0) -> tuple[list[str], list[str], list[int], list[int]]:
+        """(prompts, responses, prompt token counts, new token counts) of a batch."""
+        assert self.loaded is not None
+        prompts = self.prompts(items)
+        encoded = encode_prompts(self.loaded, prompts, [item.image for item in items])
+        dtype = next(self.llm.parameters()).dtype
+        encoded = {k: v.to(self.device, dtype=dtype if v.is_floating_point() else None) for k, v in encoded.items()}
+        tokenizer = self.loaded.tokenizer
+        kwargs = dict(self.generation_kwargs, pad_token_id=tokenizer.pad_token_id)
+        if self.cache_implementation == "static":
+            kwargs["cache_implementation"] = "static"
+        if kwargs["do_sample"]:
+            torch.manual_seed(self.seed + batch_idx)
+        with self.steering(items):
+            output = self.llm.generate(**encoded, **kwargs)
+        width = encoded["input_ids"].shape[1]
+        new = output[:, width:]
+        responses, counts = [], []
+        for row in new:
+            keep = row[row != tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else row
+            ids = keep.tolist()
+            if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in ids:
+                ids = ids[: ids.index(tokenizer.eos_token_id)]
+            counts.append(len(ids))
+            responses.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        prompt_tokens = encoded["attention_mask"].sum(1).tolist()
+        return prompts, responses, prompt_tokens, counts
+
+    def predict_step(self, batch: list[PromptItem], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        prompts, responses, prompt_tokens, new_tokens = self.generate(batch, batch_idx)
+        layer = self.steerer.layer_steer if self.steerer is not None else None
+        return [
+            {
+                "id": item.id, "category": item.category, "behaviour": item.behaviour, "benchmark": item.benchmark,
+                "method": self.method, "alpha": self.alpha if self.steerer is not None else 0.0,
+                "prompt": prompt, "response": response, "prompt_tokens": int(n_prompt), "new_tokens": int(n_new),
+                "label": item.label, "subset": item.category if item.benchmark == "pope" else "",
+                "image": item.image_path, "layer_steer": layer, "model": self.spec.display_name,
+            }
+            for item, prompt, response, n_prompt, n_new in zip(batch, prompts, responses, prompt_tokens, new_tokens)
+        ]
+
+
+def _load_steerer(folder: str | None, method: str):
+    from l2s_lightning.steerer import Steerer
+
+    if not folder:
+        raise ValueError(f"method={method!r} needs a steerer folder (--model.steerer DIR, made by `l2s fit`)")
+    steerer = Steerer.load(folder)
+    if steerer.method != method:
+        raise ValueError(f"steerer {folder} holds method {steerer.method!r}, not the requested {method!r}")
+    return steerer
+
+
+def _check_steerer_fits(steerer, spec: ModelSpec, allow_other_model: bool = False) -> None:
+    """The steerer's hidden size and layers must fit the model (checked from its config, before loading)."""
+    config = text_config(load_config(spec))
+    if int(config.hidden_size) != steerer.hidden_size:
+        raise ValueError(
+            f"steerer hidden size {steerer.hidden_size} does not fit model {spec.display_name} (hidden size {config.hidden_size})"
+        )
+    for field in ("layer_steer", "layer_context"):
+        index = getattr(steerer, field)
+        if not 0 <= index < int(config.num_hidden_layers):
+            raise ValueError(f"steerer {field}={index} is out of range for model {spec.display_name} ({config.num_hidden_layers} layers)")
+    if steerer.model and steerer.model != spec.display_name and not allow_other_model:
+        raise ValueError(
+            f"steerer was trained on model {steerer.model!r}, not {spec.display_name!r} "
+            "(set allow_other_model=true to apply it anyway)"
+        )

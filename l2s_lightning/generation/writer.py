@@ -1,0 +1,77 @@
+"""`JsonlPredictionWriter`: one JSON line per sample, per-rank part files merged at the end, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from l2s_lightning.part_writer import RankPartWriter
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (a kill mid-write) is dropped, any other bad line raises."""
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+    return rows
+
+
+class JsonlPredictionWriter(RankPartWriter):
+    """Appends each batch's rows to ``<output>.parts/rank<R>-<k>.jsonl`` (flushed per batch); rank 0 merges
+    everything into ``output`` sorted by id, each id once."""
+
+    part_suffix = ".jsonl"
+
+    def __init__(self, output: str = "outputs/predictions.jsonl") -> None:
+        super().__init__(output)
+
+    def done_ids(self) -> set[str]:
+        return {row["id"] for path in self.existing_files() for row in read_jsonl(path)}
+
+    def check_compatible(self, method: str, alpha: float, model: str) -> None:
+        """An output file of another method, α or model is never appended to."""
+        for path in self.existing_files():
+            for row in read_jsonl(path)[:1]:
+                for key, value in (("method", method), ("alpha", alpha), ("model", model)):
+                    if row.get(key) != value:
+                        raise ValueError(
+                            f"{path} holds predictions with {key}={row.get(key)!r}, this run has {key}={value!r}: "
+                            "choose another output path (nothing was overwritten)"
+                        )
+
+    def _open(self, path: Path):
+        return path.open("a")
+
+    def write_on_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Sequence[Mapping[str, Any]],
+        batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        part = self.part(trainer)
+        part.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prediction))
+        part.flush()
+        os.fsync(part.fileno())
+
+    def merge(self) -> int:
+        """Merge the final file and all parts into ``output`` (atomically); returns the row count."""
+        rows: dict[str, dict[str, Any]] = {}
+        for path in self.existing_files():
+            for row in read_jsonl(path):
+                rows.setdefault(row["id"], row)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.output.with_name(self.output.name + ".tmp")
+        tmp.write_text("".join(json.dumps(rows[key], ensure_ascii=False) + "\n" for key in sorted(rows)))
+        os.replace(tmp, self.output)
+        return len(rows)

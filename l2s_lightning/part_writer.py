@@ -1,0 +1,79 @@
+"""`RankPartWriter`: the resumable-output pattern shared by the HDF5 feature and JSONL prediction writers.
+
+Each rank appends to its own part file under ``<output>.parts/`` while running (flushed per batch, so a
+kill loses at most the batch in flight); when prediction ends, rank 0 merges the final file and every part
+into ``output`` atomically and removes the parts. Rows already present anywhere are skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+class RankPartWriter(BasePredictionWriter):
+    """Base class: subclasses set ``part_suffix`` and implement ``_open``, ``_close_part`` and ``merge``."""
+
+    part_suffix = ".part"
+
+    def __init__(self, output: str) -> None:
+        super().__init__(write_interval="batch")
+        self.output = Path(output)
+        self._part: Any = None
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.output.with_name(self.output.name + ".parts")
+
+    def part_files(self) -> list[Path]:
+        return sorted(self.parts_dir.glob(f"*{self.part_suffix}")) if self.parts_dir.is_dir() else []
+
+    def existing_files(self) -> list[Path]:
+        """The final output (when present) followed by leftover part files of earlier runs."""
+        return ([self.output] if self.output.is_file() else []) + self.part_files()
+
+    def part(self, trainer: L.Trainer) -> Any:
+        """This rank's open part file (a new one per run, never appended across runs)."""
+        if self._part is None:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            index = 0
+            while (path := self.parts_dir / f"rank{trainer.global_rank}-{index}{self.part_suffix}").exists():
+                index += 1
+            self._part = self._open(path)
+        return self._part
+
+    def _open(self, path: Path) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def merge(self) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close_part(self) -> None:
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+
+    def remove_parts(self) -> None:
+        for path in self.part_files():
+            path.unlink()
+        if self.parts_dir.is_dir() and not any(self.parts_dir.iterdir()):
+            self.parts_dir.rmdir()
+
+    def merge_and_clean(self) -> int:
+        """Merge everything into ``output`` and delete the parts; returns the number of rows."""
+        count = self.merge()
+        self.remove_parts()
+        return count
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.close_part()
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.close_part()
+        trainer.strategy.barrier("l2s-merge-parts")
+        if trainer.is_global_zero:
+            self.merge_and_clean()
+        trainer.strategy.barrier("l2s-merged-parts")
