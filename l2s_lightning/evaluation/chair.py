@@ -44,7 +44,10 @@ VEHICLE_WORDS = ("jet", "train")
 @lru_cache(maxsize=65536)
 def singularize(word: str) -> str:
     """The noun lemma of a lower-case word (lemminflect, out-of-vocabulary rules included)."""
-    from lemminflect import getLemma
+    try:
+        from lemminflect import getLemma
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("CHAIR needs the lemminflect package: pip install lemminflect") from err
 
     lemmas = getLemma(word, upos="NOUN", lemmatize_oov=True)
     return lemmas[0] if lemmas else word

@@ -89,15 +89,14 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from l2s_lightning.evaluation.report import print_report
 
     args = build_parser().parse_args(argv)
-    err = Console(stderr=True)
     try:
         config = config_from_args(args)
         results = evaluate_predictions(args.predictions, out_dir=args.out, config=config)
     except JudgeError as error:
-        err.print(f"[red]judge error:[/red] {error}", highlight=False)
+        print(f"judge error: {error}", file=sys.stderr)
         return 3
     except (ValueError, FileNotFoundError) as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if not args.quiet:
         console = Console()

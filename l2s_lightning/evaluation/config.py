@@ -67,7 +67,7 @@ class EvalConfig:
     scores: bool = True
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "EvalConfig":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> EvalConfig:
         data = dict(data or {})
         _check_keys(data, cls, "evaluation config")
         sections = {"safety": SafetyConfig, "pope": PopeConfig, "chair": ChairConfig}
@@ -89,7 +89,7 @@ class EvalConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "EvalConfig":
+    def from_yaml(cls, path: str | Path) -> EvalConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"evaluation config not found: {path}")

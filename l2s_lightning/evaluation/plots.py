@@ -9,9 +9,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from l2s_lightning.evaluation.report import GROUPS, TITLES, summary_metrics  # noqa: E402
+from l2s_lightning.evaluation.report import GROUPS, TITLES, summary_metrics
 
 ALPHA_METRICS = {
     "mm_safetybench": ["ed_score", "quality"],
@@ -37,14 +37,15 @@ def plot_vs_alpha(benchmark: str, runs: list[dict], path: Path) -> Path | None:
         by_method[run["method"]].append(run)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for method, method_runs in by_method.items():
+        for index, (method, method_runs) in enumerate(by_method.items()):
+            color = f"C{index % 10}"
             points = sorted((r["alpha"], r["summary"].get(metric)) for r in method_runs if r["alpha"] is not None)
             points = [(a, v) for a, v in points if v is not None]
             if points:
-                ax.plot([a for a, _ in points], [v for _, v in points], marker="o", label=method)
+                ax.plot([a for a, _ in points], [v for _, v in points], marker="o", color=color, label=method)
             for r in method_runs:
                 if r["alpha"] is None and r["summary"].get(metric) is not None:
-                    ax.axhline(r["summary"][metric], linestyle="--", linewidth=1, label=f"{method} (no α)")
+                    ax.axhline(r["summary"][metric], linestyle="--", linewidth=1, color=color, label=f"{method} (no α)")
         ax.set_title(metric)
         ax.set_xlabel("α")
         ax.grid(alpha=0.3)

@@ -49,7 +49,7 @@ class PhraseMatcher:
         self._regex = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in cleaned) + r")(?!\w)")
 
     @classmethod
-    def from_resource(cls, name_or_path: str) -> "PhraseMatcher":
+    def from_resource(cls, name_or_path: str) -> PhraseMatcher:
         return _cached_matcher(name_or_path)
 
     def first(self, text: str) -> tuple[int, str] | None:

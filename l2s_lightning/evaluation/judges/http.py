@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -120,7 +119,7 @@ class HttpJudge:
                     last = JudgeError(f"HTTP {err.code}: {detail}")
                     continue
                 raise _HttpStatus(err.code, detail) from None
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as err:
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 last = err
             except json.JSONDecodeError as err:
                 raise JudgeError(f"http judge {self.url}: reply is not JSON ({err.msg})") from None

@@ -1,0 +1,164 @@
+"""Steerers from features.h5: the fixed baselines (no training loop), the L2S steerer from a trained module,
+and their evaluation against the targets z (MSE and cosine similarity)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from l2s_lightning.features import FeatureFile
+from l2s_lightning.steerer import METHODS, Steerer
+
+BASELINES = ("mean", "mean_ba", "random", "p2s_oracle")
+
+
+def _rows(file: FeatureFile, rows: str | Sequence[int] | np.ndarray | None, default: str) -> np.ndarray:
+    if rows is None:
+        rows = default
+    indices = file.rows(rows) if isinstance(rows, str) else np.asarray(rows, dtype=np.int64)
+    if len(indices) == 0:
+        raise ValueError(f"{file.path}: no rows to build from ({rows if isinstance(rows, str) else 'empty index list'})")
+    return indices
+
+
+@torch.no_grad()
+def target_stats(file: FeatureFile, rows: np.ndarray) -> dict[str, Any]:
+    """Mean z, per-behaviour sums/counts and norm statistics over ``rows`` (streamed)."""
+    dim = file.dim
+    total = torch.zeros(dim, dtype=torch.float64)
+    by_behaviour: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    z_norms, h_norms = [], []
+    for part, arrays in file.iter_chunks(rows):
+        z = torch.from_numpy(arrays["steer"]).double()
+        total += z.sum(0)
+        z_norms.append(z.norm(dim=-1))
+        h_norms.append(torch.from_numpy(arrays["context"]).double().norm(dim=-1))
+        for behaviour in sorted(set(file.behaviour[part].tolist())):
+            mask = torch.from_numpy(file.behaviour[part] == behaviour)
+            by_behaviour[behaviour] = by_behaviour.get(behaviour, torch.zeros(dim, dtype=torch.float64)) + z[mask].sum(0)
+            counts[behaviour] = counts.get(behaviour, 0) + int(mask.sum())
+    z_norm, h_norm = torch.cat(z_norms), torch.cat(h_norms)
+    return {
+        "mean": (total / len(rows)).float(),
+        "behaviour_means": {b: (by_behaviour[b] / counts[b]).float() for b in sorted(counts)},
+        "counts": counts,
+        "stats": {
+            "n_rows": int(len(rows)),
+            "z_norm_mean": float(z_norm.mean()),
+            "z_norm_std": float(z_norm.std()) if len(z_norm) > 1 else 0.0,
+            "h_norm_mean": float(h_norm.mean()),
+        },
+    }
+
+
+def _common(file: FeatureFile, rows: np.ndarray, default_alpha: float, seed: int | None) -> dict[str, Any]:
+    meta = file.meta
+    return {
+        "model": meta.model, "layer_steer": meta.layer_steer, "layer_context": meta.layer_context,
+        "hidden_size": meta.hidden_size, "default_alpha": float(default_alpha), "fingerprint": file.fingerprint(rows),
+        "features": str(file.path), "seed": seed,
+    }
+
+
+def build_baseline(
+    method: str,
+    feature_file: FeatureFile | str,
+    seed: int = 0,
+    *,
+    rows: str | Sequence[int] | np.ndarray | None = None,
+    test_split: str = "test",
+    default_alpha: float = 1.0,
+) -> Steerer:
+    """A fixed steerer computed from the training ``rows`` (default: the ``train`` split).
+
+    ``mean``: mean z; ``mean_ba``: mean z per behaviour (refused when the test split has a behaviour with no
+    training rows); ``random``: a seeded random unit vector × mean ‖z‖; ``p2s_oracle``: the z of every row of
+    ``test_split``, looked up by sample id.
+    """
+    if method not in BASELINES:
+        raise ValueError(f"unknown baseline {method!r}; expected one of {BASELINES} (l2s is trained by `l2s fit`)")
+    file = feature_file if isinstance(feature_file, FeatureFile) else FeatureFile(feature_file)
+    rows = _rows(file, rows, "train")
+    file.check_finite(rows)
+    summary = target_stats(file, rows)
+    common = _common(file, rows, default_alpha, seed) | {"stats": summary["stats"]}
+    info = {"rows": int(len(rows))}
+    if method == "mean":
+        return Steerer("mean", tensors={"mean": summary["mean"]}, info=info, **common)
+    if method == "mean_ba":
+        trained = summary["behaviour_means"]
+        test_behaviours = sorted(set(file.behaviour[file.rows(test_split)].tolist()))
+        missing = [b for b in test_behaviours if b not in trained]
+        if missing:
+            raise ValueError(
+                f"mean_ba: behaviour(s) {missing} of split {test_split!r} have no training rows "
+                f"(training behaviours: {sorted(trained)}); re-split the data or drop those rows"
+            )
+        behaviours = sorted(trained)
+        info["counts"] = summary["counts"]
+        return Steerer(
+            "mean_ba", tensors={"behaviour_means": torch.stack([trained[b] for b in behaviours])},
+            behaviours=behaviours, info=info, **common,
+        )
+    if method == "random":
+        generator = torch.Generator().manual_seed(int(seed))
+        direction = torch.randn(file.dim, generator=generator, dtype=torch.float64)
+        vector = direction / direction.norm() * summary["stats"]["z_norm_mean"]
+        return Steerer("random", tensors={"random": vector.float()}, info=info, **common)
+    test_rows = file.rows(test_split)
+    if len(test_rows) == 0:
+        raise ValueError(f"p2s_oracle: {file.path} has no rows in split {test_split!r} to take targets from")
+    file.check_finite(test_rows)
+    steer = torch.from_numpy(file.read(test_rows, columns=("steer",))["steer"])
+    info["oracle_rows"] = int(len(test_rows))
+    return Steerer(
+        "p2s_oracle", tensors={"oracle_steer": steer}, oracle_ids=file.sample_id[test_rows].tolist(), info=info, **common,
+    )
+
+
+def l2s_steerer(
+    module: torch.nn.Module,
+    feature_file: FeatureFile,
+    rows: np.ndarray,
+    *,
+    default_alpha: float = 1.0,
+    seed: int | None = None,
+    info: dict[str, Any] | None = None,
+) -> Steerer:
+    """The ``l2s`` steerer of a trained :class:`~l2s_lightning.training.module.L2SModule` (or SteeringMLP)."""
+    mlp = getattr(module, "mlp", module)
+    tensors = {f"mlp.{name}": t.detach().cpu() for name, t in mlp.net.state_dict().items()}
+    if mlp.normalize_input:
+        tensors |= {"input_mean": mlp.input_mean.detach().cpu(), "input_std": mlp.input_std.detach().cpu()}
+    stats = target_stats(feature_file, rows)["stats"]
+    return Steerer(
+        "l2s", tensors=tensors, mlp={"hidden": mlp.hidden, "activation": mlp.activation, "bias_out": mlp.bias_out},
+        input_norm=mlp.normalize_input, stats=stats, info={"rows": int(len(rows)), **(info or {})},
+        **_common(feature_file, rows, default_alpha, seed),
+    )
+
+
+@torch.no_grad()
+def evaluate_steerer(steerer: Steerer, file: FeatureFile, rows: np.ndarray, chunk: int = 4096) -> dict[str, float] | None:
+    """MSE (over all elements) and mean cosine similarity between the steerer's vectors and z on ``rows``;
+    ``None`` when the steerer cannot produce vectors for them (the oracle outside its split)."""
+    if len(rows) == 0:
+        return None
+    if steerer.method == "p2s_oracle" and not set(file.sample_id[rows].tolist()) <= set(steerer.oracle_ids):
+        return None
+    squared, cos, n = 0.0, 0.0, 0
+    for part, arrays in file.iter_chunks(rows, chunk):
+        context, target = torch.from_numpy(arrays["context"]), torch.from_numpy(arrays["steer"])
+        vectors = steerer.vectors(context, behaviours=file.behaviour[part].tolist(), sample_ids=file.sample_id[part].tolist())
+        squared += float(((vectors.double() - target.double()) ** 2).sum())
+        cos += float(F.cosine_similarity(vectors, target, dim=-1).double().sum())
+        n += len(part)
+    return {"mse": squared / (n * file.dim), "cos": cos / n, "n": n}
+
+
+__all__ = ["BASELINES", "METHODS", "build_baseline", "evaluate_steerer", "l2s_steerer", "target_stats"]

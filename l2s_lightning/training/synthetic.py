@@ -1,0 +1,41 @@
+"""A synthetic features.h5 (tests, demos): z = A·tanh(B·h) + a per-behaviour offset + noise.
+
+The behaviour is a function of h (the sign of h₀), so an input-dependent g can beat a single mean vector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2s_lightning.features import write_features
+
+
+def make_synthetic_features(
+    path: str | Path,
+    n: int = 200,
+    dim: int = 16,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    noise: float = 0.05,
+    behaviours: tuple[str, str] = ("refuse", "defer"),
+    **attrs: Any,
+) -> Path:
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(n, dim)).astype(np.float32)
+    a = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    b = rng.normal(size=(dim, dim)) / np.sqrt(dim) * 2.0
+    offsets = rng.normal(size=(2, dim)) * 2.0
+    which = (h[:, 0] > 0).astype(int)
+    z = np.tanh(h @ b.T) @ a.T + offsets[which] + noise * rng.normal(size=(n, dim))
+    split = np.where(rng.random(n) < test_fraction, "test", "train")
+    attrs = {
+        "model": "synthetic", "layer_steer": 1, "layer_context": 1, "num_layers": 2, "template_set": "synthetic",
+        "dataset": "synthetic", "split_seed": seed, "test_fraction": test_fraction, **attrs,
+    }
+    return write_features(
+        path, h, z.astype(np.float32), [f"s{i:04d}" for i in range(n)],
+        [f"cat{w}" for w in which], [behaviours[w] for w in which], split.tolist(), **attrs,
+    )
