@@ -71,7 +71,8 @@ class PromptDataModule(L.LightningDataModule):
         split_file: where the seeded train/test split is saved (reused when present).
         test_fraction, split_seed: the split's parameters.
         splits: which splits to serve (``["train", "test"]`` for extraction of both).
-        limit_per_category: keep only the first N rows of each category and split (quick runs).
+        limit_per_category: keep only the first N rows of each category and split (quick runs); a mapping
+            such as ``{train: 40, test: 8}`` gives each split its own N.
         use_images: False for text-only models (no image is loaded or rendered).
         sort_by_length: order rows by question length so batches carry little padding.
     """
@@ -84,7 +85,7 @@ class PromptDataModule(L.LightningDataModule):
         test_fraction: float = 0.2,
         split_seed: int = 21,
         splits: list[str] | None = None,
-        limit_per_category: int | None = None,
+        limit_per_category: int | dict[str, int] | None = None,
         categories: list[str] | None = None,
         use_images: bool = True,
         sort_by_length: bool = True,
@@ -135,7 +136,10 @@ class PromptDataModule(L.LightningDataModule):
             if split not in self.splits or (self.categories and row["category"] not in self.categories):
                 continue
             key = (row["category"], split)
-            if self.limit_per_category is not None and kept.get(key, 0) >= self.limit_per_category:
+            limit = self.limit_per_category
+            if isinstance(limit, dict):
+                limit = limit.get(split)
+            if limit is not None and kept.get(key, 0) >= limit:
                 continue
             kept[key] = kept.get(key, 0) + 1
             contrast = self.templates.resolve(

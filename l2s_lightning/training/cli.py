@@ -56,12 +56,23 @@ class FitCLI(LightningCLI):
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         configured = trainer_config.get("callbacks") or []
         if not any(isinstance(cb, ModelCheckpoint) for cb in configured):
-            callbacks.append(ModelCheckpoint(
-                dirpath=root / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/mse", mode="min",
-                save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
-            ))
+            callbacks += checkpoint_callbacks(root / "checkpoints")
         callbacks.append(TrainingCurves())
         return self._instantiate_trainer(trainer_config, callbacks)
+
+
+def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
+    """``best-epochNNN.ckpt`` (lowest val/mse) and ``last.ckpt`` rewritten after every epoch.
+
+    (Lightning >= 2.5 writes ``save_last`` only in epochs that also saved a top-k checkpoint, so the last
+    checkpoint is a monitor-less top-1 named ``last``; ``ckpt_path="last"`` finds it by name.)
+    """
+    best = ModelCheckpoint(
+        dirpath=dirpath, filename="best-epoch{epoch:03d}", monitor="val/mse", mode="min", save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    last = ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    return [best, last]
 
 
 def _fresh_start(root: Path, console: Console) -> None:
@@ -79,7 +90,7 @@ def _train_l2s(cli: FitCLI, console: Console) -> None:
         _fresh_start(run_dir(cfg.out_dir), console)
     trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
     if cfg.keep == "best":
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None) == "val/mse"), "")
         if not best:
             raise RuntimeError("--keep best: no best checkpoint was saved (is validation running?)")
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
@@ -127,6 +138,7 @@ def fit_main(argv: list[str] | None = None) -> int:
         run=False,
         args=argv,
         save_config_callback=None,
+        auto_configure_optimizers=False,
         seed_everything_default=0,
         trainer_defaults={"max_epochs": 100, "deterministic": True, "log_every_n_steps": 10},
         parser_kwargs={"description": __doc__.split("\n\n")[0], "default_env": False},

@@ -3,11 +3,20 @@
 Defaults follow the paper: MSE loss, Adam with lr 1e-4, 100 epochs (set on the Trainer), hidden 100.
 The activation is Tanh as in the authors' released code (the paper does not name one); their output layer
 has no bias (``bias_out: false``) and their loss adds L1 and a cosine term (``l1_weight``,
-``cosine_weight``), both off by default. The learning rate follows a cosine annealing over ``max_epochs``
-and is further cut by ReduceLROnPlateau on ``val/mse``; both are chainable and stepped once per epoch.
+``cosine_weight``), both off by default.
+
+Learning rate of epoch e: ``eta_min + (lr - eta_min) · cos_e · plateau_e`` with ``cos_e`` the cosine
+annealing factor over ``cosine_epochs`` (default ``max_epochs``) and ``plateau_e`` the ReduceLROnPlateau
+multiplier (factor, patience, relative threshold 1e-4 as in PyTorch) replayed over the validation MSE of
+epochs < e. The schedule is a pure function of the epoch and the ``val/mse`` history, which is stored in
+the checkpoint: a run resumed from any ``last.ckpt`` continues with exactly the learning rates of an
+uninterrupted one (Lightning's own scheduler stepping skips the plateau step of the epoch a checkpoint
+was written in).
 """
 
 from __future__ import annotations
+
+import math
 
 import lightning as L
 import torch
@@ -16,6 +25,23 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MeanSquaredError
 
 from l2s_lightning.training.mlp import SteeringMLP
+
+PLATEAU_THRESHOLD = 1e-4  # torch.optim.lr_scheduler.ReduceLROnPlateau default (mode "rel")
+
+
+def plateau_multiplier(history: list[float | None], factor: float, patience: int, threshold: float = PLATEAU_THRESHOLD) -> float:
+    """The lr multiplier ReduceLROnPlateau (mode min, rel threshold, no cooldown) reaches on ``history``."""
+    best, bad, multiplier = math.inf, 0, 1.0
+    for value in history:
+        if value is None:
+            continue
+        if value < best * (1.0 - threshold):
+            best, bad = value, 0
+        else:
+            bad += 1
+        if bad > patience:
+            multiplier, bad = multiplier * factor, 0
+    return multiplier
 
 
 class L2SModule(L.LightningModule):
@@ -30,6 +56,7 @@ class L2SModule(L.LightningModule):
         lr / weight_decay: Adam.
         cosine: cosine annealing of lr to ``eta_min`` over ``cosine_epochs`` (default: ``max_epochs``).
         plateau_factor / plateau_patience: ReduceLROnPlateau on ``val/mse`` (``plateau_factor: 1`` = off).
+        eta_min: the floor of the cosine annealing.
         l1_weight / cosine_weight: extra loss terms of the released code (0 = paper's plain MSE).
     """
 
@@ -55,6 +82,7 @@ class L2SModule(L.LightningModule):
         self.mlp = SteeringMLP(dim, hidden, activation, bias_out, normalize_input)
         self.train_mse, self.val_mse, self.test_mse = MeanSquaredError(), MeanSquaredError(), MeanSquaredError()
         self.train_cos, self.val_cos, self.test_cos = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_history: list[float | None] = []  # val/mse per epoch, drives the plateau multiplier
 
     def forward(self, context: Tensor) -> Tensor:
         return self.mlp(context)
@@ -96,18 +124,37 @@ class L2SModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def on_train_epoch_start(self) -> None:
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
-
-    def configure_optimizers(self):
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of ``epoch`` (see the module docstring)."""
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        schedulers = []
+        scale = 1.0
         if hp.cosine:
-            epochs = hp.cosine_epochs or (self.trainer.max_epochs if self._trainer is not None else None) or 100
-            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=hp.eta_min)
-            schedulers.append({"scheduler": cosine, "interval": "epoch", "name": "cosine"})
+            total = hp.cosine_epochs or (self.trainer.max_epochs if self._trainer is not None else None) or 100
+            total = max(1, total if total > 0 else 100)
+            scale = (1.0 + math.cos(math.pi * min(epoch, total) / total)) / 2.0
         if hp.plateau_factor < 1.0:
-            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=hp.plateau_factor, patience=hp.plateau_patience)
-            schedulers.append({"scheduler": plateau, "interval": "epoch", "monitor": "val/mse", "name": "plateau"})
-        return [optimizer], schedulers
+            scale *= plateau_multiplier(self.val_history[:epoch], hp.plateau_factor, hp.plateau_patience)
+        return hp.eta_min + (hp.lr - hp.eta_min) * scale
+
+    def on_train_epoch_start(self) -> None:
+        lr = self.lr_at(self.current_epoch)
+        for group in self.optimizers().param_groups:
+            group["lr"] = lr
+        self.log("lr", lr, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self.val_mse.update_called:
+            return
+        epoch = self.current_epoch
+        history = self.val_history[:epoch]
+        self.val_history = history + [None] * (epoch - len(history)) + [float(self.val_mse.compute())]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["val_history"] = list(self.val_history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.val_history = list(checkpoint.get("val_history", []))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam; the learning rate is set at the start of each epoch by :meth:`lr_at`."""
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,201 @@
+"""`l2s run`: the whole L2S loop on one config: extract → fit (L2S + baselines) → predict every method on
+the test split → evaluate (judge scores and behaviour log-odds) → side-by-side table, JSON and plots."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser, ActionConfigFile
+from rich.console import Console
+from rich.table import Table
+
+from l2s_lightning.steerer import Steerer
+
+ALL_METHODS = ["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
+
+
+@dataclass
+class RunConfig:
+    """What ``l2s run`` does.
+
+    Args:
+        out_dir: everything goes here (features, split, steerers, predictions, evaluation, report).
+        extract_config / fit_config / predict_config: the sub-commands' YAML configs.
+        limit_per_category: rows per category and split (a quick run), e.g. ``{train: 40, test: 8}``.
+        methods: the methods predicted and compared.
+        alpha: α for every steering method (None: each steerer's ``default_alpha``).
+        max_new_tokens: generation length.
+        judge: the evaluation judge (``keyword`` works offline).
+        logodds_templates: continuations scored by the log-odds metric (None to skip it).
+    """
+
+    out_dir: str = "outputs/smollm2_quick"
+    extract_config: str = "configs/extract/smollm2_mmsafetybench.yaml"
+    fit_config: str = "configs/fit/smollm2.yaml"
+    predict_config: str = "configs/predict/smollm2_mmsafetybench.yaml"
+    limit_per_category: dict[str, int] | None = None
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    alpha: float | None = None
+    max_new_tokens: int = 48
+    judge: str = "keyword"
+    logodds_templates: str | None = "logodds_eval"
+    extra_extract_args: list[str] = field(default_factory=list)
+    extra_fit_args: list[str] = field(default_factory=list)
+    extra_predict_args: list[str] = field(default_factory=list)
+
+
+def _limit_args(config: RunConfig) -> list[str]:
+    return [f"--data.limit_per_category={json.dumps(config.limit_per_category)}"] if config.limit_per_category else []
+
+
+def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run every stage (each one resumes: finished work is kept) and return the combined report."""
+    from l2s_lightning.evaluation import evaluate_main
+    from l2s_lightning.extraction.cli import extract_main
+    from l2s_lightning.generation.cli import predict_main
+    from l2s_lightning.training.cli import fit_main
+
+    console = console or Console()
+    unknown = sorted(set(config.methods) - set(ALL_METHODS))
+    if unknown:
+        raise ValueError(f"methods {unknown} are not among {ALL_METHODS}")
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    common = [f"--data.split_file={out / 'split.json'}", *_limit_args(config)]
+
+    start = time.time()
+    console.rule("[bold]1/4 extract")
+    extract_main(["--config", config.extract_config, f"--writer.output={out / 'features.h5'}", *common, *config.extra_extract_args])
+    timings["extract_s"] = time.time() - start
+
+    start = time.time()
+    console.rule("[bold]2/4 fit")
+    fit_main(["--config", config.fit_config, "--method=all", f"--out_dir={out}", f"--data.features={out / 'features.h5'}", *config.extra_fit_args])
+    timings["fit_s"] = time.time() - start
+
+    start = time.time()
+    console.rule("[bold]3/4 predict")
+    predictions = []
+    for method in config.methods:
+        target = out / "predictions" / f"{method}.jsonl"
+        args = ["--config", config.predict_config, f"--model.method={method}", f"--writer.output={target}",
+                f"--model.max_new_tokens={config.max_new_tokens}", *common, *config.extra_predict_args]
+        if method not in {"none", "prompt"}:
+            args.append(f"--model.steerer={out / 'steerers' / method}")
+            if config.alpha is not None:
+                args.append(f"--model.alpha={config.alpha}")
+        predict_main(args)
+        predictions.append(str(target))
+    timings["predict_s"] = time.time() - start
+
+    start = time.time()
+    console.rule("[bold]4/4 evaluate")
+    code = evaluate_main([*predictions, "--out", str(out / "eval"), "--judge", config.judge, "-q"])
+    if code:
+        raise RuntimeError(f"evaluation failed (exit code {code}); see the message above")
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    logodds = run_logodds(config, out) if config.logodds_templates else {}
+    timings["evaluate_s"] = time.time() - start
+    report = build_report(config, metrics, logodds, timings)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(report_markdown(report))
+    print_report(report, console)
+    return report
+
+
+def run_logodds(config: RunConfig, out: Path) -> dict[str, dict[str, float]]:
+    """Mean behaviour log-odds per method and behaviour on the test split (vectors from the stored h)."""
+    import yaml
+
+    from l2s_lightning.data.datamodule import PromptDataModule
+    from l2s_lightning.features import FeatureFile
+    from l2s_lightning.models.loading import ModelSpec, load_model
+    from l2s_lightning.scoring import behaviour_log_odds
+    from l2s_lightning.templates import load_templates
+
+    predict_cfg = yaml.safe_load(Path(config.predict_config).read_text())
+    loaded = load_model(ModelSpec(**predict_cfg["model"]["model"]))
+    data_cfg = dict(predict_cfg["data"])
+    source_cfg = data_cfg.pop("source")
+    module_name, class_name = source_cfg["class_path"].rsplit(".", 1)
+    source = getattr(__import__(module_name, fromlist=[class_name]), class_name)(**source_cfg.get("init_args", {}))
+    data_cfg |= {"split_file": str(out / "split.json"), "splits": ["test"], "limit_per_category": config.limit_per_category}
+    data = PromptDataModule(source, **data_cfg)
+    dataset = data.predict_dataloader().dataset
+    items = [dataset[i] for i in range(len(dataset))]
+    eval_templates = load_templates(config.logodds_templates)
+    features = FeatureFile(out / "features.h5")
+    context = features.context_by_id([item.id for item in items])
+    results: dict[str, dict[str, float]] = {}
+    for method in config.methods:
+        scores = []
+        for i in range(0, len(items), 16):
+            batch = items[i : i + 16]
+            vectors, layer, instruction = None, None, ""
+            if method == "prompt":
+                instruction = data.templates.prompt_baseline
+            elif method != "none":
+                steerer = Steerer.load(out / "steerers" / method)
+                alpha = steerer.default_alpha if config.alpha is None else config.alpha
+                vectors = alpha * steerer.vectors(context[i : i + 16], [it.behaviour for it in batch], [it.id for it in batch])
+                layer = steerer.layer_steer
+            scores.append(behaviour_log_odds(loaded, batch, eval_templates, vectors, layer, instruction))
+        values = torch.cat(scores)
+        results[method] = {
+            behaviour: values[torch.tensor([it.behaviour == behaviour for it in items])].mean().item()
+            for behaviour in sorted({it.behaviour for it in items})
+        }
+    return results
+
+
+def build_report(config: RunConfig, metrics: dict[str, Any], logodds: dict[str, dict[str, float]], timings: dict[str, float]) -> dict[str, Any]:
+    """One row per method: unsafe score, ED-score, quality, log-odds."""
+    rows = []
+    runs = metrics["benchmarks"]["mm_safetybench"]["runs"]
+    by_method = {run["method"]: run for run in runs}
+    for method in config.methods:
+        summary = by_method.get(method, {}).get("summary", {})
+        row = {"method": method, "alpha": by_method.get(method, {}).get("alpha")}
+        row |= {key: summary.get(key) for key in ("unsafe@0.5", "unsafe@0.7", "unsafe@0.9", "ed_score", "quality", "n")}
+        row |= {f"logodds_{b}": v for b, v in logodds.get(method, {}).items()}
+        rows.append(row)
+    return {"config": config.__dict__, "rows": rows, "timings": timings}
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    keys = [k for k in rows[0] if k != "method"]
+    lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in rows:
+        cells = [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    rows = report["rows"]
+    table = Table(title="L2S and baselines, test split")
+    keys = list(rows[0])
+    for key in keys:
+        table.add_column(key, justify="right" if key != "method" else "left")
+    for row in rows:
+        table.add_row(*[f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys])
+    console.print(table)
+    console.print("timings: " + ", ".join(f"{k}={v:.0f}s" for k, v in report["timings"].items()))
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``l2s run``."""
+    parser = ArgumentParser(prog="l2s run", description=__doc__)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_class_arguments(RunConfig, nested_key=None)
+    cfg = parser.parse_args(argv)
+    cfg.pop("config", None)
+    run_pipeline(RunConfig(**{k: v for k, v in cfg.items() if k in RunConfig.__dataclass_fields__}))
+    return 0

@@ -1,0 +1,110 @@
+"""Steerer folders: every method saves, loads back and gives identical vectors; clear errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from l2s_lightning.features import FeatureFile
+from l2s_lightning.steerer import METHODS, Steerer
+from l2s_lightning.training.baselines import build_baseline, l2s_steerer
+from l2s_lightning.training.mlp import SteeringMLP
+from l2s_lightning.training.synthetic import make_synthetic_features
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> FeatureFile:
+    return FeatureFile(make_synthetic_features(tmp_path_factory.mktemp("f") / "features.h5", n=80, dim=8))
+
+
+def _steerer(method: str, file: FeatureFile) -> Steerer:
+    if method == "l2s":
+        torch.manual_seed(0)
+        mlp = SteeringMLP(file.dim, hidden=5, activation="gelu", bias_out=False, normalize_input=True)
+        mlp.set_input_stats(torch.arange(file.dim).float(), torch.linspace(0.5, 2.0, file.dim))
+        return l2s_steerer(mlp, file, file.rows("train"), default_alpha=2.5, seed=0)
+    return build_baseline(method, file, seed=3, default_alpha=2.5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_identical_vectors(tmp_path, features, method):
+    steerer = _steerer(method, features)
+    test = features.load("test")
+    args = (torch.from_numpy(test.context), test.behaviour, test.sample_id)
+    before = steerer.vectors(*args)
+    assert before.shape == (len(test), features.dim) and before.dtype == torch.float32
+    loaded = Steerer.load(steerer.save(tmp_path / method))
+    assert torch.equal(loaded.vectors(*args), before)
+    assert loaded.to_json() == steerer.to_json()
+    config = json.loads((tmp_path / method / "steerer.json").read_text())
+    assert config["method"] == method and config["layer_steer"] == 1 and config["hidden_size"] == 8
+    assert config["default_alpha"] == 2.5 and len(config["fingerprint"]) == 64
+    assert loaded.norm_stats()["z_norm_mean"] > 0
+    # dtype and device follow the context
+    assert steerer.vectors(args[0].double(), *args[1:]).dtype == torch.float64
+
+
+def test_method_specific_values(features):
+    train = features.load("train")
+    z = torch.from_numpy(train.steer)
+    mean = build_baseline("mean", features)
+    assert torch.allclose(mean.vectors(behaviours=["x"])[0], z.mean(0), atol=1e-6)
+    ba = build_baseline("mean_ba", features)
+    assert ba.behaviours == ["defer", "refuse"]
+    refuse = torch.tensor([b == "refuse" for b in train.behaviour])
+    assert torch.allclose(ba.vectors(behaviours=["refuse"])[0], z[refuse].mean(0), atol=1e-6)
+    rand = build_baseline("random", features, seed=1)
+    assert torch.isclose(rand.tensors["random"].norm(), z.norm(dim=-1).mean(), rtol=1e-5)
+    assert torch.equal(rand.tensors["random"], build_baseline("random", features, seed=1).tensors["random"])
+    assert not torch.equal(rand.tensors["random"], build_baseline("random", features, seed=2).tensors["random"])
+    oracle = build_baseline("p2s_oracle", features)
+    test = features.load("test")
+    assert torch.equal(oracle.vectors(sample_ids=test.sample_id[::-1]), torch.from_numpy(test.steer[::-1].copy()))
+
+
+def test_errors(features):
+    with pytest.raises(ValueError, match=r"no vector for behaviour\(s\) \['comply'\]"):
+        build_baseline("mean_ba", features).vectors(behaviours=["refuse", "comply"])
+    with pytest.raises(ValueError, match=r"no target z for sample id\(s\) \['nope'\]"):
+        build_baseline("p2s_oracle", features).vectors(sample_ids=["nope"])
+    with pytest.raises(ValueError, match="needs each input's behaviour"):
+        build_baseline("mean_ba", features).vectors(torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="needs the context"):
+        _steerer("l2s", features).vectors(behaviours=["refuse"])
+    with pytest.raises(ValueError, match="different batch sizes"):
+        build_baseline("mean", features).vectors(torch.zeros(2, 8), behaviours=["refuse"])
+    with pytest.raises(ValueError, match=r"context must be \(B, 8\)"):
+        build_baseline("mean", features).vectors(torch.zeros(2, 9))
+    with pytest.raises(ValueError, match="unknown baseline"):
+        build_baseline("l2s", features)
+    with pytest.raises(FileNotFoundError, match="not a steerer folder"):
+        Steerer.load(features.path.parent / "nothing")
+
+
+def test_mean_ba_missing_training_behaviour(tmp_path):
+    from l2s_lightning.features import write_features
+
+    rng = np.random.default_rng(0)
+    path = write_features(
+        tmp_path / "f.h5", rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), ["a", "b", "c", "d"], ["x"] * 4,
+        ["refuse", "refuse", "refuse", "defer"], ["train", "train", "test", "test"], model="m", layer_steer=0, layer_context=0,
+    )
+    with pytest.raises(ValueError, match=r"behaviour\(s\) \['defer'\] of split 'test' have no training rows"):
+        build_baseline("mean_ba", path)
+
+
+def test_attach_delegates(monkeypatch, features):
+    calls = {}
+    fake = types.ModuleType("l2s_lightning.steering.attach")
+    fake.attach_steerer = lambda steerer, model, alpha, **kw: calls.update(steerer=steerer, model=model, alpha=alpha, kw=kw) or "handle"
+    monkeypatch.setitem(sys.modules, "l2s_lightning.steering.attach", fake)
+    steerer = build_baseline("mean", features, default_alpha=1.5)
+    assert steerer.attach("model", 3.0, positions="all") == "handle"
+    assert calls == {"steerer": steerer, "model": "model", "alpha": 3.0, "kw": {"positions": "all"}}
+    steerer.attach("model")
+    assert calls["alpha"] == 1.5
