@@ -173,3 +173,19 @@ def test_keep_best_uses_the_best_checkpoint(features, tmp_path):
     steerer = Steerer.load(out / "steerers" / "l2s")
     assert steerer.info["keep"] == "best"
     assert torch.equal(steerer.tensors["mlp.0.weight"], state["mlp.net.0.weight"])
+
+
+def test_output_initialisation_from_targets(features):
+    data = FeatureDataModule(str(features))
+    mean, cov = data.target_moments(covariance=True)
+    z = torch.from_numpy(data.file.read(data.train_indices)["steer"]).double()
+    assert torch.allclose(mean, z.mean(0)) and torch.allclose(cov, torch.cov(z.T, correction=0), atol=1e-8)
+    module = L2SModule(16, hidden=4, init_output="svd")
+    module.init_output(mean, cov)
+    weight = module.mlp.net[-1].weight.double()
+    assert torch.allclose(module.mlp.net[-1].bias.double(), mean, atol=1e-6)
+    gram = weight.T @ weight  # orthogonal columns, squared norms = leading eigenvalues
+    assert torch.allclose(gram, torch.diag(torch.linalg.eigvalsh(cov).flip(0)[:4]), atol=1e-4)
+    with pytest.raises(ValueError, match="needs bias_out=true"):
+        L2SModule(16, bias_out=False)
+    L2SModule(16, bias_out=False, init_output="none")

@@ -16,7 +16,7 @@ from l2s_lightning.training.module import L2SModule, plateau_multiplier
 from l2s_lightning.training.synthetic import make_synthetic_features
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu"]
-EPOCHS = 6
+EPOCHS, STOP, LR = 6, 2, 0.2  # with these the plateau fires at the end of epoch STOP - 1: the hard case
 
 
 @pytest.fixture(scope="module")
@@ -28,21 +28,21 @@ def _argv(features: Path, out: Path, epochs: int) -> list[str]:
     # a large lr and patience 0 make ReduceLROnPlateau fire, so both schedulers are exercised
     return [
         "--data.features", str(features), "--data.batch_size", "16", "--out_dir", str(out), "--method", "l2s",
-        "--model.lr", "0.5", "--model.plateau_patience", "0", "--model.plateau_factor", "0.3",
+        "--model.lr", str(LR), "--model.plateau_patience", "0", "--model.plateau_factor", "0.3",
         "--model.cosine_epochs", str(EPOCHS), "--model.normalize_input", "true", "--trainer.max_epochs", str(epochs), *QUIET,
     ]
 
 
 def test_cli_stop_and_resume_equals_uninterrupted(features, tmp_path):
     assert fit_main(_argv(features, tmp_path / "full", EPOCHS)) == 0
-    assert fit_main(_argv(features, tmp_path / "part", 3)) == 0
+    assert fit_main(_argv(features, tmp_path / "part", STOP)) == 0
     assert fit_main([*_argv(features, tmp_path / "part", EPOCHS), "--ckpt_path", "last"]) == 0
     full, part = (Steerer.load(tmp_path / name / "steerers" / "l2s") for name in ("full", "part"))
     for name, tensor in full.tensors.items():
         assert torch.equal(tensor, part.tensors[name]), name
     lr_full, lr_part = (read_epoch_metrics(tmp_path / name / "runs" / "l2s" / "csv")["lr"] for name in ("full", "part"))
     assert lr_full == lr_part and sorted(lr_full) == list(range(EPOCHS))
-    cosine_only = [0.5 * (1 + torch.cos(torch.tensor(torch.pi * e / EPOCHS))) / 2 for e in range(EPOCHS)]
+    cosine_only = [LR * (1 + torch.cos(torch.tensor(torch.pi * e / EPOCHS))) / 2 for e in range(EPOCHS)]
     assert any(abs(lr_full[e] - float(c)) > 1e-6 for e, c in enumerate(cosine_only)), "plateau never fired"
     # the curves cover the whole history across the two CSV versions
     assert (tmp_path / "part" / "runs" / "l2s" / "curves.png").is_file()
@@ -63,7 +63,7 @@ class KillAt(L.Callback):
 def _train(features: Path, root: Path, ckpt_path: str | None = None, kill_at: int | None = None) -> L2SModule:
     L.seed_everything(0)
     data = FeatureDataModule(str(features), batch_size=16, seed=0)
-    model = L2SModule(data.dim, lr=0.5, plateau_patience=0, plateau_factor=0.3, cosine_epochs=EPOCHS, normalize_input=True)
+    model = L2SModule(data.dim, lr=LR, plateau_patience=0, plateau_factor=0.3, cosine_epochs=EPOCHS, normalize_input=True)
     callbacks = checkpoint_callbacks(root / "checkpoints") + ([KillAt(kill_at)] if kill_at is not None else [])
     trainer = L.Trainer(
         max_epochs=EPOCHS, deterministic=True, logger=False, callbacks=callbacks, enable_progress_bar=False,
@@ -78,8 +78,8 @@ def _train(features: Path, root: Path, ckpt_path: str | None = None, kill_at: in
 
 def test_kill_mid_epoch_and_resume(features, tmp_path):
     reference = _train(features, tmp_path / "ref")
-    killed = _train(features, tmp_path / "run", kill_at=3)
-    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+    killed = _train(features, tmp_path / "run", kill_at=STOP)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == STOP - 1
     assert not torch.equal(killed.mlp.net[0].weight, reference.mlp.net[0].weight)
     resumed = _train(features, tmp_path / "run", ckpt_path="last")
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items(), strict=True):
@@ -87,4 +87,5 @@ def test_kill_mid_epoch_and_resume(features, tmp_path):
     assert torch.equal(reference.mlp.net[2].weight, resumed.mlp.net[2].weight)
     assert resumed.val_history == reference.val_history
     # the plateau fired in the epoch the checkpoint was written in: the hard case for resuming
-    assert plateau_multiplier(reference.val_history[:2], 0.3, 0) == 1.0 > plateau_multiplier(reference.val_history[:3], 0.3, 0)
+    history = reference.val_history
+    assert plateau_multiplier(history[: STOP - 1], 0.3, 0) == 1.0 > plateau_multiplier(history[:STOP], 0.3, 0)

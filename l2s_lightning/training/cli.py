@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,10 @@ class FitCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="`last` resumes from runs/l2s/checkpoints/last.ckpt")
         parser.add_argument("--default_alpha", type=float, default=1.0, help="α recorded in the steerers")
         parser.add_argument("--keep", type=Literal["last", "best"], default="last", help="L2S weights kept: final epoch or best val/mse")
+        parser.add_argument(
+            "--torch_threads", type=int | None, default=1,
+            help="CPU threads while fitting (restored after); the MLP is tiny and extra threads only add overhead; null = leave as is",
+        )
         parser.link_arguments("data.dim", "model.dim", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs: Any):
@@ -64,7 +69,7 @@ class FitCLI(LightningCLI):
 def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
     """``best-epochNNN.ckpt`` (lowest val/mse) and ``last.ckpt`` rewritten after every epoch.
 
-    (Lightning >= 2.5 writes ``save_last`` only in epochs that also saved a top-k checkpoint, so the last
+    (Lightning 2.6 writes ``save_last`` only in epochs that also saved a top-k checkpoint, so the last
     checkpoint is a monitor-less top-1 named ``last``; ``ckpt_path="last"`` finds it by name.)
     """
     best = ModelCheckpoint(
@@ -132,17 +137,29 @@ def _print_report(report: dict[str, Any], out_dir: Path, console: Console) -> No
 
 def fit_main(argv: list[str] | None = None) -> int:
     """Entry point of ``l2s fit``; returns the exit status."""
-    cli = FitCLI(
-        L2SModule,
-        FeatureDataModule,
-        run=False,
-        args=argv,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        seed_everything_default=0,
-        trainer_defaults={"max_epochs": 100, "deterministic": True, "log_every_n_steps": 10},
-        parser_kwargs={"description": __doc__.split("\n\n")[0], "default_env": False},
-    )
+    with warnings.catch_warnings():  # `l2s fit ...` hands over its own argv: not a mix-up of two command lines
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = FitCLI(
+            L2SModule,
+            FeatureDataModule,
+            run=False,
+            args=argv,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+            seed_everything_default=0,
+            trainer_defaults={"max_epochs": 100, "deterministic": True, "log_every_n_steps": 10},
+            parser_kwargs={"prog": "l2s fit", "description": __doc__.split("\n\n")[0], "default_env": False},
+        )
+    threads = torch.get_num_threads()
+    try:
+        if cli.config.torch_threads:
+            torch.set_num_threads(cli.config.torch_threads)
+        return _run(cli)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cli: FitCLI) -> int:
     cfg, data = cli.config, cli.datamodule
     console = Console(stderr=True)
     out_dir = Path(cfg.out_dir)

@@ -175,6 +175,22 @@ class FeatureDataModule(L.LightningDataModule):
         var = (squares / n - mean * mean).clamp_min(0.0) * (n / max(n - 1, 1))
         return mean.float(), var.sqrt().float()
 
+    @torch.no_grad()
+    def target_moments(self, covariance: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean (D,) and, if asked, covariance (D, D) of z over the training rows (streamed, float64)."""
+        self.setup()
+        total = torch.zeros(self.dim, dtype=torch.float64)
+        second = torch.zeros(self.dim, self.dim, dtype=torch.float64) if covariance else None
+        for _, arrays in self.file.iter_chunks(self.train_indices):
+            z = torch.from_numpy(arrays["steer"]).double()
+            total += z.sum(0)
+            if second is not None:
+                second += z.T @ z
+        n = len(self.train_indices)
+        mean = total / n
+        cov = None if second is None else second / n - torch.outer(mean, mean)
+        return mean, cov
+
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         self.setup()
         dataset = self._datasets[name]

@@ -3,7 +3,10 @@
 Defaults follow the paper: MSE loss, Adam with lr 1e-4, 100 epochs (set on the Trainer), hidden 100.
 The activation is Tanh as in the authors' released code (the paper does not name one); their output layer
 has no bias (``bias_out: false``) and their loss adds L1 and a cosine term (``l1_weight``,
-``cosine_weight``), both off by default.
+``cosine_weight``), both off by default. The released code also initialises the decoder from the
+targets; here ``init_output: mean`` (default) sets the output bias to the training mean of z, so g starts
+at the Mean-S baseline and learns the input-dependent part; ``svd`` also sets the output weights to the
+leading principal directions of z (scaled by their standard deviations); ``none`` keeps PyTorch's init.
 
 Learning rate of epoch e: ``eta_min + (lr - eta_min) · cos_e · plateau_e`` with ``cos_e`` the cosine
 annealing factor over ``cosine_epochs`` (default ``max_epochs``) and ``plateau_e`` the ReduceLROnPlateau
@@ -58,6 +61,7 @@ class L2SModule(L.LightningModule):
         plateau_factor / plateau_patience: ReduceLROnPlateau on ``val/mse`` (``plateau_factor: 1`` = off).
         eta_min: the floor of the cosine annealing.
         l1_weight / cosine_weight: extra loss terms of the released code (0 = paper's plain MSE).
+        init_output: ``mean`` | ``svd`` | ``none``: output-layer initialisation from the training targets.
     """
 
     def __init__(
@@ -76,22 +80,45 @@ class L2SModule(L.LightningModule):
         plateau_patience: int = 10,
         l1_weight: float = 0.0,
         cosine_weight: float = 0.0,
+        init_output: str = "mean",
     ) -> None:
         super().__init__()
+        if init_output not in ("mean", "svd", "none"):
+            raise ValueError(f"init_output must be 'mean', 'svd' or 'none', got {init_output!r}")
+        if init_output != "none" and not bias_out:
+            raise ValueError(f"init_output={init_output!r} sets the output bias: it needs bias_out=true (or use init_output='none')")
         self.save_hyperparameters()
         self.mlp = SteeringMLP(dim, hidden, activation, bias_out, normalize_input)
         self.train_mse, self.val_mse, self.test_mse = MeanSquaredError(), MeanSquaredError(), MeanSquaredError()
         self.train_cos, self.val_cos, self.test_cos = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_history: list[float | None] = []  # val/mse per epoch, drives the plateau multiplier
+        self._initialised = False  # input stats / output init done (or restored from a checkpoint)
 
     def forward(self, context: Tensor) -> Tensor:
         return self.mlp(context)
 
     def setup(self, stage: str) -> None:
-        """Set the input statistics from the data module's training rows (a checkpoint restores them too)."""
+        """Before the first fit: input statistics and output initialisation from the data module's training
+        rows (when resuming, the checkpoint then overwrites both with the same values)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.hparams.normalize_input and stage == "fit" and datamodule is not None and hasattr(datamodule, "input_stats"):
+        if stage != "fit" or self._initialised or datamodule is None or not hasattr(datamodule, "target_moments"):
+            return
+        if self.hparams.normalize_input:
             self.mlp.set_input_stats(*datamodule.input_stats())
+        if self.hparams.init_output != "none":
+            self.init_output(*datamodule.target_moments(covariance=self.hparams.init_output == "svd"))
+        self._initialised = True
+
+    @torch.no_grad()
+    def init_output(self, mean: Tensor, cov: Tensor | None = None) -> None:
+        """Output bias = mean z; with ``cov``, output weights = leading principal directions × their std."""
+        out = self.mlp.net[-1]
+        out.bias.copy_(mean.to(out.bias))
+        if cov is not None:
+            values, vectors = torch.linalg.eigh(cov.double())
+            k = min(self.hparams.hidden, len(values))
+            top = values.flip(0)[:k].clamp_min(0.0).sqrt()
+            out.weight[:, :k] = (vectors.flip(1)[:, :k] * top).to(out.weight)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         hp = self.hparams
@@ -154,6 +181,7 @@ class L2SModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_history = list(checkpoint.get("val_history", []))
+        self._initialised = True
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam; the learning rate is set at the start of each epoch by :meth:`lr_at`."""
