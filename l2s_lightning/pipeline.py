@@ -131,7 +131,8 @@ def run_logodds(config: RunConfig, out: Path) -> dict[str, dict[str, float]]:
     items = [dataset[i] for i in range(len(dataset))]
     eval_templates = load_templates(config.logodds_templates)
     features = FeatureFile(out / "features.h5")
-    context = features.context_by_id([item.id for item in items])
+    row_of = {str(sample_id): i for i, sample_id in enumerate(features.sample_id)}
+    context = torch.from_numpy(features.read([row_of[item.id] for item in items], columns=("context",))["context"])
     results: dict[str, dict[str, float]] = {}
     for method in config.methods:
         scores = []

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.cli import LightningCLI
 from rich.console import Console
 
 from l2s_lightning.data.datamodule import PromptDataModule, describe_data
 from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.extraction.writer import FORMAT_VERSION, HDF5FeatureWriter
+from l2s_lightning.writer_cli import WriterCLI, make_cli
 from l2s_lightning.models.loading import load_config
 from l2s_lightning.models.loading import _is_image_text as is_image_text_config
 
 
-class ExtractCLI(LightningCLI):
-    """LightningCLI with the HDF5 writer as a configurable, always-present callback (``--writer.output``)."""
+class ExtractCLI(WriterCLI):
+    """``l2s extract``: ExtractionModule + PromptDataModule + the HDF5 writer (``--writer.output``)."""
 
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(HDF5FeatureWriter, "writer")
+    writer_class = HDF5FeatureWriter
 
 
 def extraction_attrs(module: ExtractionModule, data: PromptDataModule) -> dict[str, Any]:
@@ -55,15 +53,8 @@ def preflight(module: ExtractionModule, data: PromptDataModule, writer: HDF5Feat
 
 def extract_main(argv: list[str] | None = None) -> int:
     """Entry point of ``l2s extract``."""
-    cli = ExtractCLI(
-        ExtractionModule,
-        PromptDataModule,
-        run=False,
-        args=argv,
-        save_config_callback=None,
-        trainer_defaults={"logger": False, "callbacks": [RichProgressBar()], "enable_checkpointing": False},
-    )
-    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, HDF5FeatureWriter))
+    cli = make_cli(ExtractCLI, ExtractionModule, PromptDataModule, argv)
+    writer = cli.writer
     console = Console(stderr=True)
     total = len(cli.datamodule.rows())
     pending = preflight(cli.model, cli.datamodule, writer)

@@ -17,35 +17,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from l2s_lightning.features import ARRAY_COLUMNS, FORMAT_VERSION, IDENTITY_ATTRS, STRING_COLUMNS, append_rows
 from l2s_lightning.part_writer import RankPartWriter
-
-FORMAT_VERSION = 1
-STRING_COLUMNS = ("sample_id", "category", "behaviour", "split")
-ARRAY_COLUMNS = ("context", "steer")
-# Attributes that must match for a run to add rows to an existing file.
-IDENTITY_ATTRS = ("model", "layer_steer", "layer_context", "hidden_size", "template_set", "split_seed", "test_fraction")
-_STR = h5py.string_dtype("utf-8")
-
-
-def append_rows(file: h5py.File, rows: Mapping[str, Any]) -> None:
-    """Append rows (``context``/``steer`` as (n, D) arrays, string columns as lists) to resizable datasets."""
-    n = len(rows["sample_id"])
-    if n == 0:
-        return
-    for name in ARRAY_COLUMNS:
-        values = np.asarray(rows[name], dtype=np.float32)
-        if name not in file:
-            file.create_dataset(name, shape=(0, values.shape[1]), maxshape=(None, values.shape[1]), dtype="f4", chunks=(max(1, min(256, n)), values.shape[1]))
-        dataset = file[name]
-        dataset.resize(dataset.shape[0] + n, axis=0)
-        dataset[-n:] = values
-    for name in STRING_COLUMNS:
-        if name not in file:
-            file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
-        dataset = file[name]
-        dataset.resize(dataset.shape[0] + n, axis=0)
-        dataset[-n:] = [str(v) for v in rows[name]]
-
 
 def read_rows(path: str | Path) -> dict[str, Any]:
     """All rows of a feature or part file (empty columns when the file has none)."""

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.cli import LightningCLI
 from rich.console import Console
 
 from l2s_lightning.data.datamodule import PromptDataModule
 from l2s_lightning.generation.module import SteeredGenerationModule
 from l2s_lightning.generation.writer import JsonlPredictionWriter
+from l2s_lightning.writer_cli import WriterCLI, make_cli
 
 
-class PredictCLI(LightningCLI):
-    """LightningCLI with the JSONL writer as an always-present callback (``--writer.output``)."""
+class PredictCLI(WriterCLI):
+    """``l2s predict``: SteeredGenerationModule + PromptDataModule (test split) + the JSONL writer."""
+
+    writer_class = JsonlPredictionWriter
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(JsonlPredictionWriter, "writer")
+        super().add_arguments_to_parser(parser)
         parser.set_defaults({"data.splits": ["test"]})
 
 
@@ -23,7 +24,8 @@ def run_prediction(module: SteeredGenerationModule, data: PromptDataModule, writ
     """Check everything, skip finished ids, generate the rest; returns the number of rows generated."""
     rows = data.rows()
     if module.method == "p2s_oracle":
-        missing = [r["id"] for r in rows if not module.steerer.has_sample(r["id"])]
+        known = set(module.steerer.oracle_ids)
+        missing = [r["id"] for r in rows if r["id"] not in known]
         if missing:
             raise ValueError(
                 f"P2S oracle steerer has no features for {len(missing)} samples, e.g. {missing[:3]}: "
@@ -46,14 +48,7 @@ def run_prediction(module: SteeredGenerationModule, data: PromptDataModule, writ
 
 def predict_main(argv: list[str] | None = None) -> int:
     """Entry point of ``l2s predict``."""
-    cli = PredictCLI(
-        SteeredGenerationModule,
-        PromptDataModule,
-        run=False,
-        args=argv,
-        save_config_callback=None,
-        trainer_defaults={"logger": False, "callbacks": [RichProgressBar()], "enable_checkpointing": False},
-    )
-    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, JsonlPredictionWriter))
+    cli = make_cli(PredictCLI, SteeredGenerationModule, PromptDataModule, argv)
+    writer = cli.writer
     run_prediction(cli.model, cli.datamodule, writer, cli.trainer)
     return 0
