@@ -1,0 +1,83 @@
+"""Loading processors, with the one workaround this project needs (isolated here and tested).
+
+Without a working torchvision, transformers 5.x turns every video processor into a dummy, and the Qwen2-VL
+/ Qwen2.5-VL processors cannot be built because they require one (upstream huggingface/transformers#48558).
+We only need images: `load_processor` then builds the same processor class without its video processor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+@lru_cache(maxsize=1)
+def has_working_torchvision() -> bool:
+    """True when torchvision imports and its compiled operators match torch."""
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.ops import nms  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def image_only(processor_class: type) -> type:
+    """A subclass of a processor class whose sub-processors are the image processor and tokenizer only."""
+
+    class ImageOnlyProcessor(processor_class):  # type: ignore[misc, valid-type]
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs: Any) -> None:
+            processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    ImageOnlyProcessor.__name__ = f"{processor_class.__name__}ImageOnly"
+    ImageOnlyProcessor.__qualname__ = ImageOnlyProcessor.__name__
+    return ImageOnlyProcessor
+
+
+def _processor_class_name(folder: Path) -> str | None:
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get("processor_class")
+            if value:
+                return value
+    return None
+
+
+def _chat_template(folder: Path, tokenizer: Any) -> str | None:
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = folder / name
+        if path.is_file():
+            text = path.read_text()
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return getattr(tokenizer, "chat_template", None)
+
+
+def load_processor(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """`AutoProcessor.from_pretrained`, falling back to an image-only processor when torchvision is missing."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path, **kwargs)
+    except Exception as err:
+        if has_working_torchvision():
+            raise
+        folder = Path(path)
+        name = _processor_class_name(folder) if folder.is_dir() else None
+        if not name:
+            raise
+        import transformers
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        processor_class = getattr(transformers, name, None)
+        if processor_class is None:
+            raise
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
+        except Exception:
+            raise err from None
+        return image_only(processor_class)(image_processor, tokenizer, chat_template=_chat_template(folder, tokenizer))
