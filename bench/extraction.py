@@ -1,0 +1,320 @@
+"""Extraction speed: prefix-shared truncated batches (ours) vs the reference style (batch 1, three full
+forwards with all hidden states), on the same inputs, with the outputs checked equal.
+
+    python bench/extraction.py --model smollm2 --n-samples 64          # CPU, real weights
+    python bench/extraction.py --shape llava-1.5-7b --batch-size auto   # GPU, LLaVA-1.5-7B shape, bf16
+
+One JSON line per figure on stdout; the figures are merged into bench/results/<machine>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import Bench, Timer  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_model_arguments(parser)
+    parser.add_argument("--batch-size", default="auto", help="'auto', N, or a comma list of them (e.g. auto,16,32)")
+    parser.add_argument("--layer-steer", type=int, default=None, help="L* (default 15, or half the layers if fewer)")
+    parser.add_argument("--layer-context", type=int, default=None, help="L' (default: as L*)")
+    parser.add_argument("--n-samples", type=int, default=None, help="samples timed for ours (default 256 GPU / 32 CPU)")
+    parser.add_argument("--n-reference", type=int, default=None, help="samples timed for the reference (default 32 GPU / 8 CPU)")
+    parser.add_argument("--completion-tokens", type=int, default=20, help="tokens of each completion (±3)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches (ours) / samples (reference) first")
+    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--no-reference", action="store_true", help="time ours only (no ratio, no check)")
+    parser.add_argument("--phases", action="store_true", help="time the phases of one batch of ours (vision, prompt, completions)")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler table of one batch of ours (stderr)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="for the FLOP floor (default 800 on CUDA)")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def make_samples(bench: Bench, n: int, text_tokens: int, completion_tokens: int, seed: int) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    pool = common.pixel_values(bench, min(n, 16), g)
+    samples = []
+    for i in range(n):
+        samples.append({
+            "prompt": common.prompt_ids(bench, text_tokens, g),
+            "positive": common.completion_ids(bench, completion_tokens, g),
+            "negative": common.completion_ids(bench, completion_tokens, g),
+            "pixels": None if pool is None else pool[i % pool.shape[0]],
+        })
+    return samples
+
+
+def collate(bench: Bench, samples: list[dict]):
+    """ContrastInputs of a batch (CPU tensors): left-padded prompts, right-padded completions."""
+    from l2s_lightning.extraction.forward import ContrastInputs
+
+    ids, mask = common.left_pad([s["prompt"] for s in samples], bench.pad_token_id)
+    prefix = {"input_ids": ids, "attention_mask": mask}
+    if samples[0]["pixels"] is not None:
+        prefix["pixel_values"] = torch.stack([s["pixels"] for s in samples])
+    rows = [r for s in samples for r in (s["positive"], s["negative"])]
+    lengths = torch.tensor([r.numel() for r in rows])
+    completions = torch.full((len(rows), int(lengths.max())), bench.pad_token_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        completions[i, : r.numel()] = r
+    return ContrastInputs(prefix=prefix, completions=completions, completion_lengths=lengths)
+
+
+def single(bench: Bench, sample: dict) -> dict[str, torch.Tensor]:
+    prefix = {"input_ids": sample["prompt"][None], "attention_mask": torch.ones_like(sample["prompt"])[None]}
+    if sample["pixels"] is not None:
+        prefix["pixel_values"] = sample["pixels"][None]
+    return common.to_device(prefix, bench)
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def run_ours(bench: Bench, batches: list, warmup: int, layer_steer: int, layer_context: int):
+    from l2s_lightning.extraction.forward import prefix_shared_features
+
+    def step(inputs):
+        inputs = type(inputs)(
+            prefix=common.to_device(inputs.prefix, bench), completions=inputs.completions.to(bench.device),
+            completion_lengths=inputs.completion_lengths.to(bench.device),
+        )
+        return prefix_shared_features(bench.model, inputs, layer_steer, layer_context)
+
+    for inputs in batches[:warmup] or batches[:1]:
+        step(inputs)
+    common.reset_peak(bench.device)
+    outputs = []
+    with Timer(bench.device) as timer:
+        for inputs in batches:
+            outputs.append(step(inputs))
+    memory = common.peak_memory(bench.device)
+    h = torch.cat([o[0] for o in outputs]).cpu()
+    z = torch.cat([o[1] for o in outputs]).cpu()
+    return timer.seconds, memory, h, z
+
+
+def run_reference(bench: Bench, samples: list[dict], warmup: int, layer_steer: int, layer_context: int):
+    from l2s_lightning.extraction.forward import reference_features
+
+    def step(sample):
+        return reference_features(
+            bench.model, single(bench, sample), sample["positive"].to(bench.device), sample["negative"].to(bench.device),
+            layer_steer, layer_context,
+        )
+
+    for sample in samples[:warmup] or samples[:1]:
+        step(sample)
+    common.reset_peak(bench.device)
+    outputs = []
+    with Timer(bench.device) as timer:
+        for sample in samples:
+            outputs.append(step(sample))
+    memory = common.peak_memory(bench.device)
+    return timer.seconds, memory, torch.stack([o[0] for o in outputs]).cpu(), torch.stack([o[1] for o in outputs]).cpu()
+
+
+def phases(bench: Bench, inputs, layer_steer: int, layer_context: int) -> dict[str, float]:
+    """Milliseconds of one batch of ours, split with CUDA events (or wall clock) on module hooks: the
+    vision tower + projector, the prompt through the truncated decoder, the cache repeat and masks in
+    between, and the completions through the truncated decoder."""
+    from l2s_lightning.extraction.forward import prefix_shared_features
+    from l2s_lightning.models.layers import decoder_layers
+
+    depth = max(layer_steer, layer_context) + 1
+    layers = decoder_layers(bench.model)
+    stamps: list[tuple[str, object]] = []
+
+    def mark(name):
+        if bench.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+        else:
+            import time
+
+            event = time.perf_counter()
+        stamps.append((name, event))
+
+    handles = [
+        layers[0].register_forward_pre_hook(lambda *_: mark("decoder_start")),
+        layers[depth - 1].register_forward_hook(lambda *_: mark("decoder_end")),
+    ]
+    vision = getattr(getattr(bench.model, "model", None), "vision_tower", None)
+    if vision is not None:
+        handles.append(vision.register_forward_pre_hook(lambda *_: mark("vision_start")))
+        projector = bench.model.model.multi_modal_projector
+        handles.append(projector.register_forward_hook(lambda *_: mark("vision_end")))
+    inputs = type(inputs)(
+        prefix=common.to_device(inputs.prefix, bench), completions=inputs.completions.to(bench.device),
+        completion_lengths=inputs.completion_lengths.to(bench.device),
+    )
+    common.sync(bench.device)
+    try:
+        mark("start")
+        prefix_shared_features(bench.model, inputs, layer_steer, layer_context)
+        mark("end")
+    finally:
+        for handle in handles:
+            handle.remove()
+    common.sync(bench.device)
+
+    def ms(a, b):
+        if bench.device.type == "cuda":
+            return a.elapsed_time(b)
+        return 1000 * (b - a)
+
+    names = [n for n, _ in stamps]
+    events = [e for _, e in stamps]
+    find = lambda name, k=0: events[[i for i, n in enumerate(names) if n == name][k]]  # noqa: E731
+    out = {"total_ms": ms(find("start"), find("end"))}
+    if "vision_start" in names:
+        out["vision_tower_and_projector_ms"] = ms(find("vision_start"), find("vision_end"))
+    out["prompt_decoder_ms"] = ms(find("decoder_start", 0), find("decoder_end", 0))
+    out["between_ms"] = ms(find("decoder_end", 0), find("decoder_start", 1))
+    out["completions_decoder_ms"] = ms(find("decoder_start", 1), find("decoder_end", 1))
+    out["other_ms"] = out["total_ms"] - sum(v for k, v in out.items() if k != "total_ms")
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def profile(bench: Bench, inputs, layer_steer: int, layer_context: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from l2s_lightning.extraction.forward import prefix_shared_features
+
+    inputs = type(inputs)(
+        prefix=common.to_device(inputs.prefix, bench), completions=inputs.completions.to(bench.device),
+        completion_lengths=inputs.completion_lengths.to(bench.device),
+    )
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        prefix_shared_features(bench.model, inputs, layer_steer, layer_context)
+        common.sync(bench.device)
+    key = "cuda_time_total" if bench.device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25), file=sys.stderr)
+
+
+def flops_per_sample(bench: Bench, prompt: float, completion: float, depth: int) -> float:
+    """Matrix FLOPs of ours for one sample: vision tower + projector over its tokens, ``depth`` decoder
+    blocks over the prompt and both completions (weights 2·params·tokens, attention 4·D·q·k)."""
+    from l2s_lightning.models.layers import decoder_layers, hidden_size
+
+    layers = decoder_layers(bench.model)[:depth]
+    block_params = sum(p.numel() for layer in layers for p in layer.parameters())
+    width = hidden_size(bench.model)
+    tokens = prompt + 2 * completion
+    attention = 4 * width * depth * (prompt * prompt / 2 + 2 * completion * (prompt + completion / 2))
+    total = 2 * block_params * tokens + attention
+    base = getattr(bench.model, "model", None)
+    for name in ("vision_tower", "multi_modal_projector"):
+        module = getattr(base, name, None)
+        if module is not None:
+            n_tokens = bench.image_tokens + 1
+            total += 2 * sum(p.numel() for p in module.parameters()) * n_tokens
+    return total
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    bench = common.build(args)
+    cuda = bench.device.type == "cuda"
+    n_layers = bench.num_layers
+    layer_steer = args.layer_steer if args.layer_steer is not None else min(15, n_layers // 2)
+    layer_context = args.layer_context if args.layer_context is not None else layer_steer
+    depth = max(layer_steer, layer_context) + 1
+    n_samples = args.n_samples or (256 if cuda else 32)
+    n_reference = 0 if args.no_reference else min(args.n_reference or (32 if cuda else 8), n_samples)
+    samples = make_samples(bench, n_samples, args.text_tokens, args.completion_tokens, args.seed)
+    prompt_mean = sum(s["prompt"].numel() for s in samples) / n_samples
+    completion_mean = sum(s["positive"].numel() + s["negative"].numel() for s in samples) / (2 * n_samples)
+    prompt_max = max(s["prompt"].numel() for s in samples)
+    completion_max = max(max(s["positive"].numel(), s["negative"].numel()) for s in samples)
+    base = {
+        "bench": "extraction", "shape": bench.name, "device": str(bench.device), "dtype": str(bench.dtype).removeprefix("torch."),
+        "layer_steer": layer_steer, "layer_context": layer_context, "num_layers": n_layers,
+        "prompt_tokens_mean": round(prompt_mean, 1), "image_tokens": bench.image_tokens,
+        "completion_tokens_mean": round(completion_mean, 1),
+    }
+    if not cuda:
+        base["threads"] = torch.get_num_threads()
+    records = []
+    flops = flops_per_sample(bench, prompt_mean, completion_mean, depth)
+    peak = args.peak_tflops if args.peak_tflops is not None else (800.0 if cuda else None)
+    if peak:
+        records.append(base | {"key": f"extraction/{bench.name}/flop_floor", "figure": "flop_floor_samples_per_s",
+                               "value": round(peak * 1e12 / flops, 1), "unit": "samples/s", "peak_tflops": peak,
+                               "gflop_per_sample": round(flops / 1e9, 1)})
+        common.emit(records[-1])
+
+    reference = None
+    if n_reference:
+        seconds, memory, h_ref, z_ref = run_reference(bench, samples[:n_reference], args.warmup, layer_steer, layer_context)
+        reference = n_reference / seconds
+        records.append(base | {"key": f"extraction/{bench.name}/reference", "figure": "reference_samples_per_s",
+                               "value": round(reference, 2), "unit": "samples/s", "batch_size": 1,
+                               "n_samples": n_reference, "seconds": round(seconds, 3)} | memory)
+        common.emit(records[-1])
+
+    from l2s_lightning.extraction.batch_size import auto_batch_size
+
+    for request in [r.strip() for r in str(args.batch_size).split(",") if r.strip()]:
+        if request == "auto":
+            common.reset_peak(bench.device)
+            batch = auto_batch_size(bench.model, prompt_max, completion_max, depth, max_batch=args.max_batch)
+        else:
+            batch = int(request)
+        batch = max(1, min(batch, n_samples))
+        batches = [collate(bench, samples[i : i + batch]) for i in range(0, n_samples, batch)]
+        try:
+            seconds, memory, h, z = run_ours(bench, batches, args.warmup, layer_steer, layer_context)
+        except torch.OutOfMemoryError as err:
+            common.emit(base | {"key": f"extraction/{bench.name}/ours/bs{batch}", "figure": "ours_samples_per_s",
+                                "value": None, "batch_size": batch, "error": f"out of memory: {str(err)[:120]}"})
+            torch.cuda.empty_cache()
+            continue
+        ours = n_samples / seconds
+        key = f"extraction/{bench.name}/ours/" + ("auto" if request == "auto" else f"bs{batch}")
+        record = base | {"key": key, "figure": "ours_samples_per_s", "value": round(ours, 2), "unit": "samples/s",
+                         "batch_size": batch, "batch_size_request": request, "n_samples": n_samples,
+                         "seconds": round(seconds, 3)} | memory
+        if peak:
+            record["fraction_of_flop_floor"] = round(ours * flops / (peak * 1e12), 3)
+        if reference:
+            diff_h = (h[:n_reference] - h_ref).abs().max().item()
+            diff_z = (z[:n_reference] - z_ref).abs().max().item()
+            rel_h = diff_h / max(h_ref.abs().max().item(), 1e-12)
+            rel_z = diff_z / max(z_ref.abs().max().item(), 1e-12)
+            tolerance = 1e-3 if bench.dtype == torch.float32 else 6e-2
+            record |= {"ratio_vs_reference": round(ours / reference, 2), "max_abs_diff_h": diff_h,
+                       "max_abs_diff_z": diff_z, "max_rel_diff_h": float(f"{rel_h:.3g}"), "max_rel_diff_z": float(f"{rel_z:.3g}"),
+                       "equal_within": tolerance, "equal": bool(max(rel_h, rel_z) <= tolerance)}
+        records.append(record)
+        common.emit(record)
+        if args.phases:
+            phases(bench, batches[0], layer_steer, layer_context)  # warm
+            common.emit(base | {"figure": "phases_of_one_batch", "batch_size": batch} | phases(bench, batches[0], layer_steer, layer_context))
+        if args.profile:
+            profile(bench, batches[0], layer_steer, layer_context)
+    common.save(records, bench, args)
+    failed = [r for r in records if r.get("equal") is False]
+    if failed:
+        print(f"# WARNING: ours and the reference differ beyond tolerance in {len(failed)} run(s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""`l2s sweep`: predict and evaluate a steerer over a grid of α, and choose α automatically.
+
+The chosen α optimises the target metric (e.g. ``unsafe@0.5`` lower, ``ed_score`` higher) among the α
+whose response quality stays within ``quality_budget`` (relative drop) of no steering. The curve is saved
+as a PNG and JSON, and the choice is written into the steerer's JSON (``default_alpha`` and ``sweep``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+from rich.console import Console
+from rich.table import Table
+
+LOWER_IS_BETTER = ("unsafe", "chair", "mean_p_unsafe")
+
+
+@dataclass
+class SweepConfig:
+    """What ``l2s sweep`` does.
+
+    Args:
+        steerer: the steerer folder to sweep (its JSON receives the chosen α).
+        predict_config: the ``l2s predict`` YAML (model, data, generation).
+        alphas: the grid.
+        target: the metric to optimise, from the evaluation summary (``unsafe@0.5``, ``ed_score``, ...).
+        quality_budget: the largest relative quality drop against no steering (0.1 = 10 %).
+        out_dir: predictions, metrics and the plot go here.
+        judge: evaluation judge name (``keyword`` is offline).
+        split_file / limit_per_category: passed to the predict data module.
+        update_steerer: write the chosen α into the steerer folder.
+    """
+
+    steerer: str
+    predict_config: str = "configs/predict/smollm2_mmsafetybench.yaml"
+    alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    target: str = "unsafe@0.5"
+    quality_budget: float = 0.1
+    out_dir: str = "outputs/sweep_alpha"
+    judge: str = "keyword"
+    split_file: str | None = None
+    limit_per_category: dict[str, int] | None = None
+    max_new_tokens: int | None = None
+    update_steerer: bool = True
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith(LOWER_IS_BETTER)
+
+
+def choose_alpha(points: list[dict[str, Any]], baseline_quality: float, target: str, budget: float) -> dict[str, Any]:
+    """The best point by ``target`` whose quality >= (1 - budget) * baseline; the smallest α on ties."""
+    floor = (1.0 - budget) * baseline_quality
+    allowed = [p for p in points if p.get(target) is not None and p["quality"] is not None and p["quality"] >= floor]
+    if not allowed:
+        raise ValueError(
+            f"no α in {[p['alpha'] for p in points]} keeps quality within {budget:.0%} of no steering "
+            f"({baseline_quality:.2f}); try smaller α"
+        )
+    sign = 1.0 if lower_is_better(target) else -1.0
+    return min(allowed, key=lambda p: (sign * p[target], p["alpha"]))
+
+
+def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, Any]:
+    from l2s_lightning.evaluation import evaluate_predictions
+    from l2s_lightning.generation.cli import predict_main
+    from l2s_lightning.steerer import Steerer
+
+    console = console or Console()
+    steerer = Steerer.load(config.steerer)
+    out = Path(config.out_dir)
+    common = ["--config", config.predict_config, "--trainer.enable_progress_bar=false"]
+    if config.split_file:
+        common.append(f"--data.split_file={config.split_file}")
+    if config.limit_per_category:
+        common.append(f"--data.limit_per_category={json.dumps(config.limit_per_category)}")
+    if config.max_new_tokens:
+        common.append(f"--model.max_new_tokens={config.max_new_tokens}")
+    files = [out / "none.jsonl"]
+    predict_main([*common, "--model.method=none", f"--writer.output={files[0]}"])
+    for alpha in config.alphas:
+        path = out / f"{steerer.method}_alpha{alpha:g}.jsonl"
+        predict_main([*common, f"--model.method={steerer.method}", f"--model.steerer={config.steerer}",
+                      f"--model.alpha={alpha}", f"--writer.output={path}"])
+        files.append(path)
+    metrics = evaluate_predictions([str(f) for f in files], judge=config.judge, out_dir=out / "eval")
+    runs = next(iter(metrics["benchmarks"].values()))["runs"]
+    baseline = next(r for r in runs if r["method"] == "none")["summary"]
+    points = sorted(
+        ({"alpha": r["alpha"], **{k: v for k, v in r["summary"].items() if isinstance(v, (int, float))}} for r in runs if r["method"] == steerer.method),
+        key=lambda p: p["alpha"],
+    )
+    chosen = choose_alpha(points, baseline["quality"], config.target, config.quality_budget)
+    result = {
+        "target": config.target, "quality_budget": config.quality_budget, "chosen_alpha": chosen["alpha"],
+        "baseline": {k: v for k, v in baseline.items() if isinstance(v, (int, float))}, "points": points,
+    }
+    (out / "sweep.json").write_text(json.dumps(result, indent=1))
+    plot_sweep(result, out / "sweep.png")
+    if config.update_steerer:
+        steerer.default_alpha = float(chosen["alpha"])
+        steerer.sweep = {k: v for k, v in result.items() if k != "points"} | {"curve": str(out / "sweep.json")}
+        steerer.save(config.steerer)
+    print_sweep(result, console)
+    return result
+
+
+def plot_sweep(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = [p["alpha"] for p in result["points"]]
+    fig, left = plt.subplots(figsize=(6, 4))
+    left.plot(alphas, [p.get(result["target"]) for p in result["points"]], "o-", color="tab:red", label=result["target"])
+    left.set_xlabel("α")
+    left.set_ylabel(result["target"], color="tab:red")
+    right = left.twinx()
+    right.plot(alphas, [p["quality"] for p in result["points"]], "s--", color="tab:blue", label="quality")
+    floor = (1 - result["quality_budget"]) * result["baseline"]["quality"]
+    right.axhline(floor, color="tab:blue", alpha=0.4, linestyle=":", label="quality budget")
+    right.set_ylabel("quality", color="tab:blue")
+    left.axvline(result["chosen_alpha"], color="gray", linestyle="--")
+    left.set_title(f"α sweep: chosen α = {result['chosen_alpha']:g}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_sweep(result: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"α sweep (target {result['target']}, quality budget {result['quality_budget']:.0%})")
+    for column in ("α", result["target"], "quality", "chosen"):
+        table.add_column(column, justify="right")
+    base = result["baseline"]
+    table.add_row("none", f"{base.get(result['target'], float('nan')):.3f}", f"{base['quality']:.2f}", "")
+    for p in result["points"]:
+        table.add_row(f"{p['alpha']:g}", f"{p.get(result['target'], float('nan')):.3f}", f"{p['quality']:.2f}",
+                      "✓" if p["alpha"] == result["chosen_alpha"] else "")
+    console.print(table)
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``l2s sweep``."""
+    parser = ArgumentParser(prog="l2s sweep", description=__doc__)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_class_arguments(SweepConfig, nested_key=None)
+    cfg = parser.parse_args(argv)
+    run_sweep(SweepConfig(**{k: v for k, v in cfg.items() if k in SweepConfig.__dataclass_fields__}))
+    return 0

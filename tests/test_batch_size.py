@@ -1,0 +1,87 @@
+"""`auto_batch_size`: pure arithmetic on a config (no weights, no GPU)."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+from l2s_lightning.extraction.batch_size import CPU_BATCH_SIZE, auto_batch_size, per_sample_bytes
+
+GIB = 1 << 30
+
+
+def _llava_7b() -> LlavaConfig:
+    text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=32064)
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14)
+    return LlavaConfig(text_config=text, vision_config=vision)
+
+
+def _small() -> LlamaConfig:
+    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=500)
+
+
+def _is_pow2(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+@pytest.mark.parametrize("config", [_llava_7b(), _small()])
+def test_monotone_in_free_memory(config):
+    sizes = [auto_batch_size(config, 616, 20, 16, free_bytes=gib * GIB) for gib in (0, 1, 2, 4, 8, 16, 32, 64, 80)]
+    assert sizes == sorted(sizes)
+    assert all(_is_pow2(s) and 1 <= s <= 256 for s in sizes)
+    assert sizes[0] == 1  # never below one, even with no memory
+
+
+def test_monotone_in_tokens_and_depth():
+    config = _llava_7b()
+    free = 64 * GIB
+    by_prompt = [auto_batch_size(config, p, 20, 16, free_bytes=free) for p in (40, 200, 616, 1200, 4000)]
+    by_completion = [auto_batch_size(config, 616, c, 16, free_bytes=free) for c in (1, 20, 200, 2000)]
+    by_depth = [auto_batch_size(config, 616, 20, d, free_bytes=free) for d in (1, 8, 16, 32)]
+    for sizes in (by_prompt, by_completion, by_depth):
+        assert sizes == sorted(sizes, reverse=True)
+    assert by_prompt[0] > by_prompt[-1]
+    per = [per_sample_bytes(config, p, 20, 16) for p in (40, 616, 1200)]
+    assert per == sorted(per) and len(set(per)) == 3
+
+
+def test_capped_and_safety():
+    config = _small()
+    assert auto_batch_size(config, 10, 5, 2, free_bytes=1 << 50) == 256
+    assert auto_batch_size(config, 10, 5, 2, free_bytes=1 << 50, max_batch=100) == 64
+    assert auto_batch_size(config, 10, 5, 2, free_bytes=1 << 50, max_batch=1) == 1
+    big = _llava_7b()
+    assert auto_batch_size(big, 616, 20, 16, free_bytes=64 * GIB, safety=0.4) <= auto_batch_size(
+        big, 616, 20, 16, free_bytes=64 * GIB, safety=0.8
+    )
+
+
+def test_llava_7b_estimate_is_plausible():
+    """~0.3 GB of KV cache per sample (16 blocks × 636 tokens × 2 completions × 16 KiB) plus activations."""
+    per = per_sample_bytes(_llava_7b(), 616, 20, 16)
+    assert 0.3 * GIB < per < 1.0 * GIB
+    # 64 GiB free on an 80 GB card (14 GB of bf16 weights) -> a batch of 64
+    assert auto_batch_size(_llava_7b(), 616, 20, 16, free_bytes=64 * GIB) == 64
+
+
+def test_cpu_default_and_module(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert auto_batch_size(model, 50, 10, 2) == CPU_BATCH_SIZE
+    assert auto_batch_size(model, 50, 10, 2, max_batch=5) == 4
+    assert auto_batch_size(model, 50, 10, 2, free_bytes=1 << 40) == 256
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        auto_batch_size(_small(), 0, 5, 2, free_bytes=GIB)
+    with pytest.raises(ValueError):
+        auto_batch_size(_small(), 10, 5, 0, free_bytes=GIB)
+    with pytest.raises(ValueError):
+        auto_batch_size(_small(), 10, 5, 2, free_bytes=GIB, max_batch=0)
+    with pytest.raises(ValueError):
+        auto_batch_size(_small(), 10, 5, 2, free_bytes=GIB, safety=0)
