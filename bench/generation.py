@@ -1,0 +1,177 @@
+"""Generation speed, plain vs steered (`add_steering`, per-row additive hook on block L*), for the dynamic
+cache and for the static cache (+ torch.compile of the decode step, on GPU by default).
+
+    python bench/generation.py --model smollm2 --batch-sizes 1,8 --new-tokens 32    # CPU, real weights
+    python bench/generation.py --shape llava-1.5-7b --batch-sizes 1,16,64             # GPU
+
+Every run generates exactly ``--new-tokens`` tokens per row (``min_new_tokens = max_new_tokens``, greedy);
+tok/s = batch × new tokens / median wall time of one ``generate`` call (prefill included). Warm-up calls
+(compilation included) are excluded; plain and steered calls alternate so that drift hits both alike. The
+steering overhead is steered / plain − 1 of the same path and batch size; ``steered_changed_tokens`` (the
+share of generated tokens that differ from the plain run) shows that the hook really acted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import Bench, Timer  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_model_arguments(parser)
+    parser.add_argument("--batch-sizes", default=None, help="comma list (default 1,16,64 on GPU, 1,8 on CPU)")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--paths", default="dynamic,static", help="comma list of dynamic, static")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="torch.compile of the static-cache decode step (auto: on GPU only)")
+    parser.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode (CUDA graphs by default)")
+    parser.add_argument("--keep-hook-guard-skip", action="store_true",
+                        help="leave torch._dynamo.config.skip_nnmodule_hook_guards at its default (True): a hook added "
+                             "after a plain compiled run is then silently ignored")
+    parser.add_argument("--layer", type=int, default=None, help="L* (default 15, or half the layers if fewer)")
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--vector-norm", type=float, default=100.0, help="norm of the random steering vectors")
+    parser.add_argument("--mode", default="generated", help="steered positions (add_steering mode)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls of each kind (default 5 GPU / 3 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls of each kind first (default 2 compiled, else 1)")
+    return parser.parse_args(argv)
+
+
+def make_inputs(bench: Bench, batch: int, text_tokens: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + batch)
+    ids, mask = common.left_pad([common.prompt_ids(bench, text_tokens, g) for _ in range(batch)], bench.pad_token_id)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    pixels = common.pixel_values(bench, batch, g)
+    if pixels is not None:
+        inputs["pixel_values"] = pixels
+    return common.to_device(inputs, bench)
+
+
+def make_vectors(bench: Bench, batch: int, norm: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 1000 + batch)
+    vectors = torch.randn(batch, bench.hidden_size, generator=g)
+    vectors = norm * vectors / vectors.norm(dim=-1, keepdim=True)
+    return vectors.to(bench.device)
+
+
+def generate_kwargs(bench: Bench, path: str, new_tokens: int, compile_on: bool, compile_mode: str) -> dict:
+    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
+              "pad_token_id": bench.pad_token_id}
+    if path == "static":
+        kwargs["cache_implementation"] = "static"
+        if compile_on:
+            from transformers import CompileConfig
+
+            config = CompileConfig(mode=compile_mode)
+            if bench.device.type == "cpu":
+                config._compile_all_devices = True
+            kwargs["compile_config"] = config
+        else:
+            kwargs["disable_compile"] = True
+    elif path == "dynamic":
+        kwargs["disable_compile"] = True
+    else:
+        raise SystemExit(f"unknown path {path!r}: choose dynamic or static")
+    return kwargs
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    bench = common.build(args)
+    cuda = bench.device.type == "cuda"
+    compile_on = args.compile == "on" or (args.compile == "auto" and cuda)
+    if compile_on and not args.keep_hook_guard_skip:
+        from torch import _dynamo
+
+        # With the default (True), dynamo does not guard on a module's hooks while they are empty: once a
+        # plain generate has compiled the decode step, a steering hook added later is never run there.
+        _dynamo.config.skip_nnmodule_hook_guards = False
+    from l2s_lightning.steering.hook import add_steering
+
+    layer = args.layer if args.layer is not None else min(15, bench.num_layers // 2)
+    batch_sizes = [int(b) for b in (args.batch_sizes or ("1,16,64" if cuda else "1,8")).split(",") if b.strip()]
+    repeats = args.repeats or (5 if cuda else 3)
+    records = []
+    for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
+        compiled = path == "static" and compile_on
+        warmup = args.warmup if args.warmup is not None else (2 if compiled else 1)
+        kwargs = generate_kwargs(bench, path, args.new_tokens, compile_on, args.compile_mode)
+        label = f"{path}+compile" if compiled else path
+        for batch in batch_sizes:
+            inputs = make_inputs(bench, batch, args.text_tokens, args.seed)
+            vectors = make_vectors(bench, batch, args.vector_norm, args.seed)
+            prompt = inputs["input_ids"].shape[1]
+
+            def plain():
+                return bench.model.generate(**inputs, **kwargs)
+
+            def steered():
+                with add_steering(bench.model, layer, vectors, args.alpha, mode=args.mode):
+                    return bench.model.generate(**inputs, **kwargs)
+
+            common.reset_peak(bench.device)
+            first = {}
+            try:
+                for name, call in (("steered", steered), ("plain", plain)) * warmup:
+                    with Timer(bench.device) as timer:
+                        call()
+                    first.setdefault(name, timer.seconds)
+                times: dict[str, list[float]] = {"plain": [], "steered": []}
+                outputs = {}
+                for r in range(repeats):
+                    order = (("plain", plain), ("steered", steered)) if r % 2 == 0 else (("steered", steered), ("plain", plain))
+                    for name, call in order:
+                        with Timer(bench.device) as timer:
+                            outputs[name] = call()
+                        times[name].append(timer.seconds)
+            except torch.OutOfMemoryError as err:
+                common.emit({"bench": "generation", "shape": bench.name, "path": label, "batch_size": batch,
+                             "error": f"out of memory: {str(err)[:120]}"})
+                torch.cuda.empty_cache()
+                continue
+            memory = common.peak_memory(bench.device)
+            for name, out in outputs.items():
+                if out.shape[1] - prompt != args.new_tokens:
+                    raise RuntimeError(f"{name} generated {out.shape[1] - prompt} tokens, expected {args.new_tokens}")
+            changed = (outputs["plain"][:, prompt:] != outputs["steered"][:, prompt:]).float().mean().item()
+            base = {"bench": "generation", "shape": bench.name, "device": str(bench.device),
+                    "dtype": str(bench.dtype).removeprefix("torch."), "path": label, "batch_size": batch,
+                    "new_tokens": args.new_tokens, "prompt_tokens": prompt, "layer_steer": layer, "repeats": repeats}
+            if not cuda:
+                base["threads"] = torch.get_num_threads()
+            medians = {name: common.median(values) for name, values in times.items()}
+            for name in ("plain", "steered"):
+                record = base | {
+                    "key": f"generation/{bench.name}/{label}/bs{batch}/{name}", "figure": f"{name}_tokens_per_s",
+                    "value": round(batch * args.new_tokens / medians[name], 1), "unit": "tok/s",
+                    "median_s": round(medians[name], 4), "times_s": [round(t, 4) for t in times[name]],
+                    "first_call_s": round(first.get(name, float("nan")), 2),
+                } | memory
+                records.append(record)
+                common.emit(record)
+            overhead = medians["steered"] / medians["plain"] - 1
+            record = base | {
+                "key": f"generation/{bench.name}/{label}/bs{batch}/steering_overhead", "figure": "steering_overhead_pct",
+                "value": round(100 * overhead, 2), "unit": "%", "steered_over_plain": round(medians["steered"] / medians["plain"], 4),
+                "steered_changed_tokens": round(changed, 3), "steering_active": changed > 0,
+                "alpha": args.alpha, "vector_norm": args.vector_norm, "mode": args.mode,
+            }
+            records.append(record)
+            common.emit(record)
+            if changed == 0:
+                print(f"# WARNING: steering changed no token on path {label}, batch {batch}: is the hook running?", file=sys.stderr)
+    common.save(records, bench, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
