@@ -35,6 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-reference", action="store_true", help="time ours only (no ratio, no check)")
     parser.add_argument("--phases", action="store_true", help="time the phases of one batch of ours (vision, prompt, completions)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of one batch of ours (stderr)")
+    parser.add_argument("--compile-layers", action="store_true",
+                        help="experiment: torch.compile(dynamic=True) the forward of each decoder block run (not the product path)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="for the FLOP floor (default 800 on CUDA)")
     return parser.parse_args(argv)
 
@@ -243,8 +245,20 @@ def main(argv=None) -> int:
     completion_mean = sum(s["positive"].numel() + s["negative"].numel() for s in samples) / (2 * n_samples)
     prompt_max = max(s["prompt"].numel() for s in samples)
     completion_max = max(max(s["positive"].numel(), s["negative"].numel()) for s in samples)
+    variant = ""
+    if args.compile_layers:
+        from torch import _dynamo
+
+        from l2s_lightning.models.layers import decoder_layers
+
+        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+            if hasattr(_dynamo.config, name):
+                setattr(_dynamo.config, name, max(getattr(_dynamo.config, name), 256))
+        for block in list(decoder_layers(bench.model))[:depth]:
+            block.forward = torch.compile(block.forward, dynamic=True)
+        variant = "+compiled-layers"
     base = {
-        "bench": "extraction", "shape": bench.name, "device": str(bench.device), "dtype": str(bench.dtype).removeprefix("torch."),
+        "bench": "extraction", "variant": variant or None, "shape": bench.name, "device": str(bench.device), "dtype": str(bench.dtype).removeprefix("torch."),
         "layer_steer": layer_steer, "layer_context": layer_context, "num_layers": n_layers,
         "prompt_tokens_mean": round(prompt_mean, 1), "image_tokens": bench.image_tokens,
         "completion_tokens_mean": round(completion_mean, 1),
@@ -264,7 +278,7 @@ def main(argv=None) -> int:
     if n_reference:
         seconds, memory, h_ref, z_ref = run_reference(bench, samples[:n_reference], args.warmup, layer_steer, layer_context)
         reference = n_reference / seconds
-        records.append(base | {"key": f"extraction/{bench.name}/reference", "figure": "reference_samples_per_s",
+        records.append(base | {"key": f"extraction/{bench.name}/reference{variant}", "figure": "reference_samples_per_s",
                                "value": round(reference, 2), "unit": "samples/s", "batch_size": 1,
                                "n_samples": n_reference, "seconds": round(seconds, 3)} | memory)
         common.emit(records[-1])
@@ -282,12 +296,12 @@ def main(argv=None) -> int:
         try:
             seconds, memory, h, z = run_ours(bench, batches, args.warmup, layer_steer, layer_context)
         except torch.OutOfMemoryError as err:
-            common.emit(base | {"key": f"extraction/{bench.name}/ours/bs{batch}", "figure": "ours_samples_per_s",
+            common.emit(base | {"key": f"extraction/{bench.name}/ours/bs{batch}{variant}", "figure": "ours_samples_per_s",
                                 "value": None, "batch_size": batch, "error": f"out of memory: {str(err)[:120]}"})
             torch.cuda.empty_cache()
             continue
         ours = n_samples / seconds
-        key = f"extraction/{bench.name}/ours/" + ("auto" if request == "auto" else f"bs{batch}")
+        key = f"extraction/{bench.name}/ours/" + ("auto" if request == "auto" else f"bs{batch}") + variant
         record = base | {"key": key, "figure": "ours_samples_per_s", "value": round(ours, 2), "unit": "samples/s",
                          "batch_size": batch, "batch_size_request": request, "n_samples": n_samples,
                          "seconds": round(seconds, 3)} | memory

@@ -37,6 +37,10 @@ def parse_args(argv=None):
     parser.add_argument("--keep-hook-guard-skip", action="store_true",
                         help="leave torch._dynamo.config.skip_nnmodule_hook_guards at its default (True): a hook added "
                              "after a plain compiled run is then silently ignored")
+    parser.add_argument("--prime-delta", choices=("auto", "on", "off"), default="auto",
+                        help="compute the hook's α·v eagerly before generate (auto: on for compiled runs, where computing "
+                             "it inside the CUDA-graph decode step fails: 'accessing tensor output of CUDAGraphs that has "
+                             "been overwritten')")
     parser.add_argument("--layer", type=int, default=None, help="L* (default 15, or half the layers if fewer)")
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--vector-norm", type=float, default=100.0, help="norm of the random steering vectors")
@@ -114,8 +118,12 @@ def main(argv=None) -> int:
             def plain():
                 return bench.model.generate(**inputs, **kwargs)
 
+            prime = args.prime_delta == "on" or (args.prime_delta == "auto" and compiled)
+
             def steered():
-                with add_steering(bench.model, layer, vectors, args.alpha, mode=args.mode):
+                with add_steering(bench.model, layer, vectors, args.alpha, mode=args.mode) as hook:
+                    if prime and hasattr(hook, "_delta_for"):
+                        hook._delta_for(torch.empty(batch, 1, bench.hidden_size, device=bench.device, dtype=bench.dtype))
                     return bench.model.generate(**inputs, **kwargs)
 
             common.reset_peak(bench.device)
@@ -163,7 +171,7 @@ def main(argv=None) -> int:
                 "key": f"generation/{bench.name}/{label}/bs{batch}/steering_overhead", "figure": "steering_overhead_pct",
                 "value": round(100 * overhead, 2), "unit": "%", "steered_over_plain": round(medians["steered"] / medians["plain"], 4),
                 "steered_changed_tokens": round(changed, 3), "steering_active": changed > 0,
-                "alpha": args.alpha, "vector_norm": args.vector_norm, "mode": args.mode,
+                "alpha": args.alpha, "vector_norm": args.vector_norm, "mode": args.mode, "delta_primed": prime,
             }
             records.append(record)
             common.emit(record)

@@ -1,154 +1,335 @@
-"""The steering hook: exact no-op rows, generated positions only, batch = one-by-one, always removed."""
+"""The steering hook on tiny random Llama models: exact no-op rows, generated positions only, batch equals
+one by one, modes, removal, static cache and the compiled decode step."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from torch._dynamo.utils import counters
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers.generation.configuration_utils import CompileConfig
 
 from l2s_lightning.models.layers import decoder_layers
-from l2s_lightning.steering.attach import _ContextCapture, attach_steerer
-from l2s_lightning.steering.hook import SteeringHook, add_steering
+from l2s_lightning.steering import SteeringHook, add_steering
 
-PROMPTS = ["how do I pick a lock", "tell me", "what is the capital of France and why"]
-LAYER = 1
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
+LAYER, NEW = 1, 6
+
+
+def tiny_llama(seed: int = 0, layers: int = 4) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def generate(model, prompts, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sequences, scores (B, T, V), raw logits (B, T, V)) of a greedy run of NEW tokens."""
+    ids, mask = left_pad(prompts)
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0,
+        output_scores=True, output_logits=True, return_dict_in_generate=True, **kwargs,
+    )
+    return out.sequences, torch.stack(out.scores, 1), torch.stack(out.logits, 1)
+
+
+def vectors(rows_on: list[int], batch: int = 3, dim: int = 32, scale: float = 3.0, seed: int = 1) -> torch.Tensor:
+    torch.manual_seed(seed)
+    v = torch.randn(batch, dim) * scale
+    keep = torch.zeros(batch, 1)
+    keep[rows_on] = 1.0
+    return v * keep
+
+
+def no_hooks(model) -> bool:
+    """No steering hook left (transformers keeps its own hidden-state recording hooks once asked for them)."""
+    return not any(isinstance(h, SteeringHook) for block in decoder_layers(model) for h in block._forward_hooks.values())
 
 
 @pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    return model, tokenizer
+def model():
+    return tiny_llama()
 
 
-def _generate(model, tokenizer, prompts, **kwargs):
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    out = model.generate(
-        **enc, max_new_tokens=6, min_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
-        pad_token_id=tokenizer.pad_token_id, **kwargs,
-    )
-    return out.sequences, torch.stack(out.scores, 1), enc
-
-
-def _vectors(model, rows_on: list[int], scale: float = 3.0) -> torch.Tensor:
-    torch.manual_seed(1)
-    v = torch.randn(len(PROMPTS), model.config.hidden_size) * scale
-    mask = torch.zeros(len(PROMPTS), 1)
-    mask[rows_on] = 1
-    return v * mask
-
-
-def test_zero_rows_are_bit_identical_and_steered_rows_change(llama):
-    model, tokenizer = llama
-    plain_seq, plain_scores, _ = _generate(model, tokenizer, PROMPTS)
-    with add_steering(model, LAYER, _vectors(model, [1]), alpha=2.0):
-        seq, scores, _ = _generate(model, tokenizer, PROMPTS)
+def test_zero_rows_are_bit_identical(model):
+    plain_seq, plain_scores, plain_logits = generate(model, PROMPTS)
+    with add_steering(model, LAYER, vectors([1]), alpha=2.0) as hook:
+        seq, scores, logits = generate(model, PROMPTS)
+    assert hook.prefills == 1 and hook.steered_calls == NEW - 1  # the last token is never fed back
     for row in (0, 2):
         assert torch.equal(seq[row], plain_seq[row])
         assert torch.equal(scores[row], plain_scores[row])
-    assert not torch.equal(scores[1], plain_scores[1])
-    # the prompt's own logits (first generated token) are untouched in "generated" mode
-    assert torch.equal(scores[1, 0], plain_scores[1, 0])
+        assert torch.equal(logits[row], plain_logits[row])
+    assert not torch.equal(seq[1], plain_seq[1])
+    # "generated": the prefill is not steered, so the first token's logits are the unsteered ones
+    assert torch.equal(logits[:, 0], plain_logits[:, 0])
+    assert no_hooks(model)
 
 
-def test_vector_is_added_at_layer_on_generated_positions_only(llama):
-    """Block L*'s output seen by block L*+1 during steered generation equals a manual unsteered forward of
-    the same tokens plus α·v on the generated positions, and equals it exactly on prompt positions
-    (steering at L* cannot change blocks 0..L*)."""
-    model, tokenizer = llama
-    vectors, alpha = _vectors(model, [0, 1, 2]), 1.5
-    seen = []
+def test_per_row_alpha_tensor(model):
+    plain_seq, _, plain_logits = generate(model, PROMPTS)
+    with add_steering(model, LAYER, vectors([0, 1, 2]), alpha=torch.tensor([0.0, 2.0, 0.0])):
+        seq, _, logits = generate(model, PROMPTS)
+    assert torch.equal(logits[[0, 2]], plain_logits[[0, 2]]) and torch.equal(seq[[0, 2]], plain_seq[[0, 2]])
+    assert not torch.equal(logits[1], plain_logits[1])
+
+
+def _inputs_of_next_block(model, run) -> torch.Tensor:
+    """Everything block LAYER+1 received during ``run()`` (= block LAYER's output), concatenated over calls."""
+    seen: list[torch.Tensor] = []
     handle = decoder_layers(model)[LAYER + 1].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
     try:
-        with add_steering(model, LAYER, vectors, alpha=alpha):
-            seq, _, enc = _generate(model, tokenizer, PROMPTS)
+        run()
     finally:
         handle.remove()
-    steered = torch.cat(seen, dim=1)  # prefill + one column per generated token fed back
-    fed = seq[:, : steered.shape[1]]
-    prompt_len = enc["input_ids"].shape[1]
-    mask = torch.cat([enc["attention_mask"], torch.ones(len(PROMPTS), fed.shape[1] - prompt_len, dtype=torch.long)], 1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    plain = model(input_ids=fed, attention_mask=mask, position_ids=positions, output_hidden_states=True).hidden_states[LAYER + 1]
+    return torch.cat(seen, dim=1)
+
+
+def test_added_at_layer_on_generated_positions_only_in_generate(model):
+    """Block L*'s output during steered generate = an unsteered forward of the same tokens + alpha*v on the
+    generated positions, and the unsteered one on prompt positions."""
+    v, alpha = vectors([0, 1, 2]), 1.5
+    out = {}
+
+    def run():
+        with add_steering(model, LAYER, v, alpha=alpha):
+            out["seq"] = generate(model, PROMPTS)[0]
+
+    steered = _inputs_of_next_block(model, run)
+    ids, mask = left_pad(PROMPTS)
+    width = ids.shape[1]
+    fed = out["seq"][:, : steered.shape[1]]  # the last generated token is never fed back
+    full_mask = torch.cat([mask, torch.ones(len(PROMPTS), fed.shape[1] - width, dtype=mask.dtype)], 1)
+    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        plain = model(input_ids=fed, attention_mask=full_mask, position_ids=positions, output_hidden_states=True).hidden_states[LAYER + 1]
     real = mask.bool()
-    torch.testing.assert_close(steered[:, :prompt_len][real[:, :prompt_len]], plain[:, :prompt_len][real[:, :prompt_len]], atol=1e-5, rtol=1e-5)
-    expected = plain[:, prompt_len:] + alpha * vectors[:, None, :]
-    torch.testing.assert_close(steered[:, prompt_len:], expected, atol=1e-5, rtol=1e-5)
-    assert (steered[:, prompt_len:] - plain[:, prompt_len:]).abs().max() > 1.0
+    torch.testing.assert_close(steered[:, :width][real], plain[:, :width][real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(steered[:, width:], plain[:, width:] + alpha * v[:, None, :], atol=1e-5, rtol=1e-5)
 
 
-def test_batched_equals_one_by_one(llama):
-    model, tokenizer = llama
-    vectors = _vectors(model, [0, 1, 2])
-    with add_steering(model, LAYER, vectors, alpha=1.0):
-        batch_seq, batch_scores, enc = _generate(model, tokenizer, PROMPTS)
-    width = enc["input_ids"].shape[1]
+def _stepwise(model, ids, mask, steps: torch.Tensor, hook_ctx=None) -> torch.Tensor:
+    """Prefill then one cached call per column of ``steps`` (fixed tokens); block LAYER's outputs (B, T, D)."""
+    cache = DynamicCache(config=model.config)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def run():
+        with torch.no_grad(), hook_ctx if hook_ctx is not None else _null():
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            full_mask, last = mask, positions[:, -1:]
+            for t in range(steps.shape[1]):
+                full_mask = torch.cat([full_mask, torch.ones_like(mask[:, :1])], 1)
+                last = last + 1
+                model(input_ids=steps[:, t : t + 1], attention_mask=full_mask, position_ids=last, cache=cache, use_cache=True)
+
+    return _inputs_of_next_block(model, run)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_added_exactly_on_decode_steps_of_a_manual_loop(model):
+    """Manual prefill + cached decode steps with fixed tokens: prompt positions untouched (bit-identical),
+    decode positions = unsteered + alpha*v (bit-identical: blocks 0..L* cannot see the steering)."""
+    ids, mask = left_pad(PROMPTS)
+    steps = torch.tensor([[20, 21, 22], [23, 24, 25], [26, 27, 28]])
+    v, alpha = vectors([0, 2]), 2.0
+    plain = _stepwise(model, ids, mask, steps)
+    for mode in ("generated", "last_prompt_and_generated", "all"):
+        steered = _stepwise(model, ids, mask, steps, add_steering(model, LAYER, v, alpha=alpha, mode=mode))
+        delta = (alpha * v)[:, None, :]
+        width = ids.shape[1]
+        assert torch.equal(steered[:, width:], plain[:, width:] + delta)
+        if mode == "generated":
+            assert torch.equal(steered[:, :width], plain[:, :width])
+        elif mode == "last_prompt_and_generated":
+            assert torch.equal(steered[:, : width - 1], plain[:, : width - 1])
+            assert torch.equal(steered[:, width - 1], plain[:, width - 1] + delta[:, 0])
+        else:
+            assert torch.equal(steered[:, :width], plain[:, :width] + delta)
+        assert torch.equal(steered[1], plain[1])  # zero vector row
+    assert no_hooks(model)
+
+
+def test_batched_equals_one_by_one(model):
+    v = vectors([0, 1, 2])
+    with add_steering(model, LAYER, v, alpha=1.0):
+        batch_seq, _, batch_logits = generate(model, PROMPTS)
+    width = batch_seq.shape[1] - NEW
     for row, prompt in enumerate(PROMPTS):
-        with add_steering(model, LAYER, vectors[row : row + 1], alpha=1.0):
-            seq, scores, one = _generate(model, tokenizer, [prompt])
-        assert torch.equal(seq[0, one["input_ids"].shape[1] :], batch_seq[row, width:])
-        torch.testing.assert_close(scores[0], batch_scores[row], atol=1e-4, rtol=1e-4)
+        with add_steering(model, LAYER, v[row : row + 1], alpha=1.0):
+            seq, _, logits = generate(model, [prompt])
+        assert torch.equal(seq[0, len(prompt) :], batch_seq[row, width:])
+        torch.testing.assert_close(logits[0], batch_logits[row], atol=1e-5, rtol=1e-5)
 
 
-def test_modes_and_removal(llama):
-    model, tokenizer = llama
-    layer = decoder_layers(model)[LAYER]
-    hooks_before = len(layer._forward_hooks)
-    plain_seq, plain_scores, _ = _generate(model, tokenizer, PROMPTS)
-    with add_steering(model, LAYER, _vectors(model, [0, 1, 2]), alpha=2.0, mode="last_prompt_and_generated"):
-        _, scores, _ = _generate(model, tokenizer, PROMPTS)
-    assert not torch.equal(scores[:, 0], plain_scores[:, 0])  # the last prompt token is steered
-    assert len(layer._forward_hooks) == hooks_before
+def test_one_token_prompts_and_several_generate_calls(model):
+    """A one-token prompt is a prefill (first call), and so is the prefill of a second generate call in the
+    same context (a new KV cache), so its first token's logits stay unsteered."""
+    prompts = [[5], [9]]
+    v = vectors([0, 1], batch=2)
+    plain_seq, _, plain_logits = generate(model, prompts)
+    with add_steering(model, LAYER, v, alpha=2.0) as hook:
+        first = generate(model, prompts)
+        second = generate(model, prompts)
+    assert hook.prefills == 2
+    for seq, _, logits in (first, second):
+        assert torch.equal(logits[:, 0], plain_logits[:, 0])
+        assert not torch.equal(logits[:, 1:], plain_logits[:, 1:])
+    assert torch.equal(first[0], second[0]) and torch.equal(first[2], second[2])
+
+
+def test_last_prompt_mode_steers_the_first_token_and_all_mode_every_position(model):
+    _, _, plain_logits = generate(model, PROMPTS)
+    v = vectors([0, 1, 2])
+    with add_steering(model, LAYER, v, alpha=2.0, mode="last_prompt_and_generated"):
+        _, _, last_logits = generate(model, PROMPTS)
+    assert all(not torch.equal(last_logits[r, 0], plain_logits[r, 0]) for r in range(3))
+    # "all" on a plain forward (no cache): every position, padding included, gets alpha*v
+    ids, mask = left_pad(PROMPTS)
+    plain = _inputs_of_next_block(model, lambda: model(input_ids=ids, attention_mask=mask))
+    with add_steering(model, LAYER, v, alpha=2.0, mode="all"):
+        steered = _inputs_of_next_block(model, lambda: model(input_ids=ids, attention_mask=mask))
+    assert torch.equal(steered, plain + 2.0 * v[:, None, :])
+    # "generated" on a plain forward: nothing (the whole call is a prefill)
+    with add_steering(model, LAYER, v, alpha=2.0):
+        assert torch.equal(_inputs_of_next_block(model, lambda: model(input_ids=ids, attention_mask=mask)), plain)
+
+
+def test_expanded_batches_repeat_each_vector():
+    hook = SteeringHook(torch.arange(6.0).reshape(3, 2), alpha=1.0, mode="all")
+    out = hook(torch.nn.Identity(), (), {}, torch.zeros(6, 4, 2))
+    assert torch.equal(out[:, 0], torch.arange(6.0).reshape(3, 2).repeat_interleave(2, 0))
+    with pytest.raises(ValueError, match="4 rows"):
+        hook(torch.nn.Identity(), (), {}, torch.zeros(4, 1, 2))
+
+
+def test_hook_is_removed_after_exit_and_after_an_error():
+    model = tiny_llama()  # fresh: no hidden-state recording hooks
+    block = decoder_layers(model)[LAYER]
+    with add_steering(model, LAYER, vectors([0])):
+        assert len(block._forward_hooks) == 1
+    assert len(block._forward_hooks) == 0
     with pytest.raises(RuntimeError, match="boom"):
-        with add_steering(model, LAYER, _vectors(model, [0]), alpha=2.0):
+        with add_steering(model, LAYER, vectors([0])):
+            generate(model, PROMPTS)
             raise RuntimeError("boom")
-    assert len(layer._forward_hooks) == hooks_before
-    with pytest.raises(ValueError, match="finite"):
-        with add_steering(model, LAYER, _vectors(model, [0]), alpha=float("nan")):
-            pass
-    with pytest.raises(ValueError, match="hidden size"):
-        with add_steering(model, LAYER, torch.zeros(3, 7)):
-            pass
-    assert torch.equal(_generate(model, tokenizer, PROMPTS)[0], plain_seq)
+    assert len(block._forward_hooks) == 0 and len(block._forward_hooks_with_kwargs) == 0
+    with pytest.raises(ValueError, match="rows"):  # an error inside the hook (batch of 3, 2 vectors)
+        with add_steering(model, LAYER, vectors([0], batch=2), mode="all"):
+            generate(model, PROMPTS)
+    assert all(len(b._forward_hooks) == 0 and len(b._forward_hooks_with_kwargs) == 0 for b in decoder_layers(model))
 
 
-def test_static_cache_matches_dynamic(llama):
-    model, tokenizer = llama
-    vectors = _vectors(model, [0, 2])
-    with add_steering(model, LAYER, vectors, alpha=2.0):
-        dynamic, _, _ = _generate(model, tokenizer, PROMPTS)
-    with add_steering(model, LAYER, vectors, alpha=2.0):
-        static, _, _ = _generate(model, tokenizer, PROMPTS, cache_implementation="static")
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"alpha": float("nan")}, "finite"),
+        ({"alpha": float("inf")}, "finite"),
+        ({"alpha": torch.tensor([1.0, 2.0])}, "alpha"),
+        ({"mode": "prompt"}, "mode"),
+        ({"layer": 4}, "out of range"),
+        ({"layer": -1}, "out of range"),
+        ({"vectors": torch.zeros(3, 7)}, "hidden size"),
+        ({"vectors": torch.zeros(32)}, "hidden size"),
+        ({"vectors": torch.full((3, 32), float("nan"))}, "finite"),
+    ],
+)
+def test_bad_arguments_fail_before_anything_runs(model, kwargs, message):
+    args = {"layer": LAYER, "vectors": vectors([0]), "alpha": 1.0, "mode": "generated"} | kwargs
+    with pytest.raises(ValueError, match=message):
+        with add_steering(model, **args):
+            pytest.fail("the body must not run")
+    assert no_hooks(model)
+
+
+def test_static_cache_matches_dynamic(model):
+    v = vectors([0, 2])
+    with add_steering(model, LAYER, v, alpha=2.0):
+        dynamic, _, dyn_logits = generate(model, PROMPTS)
+        static, _, st_logits = generate(model, PROMPTS, cache_implementation="static")
     assert torch.equal(dynamic, static)
+    torch.testing.assert_close(dyn_logits, st_logits, atol=1e-5, rtol=1e-5)
 
 
-class _LinearSteerer:
-    """A small stand-in with the steerer interface: v = W h."""
-
-    def __init__(self, dim: int, layer_steer: int, layer_context: int) -> None:
-        torch.manual_seed(2)
-        self.weight = torch.randn(dim, dim) * 0.3
-        self.layer_steer, self.layer_context, self.hidden_size = layer_steer, layer_context, dim
-        self.default_alpha, self.needs_context, self.seen = 1.0, True, []
-
-    def vectors(self, context, behaviours=None, sample_ids=None):
-        self.seen.append(context.clone())
-        return context @ self.weight.T
+def test_chunked_prefill_is_one_prefill(model):
+    """prefill_chunk_size=2 on 6-token prompts (chunks of 2): same tokens as an unchunked prefill."""
+    v = vectors([0, 1, 2])
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16], [17, 18, 19, 20, 21, 22]]
+    with add_steering(model, LAYER, v, alpha=2.0) as hook:
+        whole, _, whole_logits = generate(model, prompts)
+        chunked, _, chunked_logits = generate(model, prompts, prefill_chunk_size=2)
+    assert hook.prefills == 1 + 3
+    assert torch.equal(whole, chunked)
+    torch.testing.assert_close(whole_logits, chunked_logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("layers", [(1, 2), (2, 1)])
-def test_attach_reads_context_at_last_prompt_token(llama, layers):
-    model, tokenizer = llama
-    steerer = _LinearSteerer(model.config.hidden_size, *layers)
-    plain_seq, _, enc = _generate(model, tokenizer, PROMPTS)
-    with attach_steerer(steerer, model, alpha=1.0):
-        seq, _, _ = _generate(model, tokenizer, PROMPTS)
-    assert len(steerer.seen) == 1
-    states = model(**enc, output_hidden_states=True, position_ids=(enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)).hidden_states
-    torch.testing.assert_close(steerer.seen[0], states[layers[1] + 1][:, -1], atol=1e-5, rtol=1e-5)
-    assert not torch.equal(seq, plain_seq)
-    assert all(not any(isinstance(h, (SteeringHook, _ContextCapture)) for h in layer._forward_hooks.values()) for layer in decoder_layers(model))
-    with pytest.raises(ValueError, match="use mode='generated'"):
-        with attach_steerer(_LinearSteerer(model.config.hidden_size, 0, 3), model, mode="all"):
-            pass
+def compile_config() -> CompileConfig:
+    """generate's compiled decode step on CPU: dynamo with the eager backend, any graph break is an error."""
+    config = CompileConfig(backend="eager", fullgraph=True, mode=None)
+    config._compile_all_devices = True  # generate compiles only on accelerators otherwise
+    return config
+
+
+def test_compiled_static_cache_decode_step():
+    """Static cache + compiled forward (fullgraph: no graph break): equal to dynamic eager steering; new
+    vectors reuse the graph; plain runs before and after are unsteered."""
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        model = tiny_llama(seed=3)
+        v = vectors([0, 2])
+        plain, _, _ = generate(model, PROMPTS)
+        with add_steering(model, LAYER, v, alpha=2.0):
+            steered, _, steered_logits = generate(model, PROMPTS)
+        counters.clear()
+        plain_compiled, _, _ = generate(model, PROMPTS, cache_implementation="static", compile_config=compile_config())
+        assert getattr(model, "_compiled_call", None) is not None and counters["stats"]["unique_graphs"] == 1
+        assert torch.equal(plain_compiled, plain)
+        with add_steering(model, LAYER, v, alpha=2.0):
+            seq, _, logits = generate(model, PROMPTS, cache_implementation="static", compile_config=compile_config())
+        assert torch.equal(seq, steered)
+        torch.testing.assert_close(logits, steered_logits, atol=1e-5, rtol=1e-5)
+        assert counters["stats"]["unique_graphs"] == 2  # one for the plain decode step, one for the steered one
+        with add_steering(model, LAYER, v * 0.5, alpha=4.0):  # same delta, new tensors: the same graph
+            again, _, _ = generate(model, PROMPTS, cache_implementation="static", compile_config=compile_config())
+        assert torch.equal(again, steered) and counters["stats"]["unique_graphs"] == 2
+        after, _, _ = generate(model, PROMPTS, cache_implementation="static", compile_config=compile_config())
+        assert torch.equal(after, plain) and no_hooks(model)
+        assert sum(counters["graph_break"].values()) == 0
+    torch._dynamo.reset()
+
+
+def test_hook_guards_are_turned_on_for_an_already_compiled_model():
+    """With torch's default skip_nnmodule_hook_guards=True a decode step compiled without hooks ignores a
+    hook added later; add_steering turns the guards on and drops such graphs (with a warning)."""
+    torch._dynamo.reset()
+    config = torch._dynamo.config
+    with config.patch(skip_nnmodule_hook_guards=True):
+        model = tiny_llama(seed=4)
+        v = vectors([0, 1, 2])
+        with add_steering(model, LAYER, v, alpha=2.0):  # eager: no compiled forward yet, so no warning
+            steered, _, _ = generate(model, PROMPTS)
+        assert config.skip_nnmodule_hook_guards is False
+        config.skip_nnmodule_hook_guards = True
+        plain, _, _ = generate(model, PROMPTS, cache_implementation="static", compile_config=compile_config())
+        with pytest.warns(RuntimeWarning, match="skip_nnmodule_hook_guards"):
+            with add_steering(model, LAYER, v, alpha=2.0):
+                seq, _, _ = generate(model, PROMPTS, cache_implementation="static", compile_config=compile_config())
+        assert torch.equal(seq, steered) and not torch.equal(seq, plain)
+        again, _, _ = generate(model, PROMPTS, cache_implementation="static", compile_config=compile_config())
+        assert torch.equal(again, plain)
+    torch._dynamo.reset()

@@ -1,11 +1,19 @@
-"""`attach_steerer`: apply a steerer inside your own generation loop.
+"""``attach_steerer``: steer a model with a steerer inside your own generation loop.
 
     with steerer.attach(model, alpha=2.0):
         model.generate(**inputs)
 
-At every prefill a hook on block L' keeps h = the last prompt token's hidden state; the vector
-v = steerer.vectors(h) is computed once per prompt, and α·v is added at block L* (generated tokens only by
-default). Both hooks are removed when the block exits, even after an exception.
+At each prefill a hook on block L' (``steerer.layer_context``) takes h = the last prompt token's hidden
+state (with left padding, every row's last real token), computes v = ``steerer.vectors(h, ...)`` once,
+and hands it to the :class:`~l2s_lightning.steering.hook.SteeringHook` on block L* (``steerer.layer_steer``),
+which adds alpha * v to the positions chosen by ``mode``. Every ``generate`` call inside the block gets its
+own v. Both hooks are removed on exit, even after an exception.
+
+The steerer is duck-typed: ``layer_steer``, ``layer_context``, ``hidden_size``, ``default_alpha`` and
+``vectors(context (B, D), behaviours=None, sample_ids=None) -> (B, D)``; optional ``needs_context``
+(default True), ``needs_behaviours`` and ``needs_sample_ids`` (default False). A steerer that does not
+need the context (mean, per-behaviour mean, random, oracle) is still given h, read at L* instead of L',
+for the batch size, device and dtype.
 """
 
 from __future__ import annotations
@@ -18,58 +26,77 @@ import torch
 from torch import nn
 
 from l2s_lightning.models.layers import hidden_size, layer_output, validate_layers
-from l2s_lightning.steering.hook import Positions, SteeringHook, _check_alpha, register_hook
+from l2s_lightning.steering.hook import POSITIONS, Positions, PrefillTracker, SteeringHook, check_alpha, enable_hook_guards, register_hook
 
 
-class _ContextCapture:
-    """Keeps the last-position hidden state of block L' from each prefill call."""
+class ContextCapture:
+    """Forward hook on block L': at each prefill, h = output[:, -1] -> v = steerer.vectors(h) -> the steering hook.
 
-    def __init__(self) -> None:
+    After a generate call, ``context`` (B, D) and ``vectors`` (B, D) hold the last prefill's h and v and
+    ``prefills`` counts the prefills seen.
+    """
+
+    def __init__(self, steerer: Any, hook: SteeringHook, behaviours: list[str] | None = None, sample_ids: list[str] | None = None) -> None:
+        self.steerer, self.hook = steerer, hook
+        self.behaviours, self.sample_ids = behaviours, sample_ids
+        self.tracker = PrefillTracker()
         self.context: torch.Tensor | None = None
-        self.awaiting_prefill = True
+        self.vectors: torch.Tensor | None = None
+        self.prefills = 0
 
-    def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: object) -> None:
         hidden = layer_output(output)
-        if self.awaiting_prefill or hidden.shape[1] > 1:
-            self.awaiting_prefill = False
-            self.context = hidden[:, -1].detach()
+        if not self.tracker.is_prefill(hidden, kwargs):
+            return None
+        self.context = hidden[:, -1].detach()
+        with torch.no_grad():
+            vectors = self.steerer.vectors(self.context, behaviours=self.behaviours, sample_ids=self.sample_ids)
+        if vectors.shape != self.context.shape:
+            raise ValueError(f"steerer.vectors returned shape {tuple(vectors.shape)} for a context of shape {tuple(self.context.shape)}")
+        self.vectors = vectors
+        self.hook.set_vectors(vectors, like=hidden)
+        self.prefills += 1
+        return None
 
 
 @contextlib.contextmanager
 def attach_steerer(
     steerer: Any,
     model: nn.Module,
-    alpha: float | None = None,
+    alpha: float | torch.Tensor | None = None,
     mode: Positions = "generated",
     behaviours: Sequence[str] | None = None,
     sample_ids: Sequence[str] | None = None,
-) -> Iterator[SteeringHook]:
-    """Steer ``model`` with ``steerer`` (L2S or a baseline) while the context is open; see the module doc."""
+) -> Iterator[ContextCapture]:
+    """Steer ``model`` with ``steerer`` while the context is open (see the module docstring).
+
+    ``alpha``: the scale (default ``steerer.default_alpha``); ``mode``: ``"generated"``,
+    ``"last_prompt_and_generated"`` or ``"all"``; ``behaviours`` / ``sample_ids``: one per batch row, for
+    the steerers that pick vectors by them. Yields the :class:`ContextCapture` (last h and v).
+    """
     alpha = steerer.default_alpha if alpha is None else alpha
-    _check_alpha(alpha)
-    if hidden_size(model) != steerer.hidden_size:
-        raise ValueError(f"steerer hidden size {steerer.hidden_size} does not fit the model's {hidden_size(model)}")
+    check_alpha(alpha)
+    if mode not in POSITIONS:
+        raise ValueError(f"mode={mode!r} must be one of {POSITIONS}")
+    if int(steerer.hidden_size) != hidden_size(model):
+        raise ValueError(f"steerer hidden size {steerer.hidden_size} does not fit the model's hidden size {hidden_size(model)}")
     validate_layers(model, layer_steer=steerer.layer_steer, layer_context=steerer.layer_context)
+    behaviours = list(behaviours) if behaviours is not None else None
+    sample_ids = list(sample_ids) if sample_ids is not None else None
+    if behaviours is not None and sample_ids is not None and len(behaviours) != len(sample_ids):
+        raise ValueError(f"{len(behaviours)} behaviours but {len(sample_ids)} sample ids")
+    for need, given, name in (("needs_behaviours", behaviours, "behaviours"), ("needs_sample_ids", sample_ids, "sample_ids")):
+        if getattr(steerer, need, False) and given is None:
+            raise ValueError(f"this steerer picks its vectors by {name}: pass {name}=[one per batch row]")
     needs_context = bool(getattr(steerer, "needs_context", True))
     if needs_context and mode != "generated" and steerer.layer_context > steerer.layer_steer:
         raise ValueError(
-            f"mode={mode!r} steers the prompt, but L'={steerer.layer_context} comes after L*={steerer.layer_steer}: "
-            "the context is not known yet when L* runs; use mode='generated'"
+            f"mode={mode!r} steers a prompt position, but L'={steerer.layer_context} comes after L*={steerer.layer_steer}: "
+            "v = g(h) is not known yet when block L* runs on the prompt; use mode='generated'"
         )
-    capture = _ContextCapture()
-    behaviours = list(behaviours) if behaviours is not None else None
-    sample_ids = list(sample_ids) if sample_ids is not None else None
-
-    def provider() -> torch.Tensor:
-        context = capture.context if needs_context else None
-        if needs_context and context is None:
-            raise RuntimeError("no prefill seen at layer L' before steering")
-        with torch.no_grad():
-            return steerer.vectors(context, behaviours=behaviours, sample_ids=sample_ids)
-
-    hook = SteeringHook(None, alpha, mode, provider=provider)
-    with contextlib.ExitStack() as stack:
-        if needs_context:
-            stack.enter_context(register_hook(model, steerer.layer_context, capture))
-        stack.enter_context(register_hook(model, steerer.layer_steer, hook))
-        yield hook
+    enable_hook_guards(model)
+    hook = SteeringHook(None, alpha, mode)
+    capture = ContextCapture(steerer, hook, behaviours, sample_ids)
+    capture_layer = steerer.layer_context if needs_context else steerer.layer_steer
+    with register_hook(model, capture_layer, capture), register_hook(model, steerer.layer_steer, hook):
+        yield capture

@@ -1,105 +1,214 @@
-"""A per-sample additive steering hook on one decoder block: h_L*[i, t] += α_i · v_i.
+"""A per-row additive steering hook on one decoder block: ``h_L*[i, t] += alpha_i * v_i``.
 
-Prefill vs decode: transformers runs the prompt in one call (the prefill, sequence length > 1) and then one
-call per generated token. The first call after the hook is armed, and any later call with more than one
-token, is a prefill; every other call carries a generated token. (Assumption: no chunked prefill; a
-one-token prompt is recognised only as the first call.) The decision uses static facts (a Python flag and
-the sequence length), so the compiled static-cache decode step traces once, with no graph break per step.
+Which calls carry generated tokens (prefill vs decode). ``generate`` runs the prompt in one call (the
+prefill), then one call per generated token on top of the KV cache. The hook classifies each call of its
+block from static facts only, so no tensor value is read and nothing branches on data:
+
+* a call is a **prefill** when it is the first call since the hook was armed, or it holds more than one
+  token, or (outside a compiled region) its KV cache is another object than the one of the previous call
+  (every ``generate`` call makes a new cache, so a second ``generate`` in the same context is recognised
+  even with a one-token prompt), or it has no KV cache at all (a plain forward);
+* every other call is a **decode** step: its tokens are generated tokens.
+
+Assumptions: a KV cache is used (without one every call is a whole-sequence forward, i.e. a prefill, and
+``"generated"`` steers nothing); a chunked prefill (``prefill_chunk_size``) is fine for ``"generated"``
+as long as no chunk is a single token, but ``"last_prompt_and_generated"`` would also steer the last token
+of every chunk; speculative / assisted decoding (several new tokens per call) is not supported.
+
+transformers 5.x no longer passes ``cache_position`` to decoder blocks (the cache object and
+``position_ids`` are passed instead; position ids are per row and not token indices for M-RoPE models),
+so the cache *object* is what tells a new sequence apart.
+
+Compiled decoding (``cache_implementation="static"``, forward compiled by ``generate``): the decode step
+only reads the Python flags and the tensor shape (constants for the tracer) and adds a (B, D) tensor
+computed eagerly at the prefill, so it traces into one graph with no break (``fullgraph=True`` passes), and new vectors of the same
+shape in a later ``generate`` call reuse that graph. Caveat: with torch's default
+``torch._dynamo.config.skip_nnmodule_hook_guards = True`` a graph compiled while the block had no hook is
+reused after the hook is added, and the hook never runs; :func:`enable_hook_guards` (called by
+:func:`add_steering`) turns those guards on.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Literal
+import math
+import warnings
+import weakref
+from collections.abc import Iterator
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from l2s_lightning.models.layers import decoder_layers, hidden_size, layer_output, replace_layer_output
 
 Positions = Literal["generated", "last_prompt_and_generated", "all"]
-POSITIONS: tuple[str, ...] = ("generated", "last_prompt_and_generated", "all")
+POSITIONS: tuple[str, ...] = get_args(Positions)
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
 
 
-def _check_alpha(alpha: float | torch.Tensor) -> None:
-    value = torch.as_tensor(alpha, dtype=torch.float32)
-    if not torch.isfinite(value).all():
-        raise ValueError(f"alpha={alpha!r} must be finite")
+def check_alpha(alpha: float | torch.Tensor, batch: int | None = None) -> None:
+    """Raise a ValueError unless ``alpha`` is a finite number or a finite (B,) tensor."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.ndim > 1 or (alpha.ndim == 1 and batch is not None and alpha.shape[0] != batch):
+            raise ValueError(f"alpha must be a number or a ({batch},) tensor, got shape {tuple(alpha.shape)}")
+        if not torch.isfinite(alpha).all():
+            raise ValueError(f"alpha={alpha.tolist()} must be finite")
+        return
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"alpha={alpha!r} must be a finite number")
+
+
+def _cache_of(kwargs: dict[str, Any]) -> object | None:
+    for key in _CACHE_KWARGS:
+        cache = kwargs.get(key)
+        if cache is not None:
+            return cache
+    return None
+
+
+class PrefillTracker:
+    """Tells prefill calls of one decoder block from decode calls (rules in the module docstring)."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self._cache: weakref.ref | None = None
+
+    def reset(self) -> None:
+        """Treat the next call as a prefill."""
+        self.armed, self._cache = True, None
+
+    def is_prefill(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> bool:
+        cache = _cache_of(kwargs)
+        prefill = self.armed or hidden.shape[1] > 1
+        if not torch.compiler.is_compiling():
+            same_cache = cache is not None and self._cache is not None and self._cache() is cache
+            prefill = prefill or not same_cache
+            if prefill:
+                try:
+                    self._cache = weakref.ref(cache) if cache is not None else None
+                except TypeError:  # an object without weakref support: fall back to shape + first call
+                    self._cache = None
+        if prefill:
+            self.armed = False
+        return prefill
 
 
 class SteeringHook:
-    """Adds ``alpha * vectors[i]`` to row i of a block's output at the positions chosen by ``mode``.
+    """Forward hook adding ``alpha * vectors[i]`` to row i of a block's output at the positions of ``mode``.
 
-    ``vectors`` may be None at construction and supplied later by ``provider`` (a callable returning the
-    (B, D) vectors, called at the first call that needs them after each prefill): that is how the context
-    h of L2S, read at the prefill, becomes a vector before the first generated token.
+    ``vectors`` (B, D) may be left None and set later with :meth:`set_vectors` (before the first call that
+    steers). A batch of ``k * B`` rows (``num_return_sequences``, beams) gives row j the vector ``j // k``.
     """
 
-    def __init__(
-        self,
-        vectors: torch.Tensor | None,
-        alpha: float | torch.Tensor = 1.0,
-        mode: Positions = "generated",
-        provider: Callable[[], torch.Tensor] | None = None,
-    ) -> None:
+    def __init__(self, vectors: torch.Tensor | None = None, alpha: float | torch.Tensor = 1.0, mode: Positions = "generated") -> None:
         if mode not in POSITIONS:
             raise ValueError(f"mode={mode!r} must be one of {POSITIONS}")
-        _check_alpha(alpha)
-        if vectors is None and provider is None:
-            raise ValueError("give the vectors or a provider of them")
+        check_alpha(alpha)
         self.mode = mode
         self.alpha = alpha
-        self.vectors = vectors
-        self.provider = provider
-        self.awaiting_prefill = True
-        self._delta: torch.Tensor | None = None
+        self.tracker = PrefillTracker()
+        self.delta: torch.Tensor | None = None  # alpha * vectors, (B, D), in the block's dtype once it ran
+        self.prefills = 0  # calls seen as a prefill / calls that added the vector (eager calls only)
+        self.steered_calls = 0
+        if vectors is not None:
+            self.set_vectors(vectors)
+
+    def set_vectors(self, vectors: torch.Tensor, alpha: float | torch.Tensor | None = None, like: torch.Tensor | None = None) -> None:
+        """Use ``alpha * vectors`` from now on (``like``: a tensor giving the device and dtype to keep it in)."""
+        alpha = self.alpha if alpha is None else alpha
+        if vectors.ndim != 2:
+            raise ValueError(f"steering vectors must be (B, D), got shape {tuple(vectors.shape)}")
+        check_alpha(alpha, vectors.shape[0])
+        vectors = vectors.detach().float()
+        scale = torch.as_tensor(alpha, dtype=torch.float32, device=vectors.device).reshape(-1, 1)
+        delta = scale * vectors
+        if like is not None:
+            delta = delta.to(device=like.device, dtype=like.dtype)
+        self.alpha, self.delta = alpha, delta
 
     def reset(self) -> None:
-        """Treat the next call as a prefill again (a new generate call)."""
-        self.awaiting_prefill = True
-        self._delta = None
+        """Treat the next call as a prefill (a new sequence)."""
+        self.tracker.reset()
 
     def _delta_for(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self._delta is None or self._delta.device != hidden.device or self._delta.dtype != hidden.dtype:
-            vectors = self.vectors if self.provider is None else self.provider()
-            alpha = torch.as_tensor(self.alpha, dtype=torch.float32, device=vectors.device)
-            delta = (alpha.reshape(-1, 1) * vectors.float()) if alpha.dim() else alpha * vectors.float()
-            self._delta = delta.to(device=hidden.device, dtype=hidden.dtype)
-        delta = self._delta
-        if delta.shape[0] != hidden.shape[0]:  # num_return_sequences / beams expand the batch
-            if hidden.shape[0] % delta.shape[0]:
-                raise ValueError(f"{delta.shape[0]} steering vectors for a batch of {hidden.shape[0]} rows")
-            delta = delta.repeat_interleave(hidden.shape[0] // delta.shape[0], dim=0)
-        return delta
+        delta = self.delta
+        if delta is None:
+            raise RuntimeError("the steering hook has no vectors yet (call set_vectors before the steered forward)")
+        if delta.device != hidden.device or delta.dtype != hidden.dtype:
+            delta = self.delta = delta.to(device=hidden.device, dtype=hidden.dtype)
+        rows = hidden.shape[0]
+        if delta.shape[0] != rows:
+            if delta.shape[0] == 0 or rows % delta.shape[0]:
+                raise ValueError(f"{delta.shape[0]} steering vectors for a batch of {rows} rows")
+            delta = delta.repeat_interleave(rows // delta.shape[0], dim=0)
+        if delta.shape[1] != hidden.shape[-1]:
+            raise ValueError(f"steering vectors have size {delta.shape[1]}, the hidden state has {hidden.shape[-1]}")
+        return delta[:, None, :]
 
-    def __call__(self, module: nn.Module, args: tuple, output: object) -> object:
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: object) -> object:
         hidden = layer_output(output)
-        prefill = self.awaiting_prefill or hidden.shape[1] > 1
+        prefill = self.tracker.is_prefill(hidden, kwargs)
+        if not torch.compiler.is_compiling():  # counters only outside compiled regions (no guard on them)
+            self.prefills += prefill
+            self.steered_calls += not (prefill and self.mode == "generated")
         if prefill:
-            self.awaiting_prefill = False
-            if self.provider is not None:
-                self._delta = None  # a new prompt: the provider's vectors change
             if self.mode == "generated":
                 return output
             if self.mode == "last_prompt_and_generated":
-                delta = self._delta_for(hidden)
-                steered = torch.cat([hidden[:, :-1], hidden[:, -1:] + delta[:, None, :]], dim=1)
-                return replace_layer_output(output, steered)
-        return replace_layer_output(output, hidden + self._delta_for(hidden)[:, None, :])
+                last = hidden[:, -1:] + self._delta_for(hidden)
+                return replace_layer_output(output, torch.cat([hidden[:, :-1], last], dim=1))
+        return replace_layer_output(output, hidden + self._delta_for(hidden))
+
+    def register(self, module: nn.Module) -> RemovableHandle:
+        """Register on ``module`` (a decoder block) as a forward hook that receives the keyword arguments."""
+        return module.register_forward_hook(self, with_kwargs=True)
+
+
+def enable_hook_guards(model: nn.Module | None = None) -> None:
+    """Make compiled graphs check the hooks of modules (``skip_nnmodule_hook_guards = False``), process-wide.
+
+    With torch's default (True), a graph compiled while a block had no hooks is reused after a steering
+    hook is added: the hook never runs and steering is silently lost (seen with ``generate``'s static cache
+    + compile: plain, then steered; or steered, plain, steered). Call this before the first compiled
+    ``generate``; :func:`add_steering` calls it. If the flag was on and ``model`` already holds a compiled
+    forward, its graphs lack those guards: they are dropped (``torch._dynamo.reset()``) with a warning.
+    """
+    config = torch._dynamo.config
+    if not getattr(config, "skip_nnmodule_hook_guards", False):
+        return
+    config.skip_nnmodule_hook_guards = False
+    if model is not None and getattr(model, "_compiled_call", None) is not None:
+        warnings.warn(
+            "the model was compiled while torch._dynamo.config.skip_nnmodule_hook_guards was True, so its compiled "
+            "graphs would ignore steering hooks; they were dropped (torch._dynamo.reset()) and will be recompiled. "
+            "Call l2s_lightning.steering.enable_hook_guards() before the first compiled generate to avoid this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        torch._dynamo.reset()
 
 
 @contextlib.contextmanager
-def register_hook(model: nn.Module, layer: int, hook: Callable) -> Iterator[None]:
-    """A forward hook on decoder block ``layer`` that is always removed on exit."""
+def register_hook(model: nn.Module, layer: int, hook: Any, with_kwargs: bool = True) -> Iterator[RemovableHandle]:
+    """A forward hook on decoder block ``layer`` of ``model``, removed on exit even after an exception."""
     layers = decoder_layers(model)
-    if not 0 <= layer < len(layers):
-        raise ValueError(f"layer {layer} is out of range: the model has {len(layers)} decoder layers")
-    handle = layers[layer].register_forward_hook(hook)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
+        raise ValueError(f"layer={layer!r} is out of range: the model has {len(layers)} decoder layers (0..{len(layers) - 1})")
+    handle = layers[layer].register_forward_hook(hook, with_kwargs=with_kwargs)
     try:
-        yield
+        yield handle
     finally:
         handle.remove()
+
+
+def _block_like(model: nn.Module, layer: int) -> torch.Tensor | None:
+    """A parameter of block ``layer`` (its device and floating dtype), or None."""
+    for param in decoder_layers(model)[layer].parameters():
+        if param.is_floating_point():
+            return param
+    return None
 
 
 @contextlib.contextmanager
@@ -110,13 +219,22 @@ def add_steering(
     alpha: float | torch.Tensor = 1.0,
     mode: Positions = "generated",
 ) -> Iterator[SteeringHook]:
-    """Steer block ``layer`` of ``model`` by ``alpha * vectors[i]`` for row i while the context is open.
+    """Add ``alpha * vectors[i]`` to row i of the output of decoder block ``layer`` while the context is open.
 
-    ``vectors``: (B, D), one row per batch row (zero rows leave their row unchanged); ``alpha``: a number or
-    (B,) tensor. Several generate calls may run inside the context (each prompt longer than one token is
-    recognised as a new prefill)."""
-    if vectors.shape[-1] != hidden_size(model):
-        raise ValueError(f"steering vectors have size {vectors.shape[-1]}, the model's hidden size is {hidden_size(model)}")
-    hook = SteeringHook(vectors, alpha, mode)
+    ``vectors``: (B, D), one row per batch row (a zero row leaves its row bit-identical to an unsteered run);
+    ``alpha``: a number or a (B,) tensor; ``mode``: ``"generated"`` (tokens after the prefill),
+    ``"last_prompt_and_generated"`` or ``"all"`` (every position, as in the released L2S code). Several
+    ``generate`` calls may run inside the context; each one's prefill is recognised anew.
+    """
+    n_layers = len(decoder_layers(model))
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise ValueError(f"layer={layer!r} is out of range: the model has {n_layers} decoder layers (0..{n_layers - 1})")
+    if vectors.ndim != 2 or vectors.shape[-1] != hidden_size(model):
+        raise ValueError(f"steering vectors must be (B, {hidden_size(model)}) (the model's hidden size), got {tuple(vectors.shape)}")
+    if not torch.isfinite(vectors).all():
+        raise ValueError("steering vectors must be finite")
+    hook = SteeringHook(None, alpha, mode)
+    hook.set_vectors(vectors, like=_block_like(model, layer))
+    enable_hook_guards(model)
     with register_hook(model, layer, hook):
         yield hook

@@ -1,0 +1,228 @@
+"""attach_steerer with a fake L2S-like steerer (v = W h) on tiny random Llama models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.generation.configuration_utils import CompileConfig
+
+from l2s_lightning.models.layers import decoder_layers
+from l2s_lightning.steering import ContextCapture, SteeringHook, add_steering, attach_steerer
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]
+OTHER = [[30, 31, 32, 33], [34, 35], [36, 37, 38, 39, 40]]
+NEW, DIM = 6, 32
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=DIM, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def left_pad(prompts):
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def generate(model, prompts, **kwargs):
+    ids, mask = left_pad(prompts)
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0,
+        output_logits=True, return_dict_in_generate=True, **kwargs,
+    )
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+def context_of(model, prompts, layer: int) -> torch.Tensor:
+    """h at block ``layer`` of the last prompt token, from a plain forward with output_hidden_states."""
+    ids, mask = left_pad(prompts)
+    with torch.no_grad():
+        states = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_hidden_states=True).hidden_states
+    return states[layer + 1][:, -1]
+
+
+class LinearSteerer:
+    """A stand-in with the steerer interface: v = W h (an nn.Linear), recording every context it is given."""
+
+    def __init__(self, layer_steer: int, layer_context: int, hidden_size: int = DIM, scale: float = 40.0) -> None:
+        torch.manual_seed(2)
+        self.net = torch.nn.Linear(hidden_size, hidden_size, bias=False)
+        torch.nn.init.normal_(self.net.weight, std=scale / hidden_size**0.5)
+        self.layer_steer, self.layer_context, self.hidden_size = layer_steer, layer_context, hidden_size
+        self.default_alpha, self.model = 1.0, "tiny-llama"
+        self.seen: list[torch.Tensor] = []
+
+    def vectors(self, context, behaviours=None, sample_ids=None):
+        self.seen.append(context.clone())
+        return self.net(context)
+
+
+class BehaviourSteerer:
+    """A context-free steerer: one vector per behaviour (like mean_ba)."""
+
+    needs_context, needs_behaviours = False, True
+
+    def __init__(self, layer_steer: int, layer_context: int) -> None:
+        torch.manual_seed(3)
+        self.table = {"a": torch.randn(DIM) * 3, "b": torch.zeros(DIM)}
+        self.layer_steer, self.layer_context, self.hidden_size, self.default_alpha = layer_steer, layer_context, DIM, 2.0
+        self.seen: list[torch.Tensor] = []
+
+    def vectors(self, context=None, behaviours=None, sample_ids=None):
+        self.seen.append(context)
+        return torch.stack([self.table[b] for b in behaviours]).to(context)
+
+
+def our_hooks(model) -> list:
+    return [h for block in decoder_layers(model) for h in block._forward_hooks.values() if isinstance(h, (SteeringHook, ContextCapture))]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama()
+
+
+@pytest.mark.parametrize(("layer_steer", "layer_context"), [(2, 1), (1, 2), (1, 1)])
+def test_context_is_h_at_layer_context_of_the_last_prompt_token(model, layer_steer, layer_context):
+    steerer = LinearSteerer(layer_steer, layer_context)
+    plain_seq, plain_logits = generate(model, PROMPTS)
+    with attach_steerer(steerer, model, alpha=1.0) as capture:
+        seq, logits = generate(model, PROMPTS)
+    assert len(steerer.seen) == 1 and capture.prefills == 1
+    expected_h = context_of(model, PROMPTS, layer_context)
+    torch.testing.assert_close(steerer.seen[0], expected_h, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(seq, plain_seq)
+    assert torch.equal(logits[:, 0], plain_logits[:, 0])  # "generated": the prompt is not steered
+    # the same as add_steering with the vectors g(h) computed by hand
+    with torch.no_grad():
+        v = steerer.net(expected_h)
+    with add_steering(model, layer_steer, v, alpha=1.0):
+        by_hand, by_hand_logits = generate(model, PROMPTS)
+    assert torch.equal(seq, by_hand)
+    torch.testing.assert_close(logits, by_hand_logits, atol=1e-5, rtol=1e-5)
+    assert our_hooks(model) == []
+
+
+def test_every_generate_call_recomputes_v_at_its_prefill(model):
+    steerer = LinearSteerer(2, 1)
+    with attach_steerer(steerer, model, alpha=1.5) as capture:
+        first, _ = generate(model, PROMPTS)
+        second, _ = generate(model, OTHER)
+        one_token, _ = generate(model, [[7], [9]])
+    assert len(steerer.seen) == 3 and capture.prefills == 3
+    torch.testing.assert_close(steerer.seen[0], context_of(model, PROMPTS, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(steerer.seen[1], context_of(model, OTHER, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(steerer.seen[2], context_of(model, [[7], [9]], 1), atol=1e-5, rtol=1e-5)
+    with attach_steerer(steerer, model, alpha=1.5):
+        alone, _ = generate(model, OTHER)
+    assert torch.equal(second, alone)  # nothing carried over from the first call
+
+
+def test_alpha_scales_and_zero_alpha_is_a_no_op(model):
+    steerer = LinearSteerer(2, 1)
+    plain_seq, plain_logits = generate(model, PROMPTS)
+    with attach_steerer(steerer, model, alpha=0.0):
+        seq, logits = generate(model, PROMPTS)
+    assert torch.equal(seq, plain_seq) and torch.equal(logits, plain_logits)
+    with attach_steerer(steerer, model):  # default_alpha
+        default, _ = generate(model, PROMPTS)
+    with attach_steerer(steerer, model, alpha=1.0):
+        one, _ = generate(model, PROMPTS)
+    assert torch.equal(default, one) and not torch.equal(one, plain_seq)
+
+
+def test_last_prompt_mode(model):
+    steerer = LinearSteerer(2, 1)
+    _, plain_logits = generate(model, PROMPTS)
+    with attach_steerer(steerer, model, alpha=1.0, mode="last_prompt_and_generated"):
+        _, logits = generate(model, PROMPTS)
+    assert all(not torch.equal(logits[r, 0], plain_logits[r, 0]) for r in range(3))
+    with pytest.raises(ValueError, match="use mode='generated'"):
+        with attach_steerer(LinearSteerer(1, 2), model, mode="last_prompt_and_generated"):
+            pytest.fail("must not run")
+    with pytest.raises(ValueError, match="use mode='generated'"):
+        with attach_steerer(LinearSteerer(0, 3), model, mode="all"):
+            pytest.fail("must not run")
+    assert our_hooks(model) == []
+
+
+def test_context_free_steerer_uses_behaviours(model):
+    steerer = BehaviourSteerer(1, 3)  # L' after L*: fine, the context is not needed
+    plain_seq, plain_logits = generate(model, PROMPTS)
+    with attach_steerer(steerer, model, mode="last_prompt_and_generated", behaviours=["b", "a", "b"]):
+        seq, logits = generate(model, PROMPTS)
+    assert torch.equal(logits[[0, 2]], plain_logits[[0, 2]]) and torch.equal(seq[[0, 2]], plain_seq[[0, 2]])
+    assert not torch.equal(logits[1, 0], plain_logits[1, 0])
+    assert steerer.seen[0].shape == (3, DIM)
+    with pytest.raises(ValueError, match="behaviours"):
+        with attach_steerer(steerer, model):
+            pytest.fail("must not run")
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs", "message"),
+    [
+        ({"hidden_size": 16}, {}, "hidden size"),
+        ({"layer_steer": 4}, {}, "layer_steer=4 is out of range"),
+        ({"layer_context": -1}, {}, "layer_context=-1 is out of range"),
+        ({}, {"alpha": float("nan")}, "finite"),
+        ({}, {"alpha": float("inf")}, "finite"),
+        ({"default_alpha": float("nan")}, {}, "finite"),
+        ({}, {"mode": "everything"}, "mode"),
+        ({}, {"behaviours": ["a"], "sample_ids": ["x", "y"]}, "behaviours"),
+    ],
+)
+def test_bad_arguments_fail_before_anything_runs(model, change, kwargs, message):
+    steerer = LinearSteerer(2, 1)
+    for key, value in change.items():
+        setattr(steerer, key, value)
+    with pytest.raises(ValueError, match=message):
+        with attach_steerer(steerer, model, **kwargs):
+            pytest.fail("must not run")
+    assert steerer.seen == [] and our_hooks(model) == []
+
+
+def test_hooks_removed_after_exit_and_after_an_error():
+    model = tiny_llama()  # fresh: no hidden-state recording hooks
+    with attach_steerer(LinearSteerer(2, 1), model):
+        assert sum(len(block._forward_hooks) for block in decoder_layers(model)) == 2
+    assert all(len(block._forward_hooks) == 0 and len(block._forward_hooks_with_kwargs) == 0 for block in decoder_layers(model))
+    with pytest.raises(RuntimeError, match="boom"):
+        with attach_steerer(LinearSteerer(1, 1), model):
+            generate(model, PROMPTS)
+            raise RuntimeError("boom")
+    assert all(len(block._forward_hooks) == 0 and len(block._forward_hooks_with_kwargs) == 0 for block in decoder_layers(model))
+    bad = LinearSteerer(2, 1)
+    bad.vectors = lambda context, behaviours=None, sample_ids=None: context[:1]  # wrong shape, raised at the prefill
+    with pytest.raises(ValueError, match="shape"):
+        with attach_steerer(bad, model):
+            generate(model, PROMPTS)
+    assert all(len(block._forward_hooks) == 0 for block in decoder_layers(model))
+
+
+def test_static_cache_and_compiled_decode_match_dynamic():
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        model = tiny_llama(seed=5)
+        steerer = LinearSteerer(2, 1)
+        with attach_steerer(steerer, model, alpha=1.0):
+            dynamic, dyn_logits = generate(model, PROMPTS)
+            static, _ = generate(model, PROMPTS, cache_implementation="static")
+        config = CompileConfig(backend="eager", fullgraph=True, mode=None)
+        config._compile_all_devices = True
+        with attach_steerer(steerer, model, alpha=1.0):
+            compiled, logits = generate(model, PROMPTS, cache_implementation="static", compile_config=config)
+            other, _ = generate(model, OTHER, cache_implementation="static", compile_config=config)
+        with attach_steerer(steerer, model, alpha=1.0):
+            other_dynamic, _ = generate(model, OTHER)
+    assert torch.equal(dynamic, static) and torch.equal(dynamic, compiled)
+    torch.testing.assert_close(logits, dyn_logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(other, other_dynamic)
+    torch._dynamo.reset()
