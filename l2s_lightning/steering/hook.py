@@ -84,7 +84,7 @@ class PrefillTracker:
         prefill = self.armed or hidden.shape[1] > 1
         if not torch.compiler.is_compiling():
             same_cache = cache is not None and self._cache is not None and self._cache() is cache
-            prefill = prefill or not same_cache
+            prefill = prefill
             if prefill:
                 try:
                     self._cache = weakref.ref(cache) if cache is not None else None
