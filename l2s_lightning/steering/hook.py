@@ -20,18 +20,19 @@ transformers 5.x no longer passes ``cache_position`` to decoder blocks (the cach
 so the cache *object* is what tells a new sequence apart.
 
 Compiled decoding (``cache_implementation="static"``, forward compiled by ``generate``): the decode step
-only reads the Python flags and the tensor shape (constants for the tracer) and adds a (B, D) tensor
-computed eagerly at the prefill, so it traces into one graph with no break (``fullgraph=True`` passes), and new vectors of the same
-shape in a later ``generate`` call reuse that graph. Caveat: with torch's default
+reads only Python flags and the tensor shape (constants for the tracer) and adds a (B, D) tensor computed
+eagerly at the prefill, so it traces into one graph with no break (``fullgraph=True`` passes) and new
+vectors of the same shape in a later ``generate`` call reuse that graph. Caveat: with torch's default
 ``torch._dynamo.config.skip_nnmodule_hook_guards = True`` a graph compiled while the block had no hook is
 reused after the hook is added, and the hook never runs; :func:`enable_hook_guards` (called by
-:func:`add_steering`) turns those guards on.
+:func:`add_steering` and ``attach_steerer``) turns those guards on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -56,7 +57,7 @@ def check_alpha(alpha: float | torch.Tensor, batch: int | None = None) -> None:
         if not torch.isfinite(alpha).all():
             raise ValueError(f"alpha={alpha.tolist()} must be finite")
         return
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
         raise ValueError(f"alpha={alpha!r} must be a finite number")
 
 
@@ -84,7 +85,7 @@ class PrefillTracker:
         prefill = self.armed or hidden.shape[1] > 1
         if not torch.compiler.is_compiling():
             same_cache = cache is not None and self._cache is not None and self._cache() is cache
-            prefill = prefill
+            prefill = prefill or not same_cache
             if prefill:
                 try:
                     self._cache = weakref.ref(cache) if cache is not None else None
