@@ -30,7 +30,9 @@ class SteeredGenerationModule(L.LightningModule):
             ``last_prompt_and_generated`` token, or ``all`` positions (the authors' release).
         max_new_tokens, do_sample, temperature, top_p, seed: generation settings (greedy by default; with
             sampling, each batch is seeded with ``seed + batch index``).
-        cache_implementation: ``dynamic`` or ``static`` (with ``compile`` for the compiled decode path).
+        cache_implementation: ``dynamic`` or ``static`` KV cache.
+        compile: the compiled decode path (static cache + ``torch.compile`` of each decode step, as
+            transformers does on GPUs; here forced on any device; the steering hook is traced into it).
         allow_other_model: apply a steerer trained on another model of the same shape.
     """
 
@@ -81,7 +83,10 @@ class SteeredGenerationModule(L.LightningModule):
             if self.steerer is not None:
                 validate_layers(self.llm, self.spec.display_name, layer_steer=self.steerer.layer_steer, layer_context=self.steerer.layer_context)
             if self.compile:
-                self.llm.forward = torch.compile(self.llm.forward, mode="reduce-overhead", fullgraph=False)
+                # transformers compiles the static-cache decode step itself; the hook must be guarded in it.
+                from l2s_lightning.steering import enable_hook_guards
+
+                enable_hook_guards(self.llm)
 
     def _instruction(self) -> str:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -113,8 +118,16 @@ class SteeredGenerationModule(L.LightningModule):
         encoded = {k: v.to(self.device, dtype=dtype if v.is_floating_point() else None) for k, v in encoded.items()}
         tokenizer = self.loaded.tokenizer
         kwargs = dict(self.generation_kwargs, pad_token_id=tokenizer.pad_token_id)
-        if self.cache_implementation == "static":
+        if self.cache_implementation == "static" or self.compile:
             kwargs["cache_implementation"] = "static"
+        if self.compile:
+            from transformers import CompileConfig
+
+            compile_config = CompileConfig(fullgraph=True)
+            compile_config._compile_all_devices = True  # also on CPU when asked for
+            kwargs["compile_config"] = compile_config
+        else:
+            kwargs["disable_compile"] = True
         if kwargs["do_sample"]:
             torch.manual_seed(self.seed + batch_idx)
         with self.steering(items):
