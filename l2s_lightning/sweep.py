@@ -33,6 +33,7 @@ class SweepConfig:
         judge: evaluation judge name (``keyword`` is offline).
         split_file / limit_per_category: passed to the predict data module.
         update_steerer: write the chosen α into the steerer folder.
+        extra_predict_args: more ``l2s predict`` overrides (e.g. ``--model.positions=all``).
     """
 
     steerer: str
@@ -46,6 +47,7 @@ class SweepConfig:
     limit_per_category: dict[str, int] | None = None
     max_new_tokens: int | None = None
     update_steerer: bool = True
+    extra_predict_args: list[str] = field(default_factory=list)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -80,6 +82,7 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
         common.append(f"--data.limit_per_category={json.dumps(config.limit_per_category)}")
     if config.max_new_tokens:
         common.append(f"--model.max_new_tokens={config.max_new_tokens}")
+    common += config.extra_predict_args
     files = [out / "none.jsonl"]
     predict_main([*common, "--model.method=none", f"--writer.output={files[0]}"])
     for alpha in config.alphas:
