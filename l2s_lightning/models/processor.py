@@ -25,8 +25,10 @@ def has_working_torchvision() -> bool:
     return True
 
 
+@lru_cache(maxsize=None)
 def image_only(processor_class: type) -> type:
-    """A subclass of a processor class whose sub-processors are the image processor and tokenizer only."""
+    """A subclass of a processor class whose sub-processors are the image processor and tokenizer only (cached:
+    one subclass per class). ``ProcessorMixin`` derives the sub-processors from ``__init__``'s signature."""
 
     class ImageOnlyProcessor(processor_class):  # type: ignore[misc, valid-type]
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs: Any) -> None:
@@ -38,13 +40,30 @@ def image_only(processor_class: type) -> type:
 
 
 def _processor_class_name(folder: Path) -> str | None:
+    """The processor class recorded in the folder's configs, else the one mapped to its ``model_type``."""
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         path = folder / name
         if path.is_file():
             value = json.loads(path.read_text()).get("processor_class")
             if value:
                 return value
+    config = folder / "config.json"
+    if config.is_file():
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+        return PROCESSOR_MAPPING_NAMES.get(json.loads(config.read_text()).get("model_type", ""))
     return None
+
+
+def _video_processor_class(folder: Path) -> type | None:
+    """The folder's processor class when it needs a video processor (the only case the workaround covers)."""
+    import transformers
+
+    name = _processor_class_name(folder) if folder.is_dir() else None
+    processor_class = getattr(transformers, name, None) if name else None
+    if processor_class is None or "video_processor" not in processor_class.get_attributes():
+        return None
+    return processor_class
 
 
 def _chat_template(folder: Path, tokenizer: Any) -> str | None:
@@ -57,7 +76,8 @@ def _chat_template(folder: Path, tokenizer: Any) -> str | None:
 
 
 def load_processor(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """`AutoProcessor.from_pretrained`, falling back to an image-only processor when torchvision is missing."""
+    """`AutoProcessor.from_pretrained`; without torchvision, processors that need a video processor (Qwen2-VL,
+    Qwen2.5-VL) are built image-only (same class, no ``video_processor``). Other cases are left untouched."""
     from transformers import AutoProcessor
 
     try:
@@ -66,17 +86,13 @@ def load_processor(path: str | os.PathLike, **kwargs: Any) -> Any:
         if has_working_torchvision():
             raise
         folder = Path(path)
-        name = _processor_class_name(folder) if folder.is_dir() else None
-        if not name:
-            raise
-        import transformers
-        from transformers import AutoImageProcessor, AutoTokenizer
-
-        processor_class = getattr(transformers, name, None)
+        processor_class = _video_processor_class(folder)
         if processor_class is None:
             raise
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        from transformers import AutoImageProcessor, AutoTokenizer
+
         try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
         except Exception:
             raise err from None

@@ -3,7 +3,8 @@
 For tests and CPU benchmarks: each builder trains a small byte-level BPE tokenizer, builds the model from
 its config with random weights (seeded), and saves model + processor so that
 ``load_processor(folder)`` and ``AutoModelForImageTextToText`` / ``AutoModelForCausalLM.from_pretrained``
-load them with no hub access. Images are 28×28 (LLaVA, 4 image tokens) or 56×56 (Qwen, 4 merged tokens).
+load them with no hub access. LLaVA images are resized/cropped to 28×28 (4 image tokens); Qwen images are
+resized to about 56×56 pixels keeping the aspect ratio (square: 4 merged tokens; other shapes 2–6).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ _CONTENT = (
 LLAVA_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
     + _CONTENT.replace("IMAGE", "<image>\n")
-    + " {% else %}ASSISTANT: " + _CONTENT.replace("IMAGE", "") + "</s>{% endif %}{% endfor %}"
+    + " {% elif message['role'] == 'system' %}" + _CONTENT.replace("IMAGE", "") + " {% else %}ASSISTANT: "
+    + _CONTENT.replace("IMAGE", "") + "</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 CHATML_TEMPLATE = (
@@ -147,10 +149,12 @@ def _save_qwen(model, processor, folder: Path, tokenizer, processor_class) -> Pa
     # An image-only processor saves under its subclass name; record the real class for loading.
     import json
 
-    for name in ("processor_config.json", "preprocessor_config.json"):
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         path = folder / name
         if path.is_file():
             data = json.loads(path.read_text())
+            if name == "tokenizer_config.json" and "processor_class" not in data:
+                continue
             data["processor_class"] = processor_class.__name__
             path.write_text(json.dumps(data, indent=2))
     return folder
