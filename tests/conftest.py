@@ -13,30 +13,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _tiny(family: str, factory: pytest.TempPathFactory) -> Path:
-    from l2s_lightning.models.tiny import build_tiny
+def _tiny_model_fixture(family: str):
+    """A session fixture building the tiny random model of ``family`` once (see l2s_lightning.models.tiny)."""
 
-    return build_tiny(family, factory.mktemp(f"tiny_{family}"))
+    @pytest.fixture(scope="session")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        from l2s_lightning.models.tiny import build_tiny
 
+        return build_tiny(family, tmp_path_factory.mktemp(f"tiny_{family}"))
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny("llama", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny("llava", tmp_path_factory)
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny("qwen2_vl", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen2_5_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny("qwen2_5_vl", tmp_path_factory)
+tiny_llama_dir = _tiny_model_fixture("llama")
+tiny_llava_dir = _tiny_model_fixture("llava")
+tiny_qwen2_vl_dir = _tiny_model_fixture("qwen2_vl")
+tiny_qwen2_5_vl_dir = _tiny_model_fixture("qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")
