@@ -106,3 +106,22 @@ def test_qwen_processor_loads_without_torchvision(tiny_qwen2_vl_dir):
     out = processor(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (56, 56))], return_tensors="pt")
     assert {"image_grid_thw", "mm_token_type_ids", "pixel_values"} <= set(out)
     assert int((out["input_ids"] == processor.image_token_id).sum()) == int(out["image_grid_thw"].prod() // 4)
+
+
+def test_pope_from_a_datasets_folder(tmp_path):
+    """The `hf_dataset` path: any `datasets.load_dataset` target (a hub id online; here a local parquet folder)."""
+    import datasets
+    from PIL import Image
+
+    folder = tmp_path / "pope_hf"
+    folder.mkdir()
+    data = datasets.Dataset.from_dict(
+        {"question_id": ["1", "2"], "question": ["Is there a cat?", "Is there a dog?"], "answer": ["yes", "no"],
+         "category": ["random", "popular"], "image": [Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), (255, 0, 0))]},
+        features=datasets.Features({"question_id": datasets.Value("string"), "question": datasets.Value("string"),
+                                    "answer": datasets.Value("string"), "category": datasets.Value("string"), "image": datasets.Image()}),
+    )
+    data.to_parquet(str(folder / "test.parquet"))
+    rows = PopeSource(hf_dataset=str(folder), hf_split="test", image_cache=str(tmp_path / "cache")).load()
+    assert rows["id"] == ["random/1", "popular/2"] and rows["label"] == ["yes", "no"]
+    assert Path(rows[1]["image"]).is_file()
