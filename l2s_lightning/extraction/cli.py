@@ -10,8 +10,7 @@ from l2s_lightning.data.datamodule import PromptDataModule, describe_data
 from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.extraction.writer import FORMAT_VERSION, HDF5FeatureWriter
 from l2s_lightning.writer_cli import WriterCLI, make_cli
-from l2s_lightning.models.loading import load_config
-from l2s_lightning.models.loading import _is_image_text as is_image_text_config
+from l2s_lightning.models.loading import is_image_text_config, load_config
 
 
 class ExtractCLI(WriterCLI):

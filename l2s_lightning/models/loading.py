@@ -130,7 +130,8 @@ def dequantized_gguf_folder(folder: str, gguf_file: str, cache_dir: str | None =
     return target
 
 
-def _is_image_text(config) -> bool:
+def is_image_text_config(config) -> bool:
+    """True when the config belongs to an image-text-to-text model (LLaVA, Qwen2-VL, ...)."""
     from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
     return type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
@@ -147,7 +148,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         path = str(dequantized_gguf_folder(path, spec.gguf_file, spec.cache_dir))
     kind = spec.kind
     if kind == "auto":
-        kind = "image-text" if _is_image_text(config) else "causal-lm"
+        kind = "image-text" if is_image_text_config(config) else "causal-lm"
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
