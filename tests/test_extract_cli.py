@@ -193,3 +193,22 @@ def test_output_from_other_layers_is_kept(tiny_llama_dir, workdir):
     before = out.read_bytes()
     _fails(_args(tiny_llama_dir, workdir, out, "--model.layer_steer=2"), "layer_steer=1")
     assert out.read_bytes() == before
+
+
+def test_auto_batch_size(tiny_llama_dir, workdir):
+    """`--data.batch_size auto` asks the module once the model is loaded (a fixed size on CPU)."""
+    from l2s_lightning.extraction.batch_size import CPU_BATCH_SIZE
+
+    out = workdir / "auto.h5"
+    assert extract_main(_args(tiny_llama_dir, workdir, out, "--data.batch_size=auto")) == 0
+    assert len(_read(out)["ids"]) == 10
+    from l2s_lightning.extraction.module import ExtractionModule
+    from l2s_lightning.models.loading import ModelSpec
+
+    module = ExtractionModule(ModelSpec(str(tiny_llama_dir)), layer_steer=1, layer_context=2)
+    module.configure_model()
+    from l2s_lightning.data.datamodule import PromptItem
+
+    item = PromptItem(id="x", question="a long question " * 10, category="c", behaviour="b", positive="yes", negative="no",
+                      suffix="", close_turn=False, instruction="", split="train", benchmark="jsonl")
+    assert module.auto_batch_size(item) == CPU_BATCH_SIZE

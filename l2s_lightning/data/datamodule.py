@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from PIL import Image
@@ -75,6 +75,8 @@ class PromptDataModule(L.LightningDataModule):
             such as ``{train: 40, test: 8}`` gives each split its own N.
         use_images: False for text-only models (no image is loaded or rendered).
         sort_by_length: order rows by question length so batches carry little padding.
+        batch_size: rows per batch, or ``auto``: the LightningModule's ``auto_batch_size(longest_item)``
+            chooses it from free accelerator memory once the model is on its device.
     """
 
     def __init__(
@@ -89,7 +91,7 @@ class PromptDataModule(L.LightningDataModule):
         categories: list[str] | None = None,
         use_images: bool = True,
         sort_by_length: bool = True,
-        batch_size: int = 8,
+        batch_size: int | Literal["auto"] = 8,
         num_workers: int = 0,
         typo_font_size: int = 90,
     ) -> None:
@@ -186,11 +188,22 @@ class PromptDataModule(L.LightningDataModule):
     def pending_rows(self) -> list[dict[str, Any]]:
         return [row for row in self.rows() if row["id"] not in self.exclude_ids]
 
+    def resolved_batch_size(self, dataset: Dataset) -> int:
+        """The configured batch size, or the module's choice for ``auto`` (8 when it cannot choose)."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not hasattr(module, "auto_batch_size") or len(dataset) == 0:
+            return 8
+        longest = max(range(len(dataset)), key=lambda i: len(self._pending[i]["question"]) + len(self._pending[i]["suffix"]))
+        return module.auto_batch_size(dataset[longest])
+
     def predict_dataloader(self) -> DataLoader:
-        dataset = _Items(self.pending_rows(), self.use_images, self.typo_kwargs)
+        self._pending = self.pending_rows()
+        dataset = _Items(self._pending, self.use_images, self.typo_kwargs)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.resolved_batch_size(dataset),
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=collate_items,

@@ -74,6 +74,18 @@ class ExtractionModule(L.LightningModule):
         completions, lengths = encode_completions(loaded.tokenizer, texts)
         return ContrastInputs(prefix=prefix, completions=completions, completion_lengths=lengths, context_prefix=context_prefix)
 
+    def auto_batch_size(self, longest: PromptItem) -> int:
+        """The batch size that fits free accelerator memory for prompts up to ``longest``'s length."""
+        from l2s_lightning.extraction.batch_size import auto_batch_size
+
+        inputs = self.encode([longest])
+        return auto_batch_size(
+            self.llm,
+            prompt_tokens=int(inputs.prefix["input_ids"].shape[1]),
+            completion_tokens=int(inputs.completion_lengths.max()),
+            layer_depth=max(self.layer_steer, self.layer_context) + 1,
+        )
+
     def _to_device(self, tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
         if tensors is None:
             return None
