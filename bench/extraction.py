@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,17 +95,18 @@ def run_ours(bench: Bench, batches: list, warmup: int, layer_steer: int, layer_c
         )
         return prefix_shared_features(bench.model, inputs, layer_steer, layer_context)
 
-    for inputs in batches[:warmup] or batches[:1]:
-        step(inputs)
+    seconds, memory, outputs = timed(bench, batches, warmup, step)
+    return seconds, memory, torch.cat([o[0] for o in outputs]).cpu(), torch.cat([o[1] for o in outputs]).cpu()
+
+
+def timed(bench: Bench, items: list, warmup: int, step) -> tuple[float, Any, list]:
+    """Run ``step`` on the first ``warmup`` items untimed, then time it over all items; peak memory too."""
+    for item in items[:warmup] or items[:1]:
+        step(item)
     common.reset_peak(bench.device)
-    outputs = []
     with Timer(bench.device) as timer:
-        for inputs in batches:
-            outputs.append(step(inputs))
-    memory = common.peak_memory(bench.device)
-    h = torch.cat([o[0] for o in outputs]).cpu()
-    z = torch.cat([o[1] for o in outputs]).cpu()
-    return timer.seconds, memory, h, z
+        outputs = [step(item) for item in items]
+    return timer.seconds, common.peak_memory(bench.device), outputs
 
 
 def run_reference(bench: Bench, samples: list[dict], warmup: int, layer_steer: int, layer_context: int):
@@ -116,15 +118,8 @@ def run_reference(bench: Bench, samples: list[dict], warmup: int, layer_steer: i
             layer_steer, layer_context,
         )
 
-    for sample in samples[:warmup] or samples[:1]:
-        step(sample)
-    common.reset_peak(bench.device)
-    outputs = []
-    with Timer(bench.device) as timer:
-        for sample in samples:
-            outputs.append(step(sample))
-    memory = common.peak_memory(bench.device)
-    return timer.seconds, memory, torch.stack([o[0] for o in outputs]).cpu(), torch.stack([o[1] for o in outputs]).cpu()
+    seconds, memory, outputs = timed(bench, samples, warmup, step)
+    return seconds, memory, torch.stack([o[0] for o in outputs]).cpu(), torch.stack([o[1] for o in outputs]).cpu()
 
 
 def phases(bench: Bench, inputs, layer_steer: int, layer_context: int) -> dict[str, float]:
