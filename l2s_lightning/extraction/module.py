@@ -126,8 +126,8 @@ class ExtractionModule(L.LightningModule):
             "category": [item.category for item in batch],
             "behaviour": [item.behaviour for item in batch],
             "split": [item.split for item in batch],
-            "context": context.to("cpu", non_blocking=True),
-            "steer": steer.to("cpu", non_blocking=True),
+            "context": context.cpu(),  # a synchronous copy: the writer reads it at once
+            "steer": steer.cpu(),
         }
 
 
