@@ -225,6 +225,19 @@ def flops_per_sample(bench: Bench, prompt: float, completion: float, depth: int)
 # ----------------------------------------------------------------------------------------------- main
 
 
+def compile_layers(bench: Bench, depth: int) -> None:
+    """torch.compile(dynamic=True) the forward of each decoder block that ours runs (hooks stay eager)."""
+    from torch import _dynamo
+
+    from l2s_lightning.models.layers import decoder_layers
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(_dynamo.config, name):
+            setattr(_dynamo.config, name, max(getattr(_dynamo.config, name), 256))
+    for block in list(decoder_layers(bench.model))[:depth]:
+        block.forward = torch.compile(block.forward, dynamic=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     bench = common.build(args)
@@ -240,18 +253,7 @@ def main(argv=None) -> int:
     completion_mean = sum(s["positive"].numel() + s["negative"].numel() for s in samples) / (2 * n_samples)
     prompt_max = max(s["prompt"].numel() for s in samples)
     completion_max = max(max(s["positive"].numel(), s["negative"].numel()) for s in samples)
-    variant = ""
-    if args.compile_layers:
-        from torch import _dynamo
-
-        from l2s_lightning.models.layers import decoder_layers
-
-        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
-            if hasattr(_dynamo.config, name):
-                setattr(_dynamo.config, name, max(getattr(_dynamo.config, name), 256))
-        for block in list(decoder_layers(bench.model))[:depth]:
-            block.forward = torch.compile(block.forward, dynamic=True)
-        variant = "+compiled-layers"
+    variant = "+compiled-layers" if args.compile_layers else ""
     base = {
         "bench": "extraction", "variant": variant or None, "shape": bench.name, "device": str(bench.device), "dtype": str(bench.dtype).removeprefix("torch."),
         "layer_steer": layer_steer, "layer_context": layer_context, "num_layers": n_layers,
@@ -273,12 +275,15 @@ def main(argv=None) -> int:
     if n_reference:
         seconds, memory, h_ref, z_ref = run_reference(bench, samples[:n_reference], args.warmup, layer_steer, layer_context)
         reference = n_reference / seconds
-        records.append(base | {"key": f"extraction/{bench.name}/reference{variant}", "figure": "reference_samples_per_s",
+        records.append(base | {"key": f"extraction/{bench.name}/reference", "variant": None, "figure": "reference_samples_per_s",
                                "value": round(reference, 2), "unit": "samples/s", "batch_size": 1,
                                "n_samples": n_reference, "seconds": round(seconds, 3)} | memory)
         common.emit(records[-1])
 
     from l2s_lightning.extraction.batch_size import auto_batch_size
+
+    if args.compile_layers:  # after the reference, which stays the plain eager model
+        compile_layers(bench, depth)
 
     for request in [r.strip() for r in str(args.batch_size).split(",") if r.strip()]:
         if request == "auto":

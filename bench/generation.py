@@ -46,6 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--vector-norm", type=float, default=100.0, help="norm of the random steering vectors")
     parser.add_argument("--mode", default="generated", help="steered positions (add_steering mode)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls of each kind (default 5 GPU / 3 CPU)")
+    parser.add_argument("--dynamic-repeats", type=int, default=None, help="timed calls on the dynamic path (default: --repeats)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls of each kind first (default 2 compiled, else 1)")
     return parser.parse_args(argv)
 
@@ -103,13 +104,14 @@ def main(argv=None) -> int:
 
     layer = args.layer if args.layer is not None else min(15, bench.num_layers // 2)
     batch_sizes = [int(b) for b in (args.batch_sizes or ("1,16,64" if cuda else "1,8")).split(",") if b.strip()]
-    repeats = args.repeats or (5 if cuda else 3)
+    default_repeats = args.repeats or (5 if cuda else 3)
     records = []
     for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
         compiled = path == "static" and compile_on
         warmup = args.warmup if args.warmup is not None else (2 if compiled else 1)
         kwargs = generate_kwargs(bench, path, args.new_tokens, compile_on, args.compile_mode)
         label = f"{path}+compile" if compiled else path
+        repeats = (args.dynamic_repeats or default_repeats) if path == "dynamic" else default_repeats
         for batch in batch_sizes:
             inputs = make_inputs(bench, batch, args.text_tokens, args.seed)
             vectors = make_vectors(bench, batch, args.vector_norm, args.seed)
@@ -170,6 +172,7 @@ def main(argv=None) -> int:
             record = base | {
                 "key": f"generation/{bench.name}/{label}/bs{batch}/steering_overhead", "figure": "steering_overhead_pct",
                 "value": round(100 * overhead, 2), "unit": "%", "steered_over_plain": round(medians["steered"] / medians["plain"], 4),
+                "steered_over_plain_min": round(min(times["steered"]) / min(times["plain"]), 4),
                 "steered_changed_tokens": round(changed, 3), "steering_active": changed > 0,
                 "alpha": args.alpha, "vector_norm": args.vector_norm, "mode": args.mode, "delta_primed": prime,
             }

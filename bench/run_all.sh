@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every benchmark for one kind of machine; figures merged into bench/results/<machine>.json.
+#   bash bench/run_all.sh cpu                     # ~3 min on 2 cores (SmolLM2 real weights + tiny shape)
+#   bash bench/run_all.sh gpu                     # ~11 min on an H100 (LLaVA-1.5-7B shape, random bf16)
+#   bash bench/run_all.sh gpu extraction          # ~2.5 min of it
+#   bash bench/run_all.sh gpu generation          # ~8 min of it
+# PYTHON overrides the interpreter (default: .venv/bin/python from scripts/setup.sh when present, else python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kind="${1:-cpu}"
+part="${2:-all}"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+run() { echo "+ $*" >&2; "$PYTHON" "$@"; }
+
+case "$kind" in
+  cpu)
+    # One torch thread: steady figures on a shared 2-core machine (2 threads stall under contention).
+    export OMP_NUM_THREADS=1
+    if [[ "$part" == all || "$part" == extraction ]]; then
+      run bench/extraction.py --model smollm2 --threads 1 --batch-size auto --n-samples 32 --n-reference 8
+      run bench/extraction.py --shape tiny --threads 1 --batch-size auto --n-samples 32 --n-reference 8
+    fi
+    if [[ "$part" == all || "$part" == generation ]]; then
+      run bench/generation.py --model smollm2 --threads 1 --batch-sizes 1,8 --new-tokens 32 --paths dynamic,static --repeats 5
+    fi
+    ;;
+  gpu)
+    if [[ "$part" == all || "$part" == extraction ]]; then
+      # eager product path: auto batch (from free memory) and fixed 16/32, reference = batch 1, 3 full forwards
+      run bench/extraction.py --shape llava-1.5-7b --batch-size auto,16,32 --n-samples 256 --n-reference 16 --phases
+      # experiment: the same with each decoder block's forward compiled (first batch pays the compile)
+      run bench/extraction.py --shape llava-1.5-7b --batch-size auto --n-samples 256 --n-reference 8 --compile-layers --phases
+    fi
+    if [[ "$part" == all || "$part" == generation ]]; then
+      run bench/generation.py --shape llava-1.5-7b --paths dynamic,static --batch-sizes 1,16,64 --new-tokens 128 --repeats 5 --dynamic-repeats 3
+    fi
+    ;;
+  *)
+    echo "usage: bash bench/run_all.sh cpu|gpu [all|extraction|generation]" >&2
+    exit 2
+    ;;
+esac
