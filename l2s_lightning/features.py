@@ -20,8 +20,12 @@ import numpy as np
 FORMAT_VERSION = 1
 STRING_COLUMNS = ("sample_id", "category", "behaviour", "split")
 ARRAY_COLUMNS = ("context", "steer")
-# Attributes that identify what the vectors are; they must agree before rows are appended to a file.
-IDENTITY_ATTRS = ("model", "layer_steer", "layer_context", "hidden_size", "template_set", "split_seed", "test_fraction")
+# Attributes that identify what the vectors are; they must agree before rows are appended to a file. An
+# attribute absent from either side is not compared (files of older versions lack the last two).
+IDENTITY_ATTRS = (
+    "model", "layer_steer", "layer_context", "hidden_size", "template_set", "split_seed", "test_fraction",
+    "dataset", "data_options", "template_sha256",
+)
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 4096
 

@@ -1,8 +1,10 @@
 """`RankPartWriter`: the resumable-output pattern shared by the HDF5 feature and JSONL prediction writers.
 
-Each rank appends to its own part file under ``<output>.parts/`` while running (flushed per batch, so a
-kill loses at most the batch in flight); when prediction ends, rank 0 merges the final file and every part
-into ``output`` atomically and removes the parts. Rows already present anywhere are skipped on a rerun.
+Each rank writes its own part files under ``<output>.parts/`` while running (a kill, even ``kill -9``,
+loses at most the batch in flight: the JSONL writer appends to one file per run, flushed and fsynced per
+batch; the HDF5 writer writes one complete file per batch under a temporary name and renames it); when
+prediction ends, rank 0 merges the final file and every part into ``output`` atomically and removes the
+parts. Rows already present anywhere are skipped on a rerun.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class RankPartWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self._part: Any = None
+        self._next_index: int | None = None
 
     @property
     def parts_dir(self) -> Path:
@@ -35,14 +38,22 @@ class RankPartWriter(BasePredictionWriter):
         """The final output (when present) followed by leftover part files of earlier runs."""
         return ([self.output] if self.output.is_file() else []) + self.part_files()
 
+    def next_part_path(self, trainer: L.Trainer) -> Path:
+        """A part path of this rank not used by any earlier run: ``rank<R>-<k><part_suffix>``, k increasing."""
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        prefix = f"rank{trainer.global_rank}-"
+        if self._next_index is None:
+            used = [path.name[len(prefix) : -len(self.part_suffix)] for path in self.part_files() if path.name.startswith(prefix)]
+            self._next_index = max((int(k) for k in used if k.isdigit()), default=-1) + 1
+        while (path := self.parts_dir / f"{prefix}{self._next_index}{self.part_suffix}").exists():
+            self._next_index += 1
+        self._next_index += 1
+        return path
+
     def part(self, trainer: L.Trainer) -> Any:
         """This rank's open part file (a new one per run, never appended across runs)."""
         if self._part is None:
-            self.parts_dir.mkdir(parents=True, exist_ok=True)
-            index = 0
-            while (path := self.parts_dir / f"rank{trainer.global_rank}-{index}{self.part_suffix}").exists():
-                index += 1
-            self._part = self._open(path)
+            self._part = self._open(self.next_part_path(trainer))
         return self._part
 
     def _open(self, path: Path) -> Any:  # pragma: no cover - interface
@@ -57,7 +68,9 @@ class RankPartWriter(BasePredictionWriter):
             self._part = None
 
     def remove_parts(self) -> None:
-        for path in self.part_files():
+        """Delete the part files and temporary files a killed run left (``*.tmp``), then the empty folder."""
+        leftovers = sorted(self.parts_dir.glob("*.tmp")) if self.parts_dir.is_dir() else []
+        for path in self.part_files() + leftovers:
             path.unlink()
         if self.parts_dir.is_dir() and not any(self.parts_dir.iterdir()):
             self.parts_dir.rmdir()

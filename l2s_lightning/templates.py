@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -9,6 +11,8 @@ from typing import Any, Mapping
 import yaml
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "configs" / "templates"
+# The behaviour of a row that brings its own T+/T- and whose category (if any) has no template.
+CUSTOM_BEHAVIOUR = "custom"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,19 @@ class TemplateSet:
             f"{self.name!r} ({self.source}); known categories: {sorted(self.categories)}"
         )
 
+    def fingerprint(self) -> str:
+        """sha256 of everything that shapes the extracted features: each behaviour's completions, suffix,
+        close_turn and fields, the category mapping and the default behaviour (not instructions/names)."""
+        content = {
+            "behaviours": {
+                name: [b.positive, b.negative, b.suffix, bool(b.close_turn), dict(sorted(b.fields.items()))]
+                for name, b in sorted(self.behaviours.items())
+            },
+            "categories": {key: [name, dict(sorted(f.items()))] for key, (name, f) in sorted(self.categories.items())},
+            "default_behaviour": self.default_behaviour,
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
     def resolve(
         self,
         category: str,
@@ -67,7 +84,13 @@ class TemplateSet:
         negative: str | None = None,
         fields: Mapping[str, Any] | None = None,
     ) -> Contrast:
-        """The contrast of one sample; the row's own ``positive``/``negative`` win over the template."""
+        """The contrast of one sample; the row's own ``positive``/``negative`` win over the template.
+
+        A row with both its own completions needs no template: its behaviour is the given one, else its
+        category's, else :data:`CUSTOM_BEHAVIOUR` (also when it has no category).
+        """
+        if not behaviour and positive and negative and category not in self.categories:
+            behaviour = CUSTOM_BEHAVIOUR
         if behaviour:
             category_fields: Mapping[str, str] = {}
             if behaviour not in self.behaviours and not (positive and negative):
@@ -89,10 +112,19 @@ class TemplateSet:
                     f"(row fields: {sorted(values)})"
                 ) from None
 
+        completions = {
+            "positive": positive if positive else fill(spec.positive, "positive"),
+            "negative": negative if negative else fill(spec.negative, "negative"),
+        }
+        for what, text in completions.items():
+            if not text.strip():
+                raise ValueError(
+                    f"sample {sample_id!r}: the {what} completion is empty after templating (behaviour "
+                    f"{behaviour!r}, template set {self.name!r}): give the row a non-empty `{what}` or fix the template"
+                )
         return Contrast(
             behaviour=behaviour,
-            positive=positive if positive else fill(spec.positive, "positive"),
-            negative=negative if negative else fill(spec.negative, "negative"),
+            **completions,
             suffix=fill(spec.suffix, "suffix"),
             close_turn=spec.close_turn,
             instruction=spec.instruction,
@@ -118,9 +150,14 @@ def load_templates(name_or_path: str) -> TemplateSet:
     where = str(path)
     behaviours: dict[str, Behaviour] = {}
     for name, spec in (raw.get("behaviours") or {}).items():
-        missing = [key for key in ("positive", "negative") if not spec.get(key)]
+        missing = [key for key in ("positive", "negative") if spec.get(key) in (None, "")]
         if missing:
             raise ValueError(f"{where}: behaviour {name!r} lacks {missing}")
+        for key in ("positive", "negative", "instruction", "suffix"):
+            if key in spec and not isinstance(spec[key], str):
+                raise ValueError(
+                    f"{where}: behaviour {name!r} {key} is {spec[key]!r}, not text (quote it: YAML reads yes/no as booleans)"
+                )
         unknown = set(spec) - {"positive", "negative", "instruction", "suffix", "close_turn", "fields"}
         if unknown:
             raise ValueError(f"{where}: behaviour {name!r} has unknown keys {sorted(unknown)}")

@@ -44,6 +44,9 @@ def test_bad_template_files(tmp_path):
     path.write_text("name: t\nbehaviours:\n  a: {positive: x, negative: y}\ncategories: {c: b}\n")
     with pytest.raises(ValueError, match="unknown behaviour 'b'"):
         load_templates(str(path))
+    path.write_text("name: t\nbehaviours:\n  a: {positive: yes, negative: no}\ncategories: {c: a}\n")
+    with pytest.raises(ValueError, match="behaviour 'a' positive is True, not text"):
+        load_templates(str(path))
     with pytest.raises(FileNotFoundError, match="not found"):
         load_templates("no_such_templates")
 
@@ -125,3 +128,91 @@ def test_pope_from_a_datasets_folder(tmp_path):
     rows = PopeSource(hf_dataset=str(folder), hf_split="test", image_cache=str(tmp_path / "cache")).load()
     assert rows["id"] == ["random/1", "popular/2"] and rows["label"] == ["yes", "no"]
     assert Path(rows[1]["image"]).is_file()
+
+
+def test_rows_with_their_own_completions_need_no_template(tmp_path):
+    rows = [
+        {"id": "own", "question": "Is this fine?", "positive": "Yes, fine", "negative": "No, never"},
+        {"id": "poem", "question": "A poem?", "category": "poetry", "positive": "Roses are red", "negative": "I refuse"},
+        {"id": "legal", "question": "Can I sue?", "category": "10-Legal_Opinion", "positive": "Ask a lawyer", "negative": "Sure"},
+        {"id": "plain", "question": "How to hack?", "category": "01-Illegal_Activitiy"},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    module = PromptDataModule(JsonlSource(str(tmp_path / "d.jsonl")), templates="safety",
+                              split_file=str(tmp_path / "s.json"), test_fraction=0.0)
+    got = {r["id"]: (r["category"], r["behaviour"], r["positive"], r["negative"]) for r in module.rows()}
+    assert got["own"] == ("", "custom", "Yes, fine", "No, never")
+    assert got["poem"] == ("poetry", "custom", "Roses are red", "I refuse")
+    assert got["legal"][1:] == ("consult_expert", "Ask a lawyer", "Sure")  # behaviour from the category
+    assert got["plain"][1] == "refuse" and got["plain"][2].startswith("I'm sorry")
+    with pytest.raises(ValueError, match="'poetry' of sample 'half'"):  # one completion alone still needs a template
+        load_templates("safety").resolve("poetry", "half", positive="only this one")
+
+
+def test_empty_completion_is_refused(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "blank", "question": "q", "positive": "  ", "negative": "n"}))
+    module = PromptDataModule(JsonlSource(str(tmp_path / "d.jsonl")), templates="safety", split_file=str(tmp_path / "s.json"))
+    with pytest.raises(ValueError, match="sample 'blank': the positive completion is empty"):
+        module.rows()
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nbehaviours:\n  a: {positive: '{word}', negative: n}\ncategories:\n  c: {behaviour: a, fields: {word: ''}}\n")
+    with pytest.raises(ValueError, match="sample 'x': the positive completion is empty after templating"):
+        load_templates(str(path)).resolve("c", "x")
+
+
+def test_template_fingerprint_follows_the_content(tmp_path):
+    text = "name: t\nbehaviours:\n  a: {positive: 'yes', negative: 'no', instruction: be nice}\ncategories: {c: a}\n"
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    first = load_templates(str(path)).fingerprint()
+    path.write_text("# a comment\n" + text.replace("be nice", "be kind"))  # instructions do not shape features
+    assert load_templates(str(path)).fingerprint() == first
+    path.write_text(text.replace("positive: 'yes'", "positive: sure"))
+    assert load_templates(str(path)).fingerprint() != first
+    path.write_text(text.replace("{c: a}", "{c: a, d: a}"))
+    assert load_templates(str(path)).fingerprint() != first
+
+
+def test_rows_mixing_images_and_none_are_refused(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [{"id": "img", "question": "q", "category": "01-Illegal_Activitiy", "image": "a.png"},
+            {"id": "txt", "question": "q", "category": "01-Illegal_Activitiy"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+    def module(**kwargs):
+        return PromptDataModule(JsonlSource(str(tmp_path / "d.jsonl")), templates="safety",
+                                split_file=str(tmp_path / "s.json"), test_fraction=0.0, **kwargs)
+
+    with pytest.raises(ValueError, match=r"1 rows have an image and 1 have none \(e.g. \['txt'\]\)"):
+        module().rows()
+    assert len(module(batch_size=1).rows()) == 2  # one row per batch never mixes
+    assert len(module(use_images=False).rows()) == 2
+
+
+def test_mm_safetybench_image_root_without_any_image_is_refused(tmp_path):
+    source = MMSafetyBenchSource(str(MMSB), image_root=str(tmp_path / "imgs"), scenarios=["03"])
+    with pytest.raises(FileNotFoundError, match=r"no image found for any of the 44 questions .*03-Malware_Generation/SD_TYPO/0.jpg"):
+        source.load()
+    from PIL import Image
+
+    folder = tmp_path / "imgs" / "03-Malware_Generation" / "SD_TYPO"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "5.jpg")
+    with pytest.warns(UserWarning, match="43 of 44 images are missing"):
+        data = source.load()
+    images = dict(zip(data["id"], data["image"]))
+    assert images["03-Malware_Generation/5"] == str(folder / "5.jpg") and images["03-Malware_Generation/0"] == ""
+
+
+def test_pope_json_array_file(tmp_path):
+    records = [{"question_id": 7, "image": "x.jpg", "text": "Is there a cat?", "label": "yes"},
+               {"question_id": 8, "image": "y.jpg", "text": "Is there a dog?", "label": "no"}]
+    (tmp_path / "coco_pope_random.json").write_text(json.dumps(records, indent=1))
+    data = PopeSource(files=[str(tmp_path / "coco_pope_random.json")]).load()
+    assert data["id"] == ["random/7", "random/8"] and data["label"] == ["yes", "no"]
+    assert data["image"] == [str(tmp_path / "x.jpg"), str(tmp_path / "y.jpg")]
+    (tmp_path / "bad_popular.json").write_text(json.dumps([records[0], {"question_id": 9}]))
+    with pytest.raises(ValueError, match=r"bad_popular.json\[1\]: missing field 'image'"):
+        PopeSource(files=[str(tmp_path / "bad_popular.json")]).load()

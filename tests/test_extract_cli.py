@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import h5py
 import numpy as np
 import pytest
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from l2s_lightning.extraction import writer as writer_module
 from l2s_lightning.extraction.cli import extract_main
+
+TESTS = Path(__file__).resolve().parent
 
 
 def _jsonl(path: Path, n: int = 10, with_images: bool = False) -> Path:
@@ -120,6 +126,55 @@ def test_extract_resumes_after_a_kill(tiny_llama_dir, workdir, monkeypatch):
     assert out.stat().st_mtime_ns == before
 
 
+class PauseBeforeSecondBatch(Callback):
+    """Sleeps before predict batch 1 (batch 0 is written by then), so that a SIGKILL lands mid-run."""
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 1:
+            time.sleep(300)
+
+
+def _part_rows(out: Path) -> int:
+    parts = out.with_name(out.name + ".parts")
+    return sum(len(writer_module.read_rows(p)["sample_id"]) for p in parts.glob("*.h5")) if parts.is_dir() else 0
+
+
+def test_extract_resumes_after_sigkill(tiny_llama_dir, workdir):
+    """A real `kill -9` of `l2s extract` after batch 0 is written: the rerun reads the killed run's part file,
+    extracts only the rest, and the result equals an uninterrupted run (no id lost or duplicated)."""
+    out = workdir / "features.h5"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "l2s_lightning.cli", "extract", *_args(tiny_llama_dir, workdir, out),
+           f"--trainer.callbacks+={Path(__file__).stem}.PauseBeforeSecondBatch"]
+    log = workdir / "killed.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.time() + 120
+        while _part_rows(out) == 0:
+            assert process.poll() is None, f"extract ended before the kill: {log.read_text()[-3000:]}"
+            assert time.time() < deadline, "no batch was written within 120 s"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not out.exists() and _part_rows(out) == 3  # batch 0 only, readable after the kill
+    # a kill during a batch's write leaves a torn temporary file: ignored, then removed with the parts
+    (out.with_name(out.name + ".parts") / "rank0-1.h5.tmp").write_bytes(b"\x89HDF torn")
+    assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0
+    clean = workdir / "clean.h5"
+    assert extract_main(_args(tiny_llama_dir, workdir, clean)) == 0
+    resumed, reference = _read(out), _read(clean)
+    assert len(set(resumed["ids"])) == len(resumed["ids"]) == 10
+    assert resumed["ids"] == reference["ids"] == sorted(f"q{i:02d}" for i in range(10))
+    np.testing.assert_allclose(resumed["context"], reference["context"], atol=2e-4)
+    np.testing.assert_allclose(resumed["steer"], reference["steer"], atol=2e-4)
+    assert not out.with_name(out.name + ".parts").exists()
+
+
 def test_extract_ddp_two_cpu_processes(tiny_llama_dir, workdir):
     single = workdir / "single.h5"
     extract_main(_args(tiny_llama_dir, workdir, single))
@@ -134,20 +189,59 @@ def test_extract_ddp_two_cpu_processes(tiny_llama_dir, workdir):
     np.testing.assert_allclose(ddp["steer"], reference["steer"], atol=2e-4)
 
 
-def test_extract_with_images_on_tiny_llava(tiny_llava_dir, tmp_path):
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_extract_with_images(family, tmp_path, request):
+    """Images of different sizes (Qwen2-VL: different numbers of image tokens) through the CLI; the rows equal
+    the module's features of the same items."""
+    model_dir = request.getfixturevalue(f"tiny_{family}_dir")
     _jsonl(tmp_path / "data.jsonl", n=4, with_images=True)
+    for i in (1, 3):
+        Image.new("RGB", (80, 40), (0, i * 50, 0)).save(tmp_path / f"img{i}.png")
     _templates(tmp_path / "templates.yaml")
     out = tmp_path / "features.h5"
-    assert extract_main(_args(tiny_llava_dir, tmp_path, out, use_images=True)) == 0
-    assert _read(out)["context"].shape[0] == 4
+    assert extract_main(_args(model_dir, tmp_path, out, use_images=True)) == 0
+    data = _read(out)
+    assert data["ids"] == ["q00", "q01", "q02", "q03"] and data["context"].shape == (4, 64)
+    assert data["attrs"]["model"] == str(model_dir) and json.loads(data["attrs"]["data_options"])["use_images"] is True
+    from l2s_lightning.data.datamodule import PromptDataModule
+    from l2s_lightning.data.sources import JsonlSource
+    from l2s_lightning.extraction.module import ExtractionModule
+    from l2s_lightning.models.loading import ModelSpec
+
+    module = ExtractionModule(ModelSpec(str(model_dir)), layer_steer=1, layer_context=2, forward="reference")
+    module.configure_model()
+    items = PromptDataModule(JsonlSource(str(tmp_path / "data.jsonl")), templates=str(tmp_path / "templates.yaml"),
+                             split_file=str(tmp_path / "split.json")).predict_dataloader().dataset
+    by_id = {item.id: item for item in items}
+    h, z = module.features([by_id[i] for i in data["ids"]])
+    np.testing.assert_allclose(data["context"], h.numpy(), atol=2e-4)
+    np.testing.assert_allclose(data["steer"], z.numpy(), atol=2e-4)
+
+
+def test_extract_rows_with_their_own_completions(tiny_llama_dir, workdir):
+    """Rows bringing their own T+/T- need no template for their category, nor a category at all."""
+    with (workdir / "data.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "own1", "question": "Is it fine?", "positive": "Yes it is", "negative": "No"}) + "\n")
+        f.write(json.dumps({"id": "own2", "question": "A poem?", "category": "poetry", "positive": "Roses", "negative": "No"}) + "\n")
+    out = workdir / "features.h5"
+    assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0
+    with h5py.File(out) as f:
+        behaviour = dict(zip((s.decode() for s in f["sample_id"][:]), (s.decode() for s in f["behaviour"][:])))
+    assert len(behaviour) == 12 and behaviour["own1"] == behaviour["own2"] == "custom" and behaviour["q00"] == "refuse"
 
 
 # --- bad input: a clear error naming the culprit, before the model runs, nothing overwritten ---------
 
 
+def _model_loaded(*_args, **_kwargs):
+    raise AssertionError("the model was loaded: bad input must be refused before")
+
+
 def _fails(args: list[str], match: str) -> None:
-    with pytest.raises((ValueError, FileNotFoundError, SystemExit)) as info:
-        extract_main(args)
+    """The run stops with an error containing ``match``, before any model weights are loaded."""
+    with mock.patch("l2s_lightning.extraction.module.load_model", _model_loaded):
+        with pytest.raises((ValueError, FileNotFoundError, SystemExit)) as info:
+            extract_main(args)
     text = str(info.value) + str(getattr(info.value, "__context__", ""))
     assert match in text, text
 
@@ -193,6 +287,52 @@ def test_output_from_other_layers_is_kept(tiny_llama_dir, workdir):
     before = out.read_bytes()
     _fails(_args(tiny_llama_dir, workdir, out, "--model.layer_steer=2"), "layer_steer=1")
     assert out.read_bytes() == before
+
+
+def test_output_from_another_model_dataset_or_templates_is_kept(tiny_llama_dir, tiny_qwen2_vl_dir, workdir):
+    """Same layers and hidden size, but another model, another dataset, edited templates of the same name or
+    other reader settings: refused before the model loads, nothing overwritten; a half-done part file too."""
+    out = workdir / "features.h5"
+    extract_main(_args(tiny_llama_dir, workdir, out))
+    before = out.read_bytes()
+    _fails(_args(tiny_qwen2_vl_dir, workdir, out), f"model={str(tiny_llama_dir)!r}")
+    other = workdir / "other"
+    other.mkdir()
+    _jsonl(other / "questions.jsonl")
+    _fails(_args(tiny_llama_dir, workdir, out, f"--data.source.path={other / 'questions.jsonl'}"), "dataset='JsonlSource:data.jsonl'")
+    _fails(_args(tiny_llama_dir, workdir, out, "--data.typo_font_size=40", use_images=True), "data_options=")
+    templates = (workdir / "templates.yaml").read_text()
+    (workdir / "templates.yaml").write_text(templates.replace("Sure, here is", "Of course, here is"))
+    _fails(_args(tiny_llama_dir, workdir, out), "template_sha256=")
+    assert out.read_bytes() == before
+    (workdir / "templates.yaml").write_text(templates)
+    # the same checks hold against a part file of an interrupted run
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir()
+    out.rename(parts / "rank0-0.h5")
+    _fails(_args(tiny_qwen2_vl_dir, workdir, out), "rank0-0.h5 holds features with model=")
+
+
+def test_rows_mixing_images_and_none(tiny_llava_dir, tmp_path):
+    _jsonl(tmp_path / "data.jsonl", n=4, with_images=True)
+    with (tmp_path / "data.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "text-only", "question": "No picture here?", "category": "harm"}) + "\n")
+    _templates(tmp_path / "templates.yaml")
+    _fails(_args(tiny_llava_dir, tmp_path, tmp_path / "f.h5", use_images=True), "4 rows have an image and 1 have none (e.g. ['text-only'])")
+
+
+def test_empty_completion(tiny_llama_dir, workdir):
+    with (workdir / "data.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "blank", "question": "?", "category": "harm", "negative": " "}) + "\n")
+    _fails(_args(tiny_llama_dir, workdir, workdir / "f.h5"), "sample 'blank': the negative completion is empty")
+
+
+def test_mm_safetybench_image_root_with_no_image(tiny_llava_dir, tmp_path):
+    args = [a for a in _args(tiny_llava_dir, tmp_path, tmp_path / "f.h5", use_images=True) if "data.source" not in a]
+    mmsb = Path(__file__).resolve().parents[1] / "data" / "mm_safetybench"
+    args += ["--data.source=l2s_lightning.data.sources.MMSafetyBenchSource", f"--data.source.root={mmsb}",
+             f"--data.source.image_root={tmp_path / 'imgs_typo'}", '--data.source.scenarios=["03"]', "--data.templates=safety"]
+    _fails(args, "no image found for any of the 44 questions")
 
 
 def test_auto_batch_size(tiny_llama_dir, workdir):

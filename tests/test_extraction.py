@@ -47,7 +47,7 @@ def _check_equal(module: ExtractionModule, items: list[PromptItem]) -> None:
 
 
 @pytest.mark.parametrize("family", ["llama", "llava", "qwen2_vl", "qwen2_5_vl"])
-@pytest.mark.parametrize("layers", [(1, 1), (0, 2), (2, 0)])
+@pytest.mark.parametrize("layers", [(1, 1), (0, 2), (2, 0), (1, 3)])
 def test_prefix_shared_equals_full_forwards_tiny(family, layers, request):
     folder = request.getfixturevalue(f"tiny_{family}_dir")
     module = ExtractionModule(ModelSpec(str(folder)), layer_steer=layers[0], layer_context=layers[1])
@@ -76,3 +76,41 @@ def test_truncation_is_undone_after_extraction(tiny_llama_dir):
     n = len(module.llm.model.layers)
     module.features(_items(with_image=False))
     assert len(module.llm.model.layers) == n == module.llm.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("suffix", ["", " Is it safe?"])
+@pytest.mark.parametrize("layers", [(0, 2), (1, 3), (2, 0), (1, 1)])
+def test_each_pass_runs_only_the_blocks_it_needs(tiny_llama_dir, layers, suffix):
+    """Blocks past max(L*, L') never run; blocks in (L*, L'] run on one prompt pass only (batch B), never on
+    the completion pass (batch 2B); blocks 0..L* run on the completion pass."""
+    steer, context = layers
+    module = ExtractionModule(ModelSpec(str(tiny_llama_dir)), layer_steer=steer, layer_context=context)
+    module.configure_model()
+    blocks = module.llm.model.layers
+    seen: dict[int, list[int]] = {index: [] for index in range(len(blocks))}
+    handles = [
+        block.register_forward_hook(lambda _m, args, _out, index=index: seen[index].append(int(args[0].shape[0])))
+        for index, block in enumerate(blocks)
+    ]
+    items = _items(with_image=False, suffix=suffix)
+    try:
+        module.features(items)
+    finally:
+        for handle in handles:
+            handle.remove()
+    b = len(items)
+    for index, batches in seen.items():
+        if index > max(steer, context):
+            assert batches == [], f"block {index} ran"
+        elif index > steer:
+            assert batches == [b], f"block {index} ran {batches}: only one prompt pass expected"
+        else:
+            assert batches.count(2 * b) == 1, f"block {index} ran {batches}: one completion pass expected"
+    # prompt pass (to max(L*, L'), or to L* when the suffix gives h a pass of its own), context pass, completions
+    expected = {
+        index: [b] * (index <= (steer if suffix else max(steer, context)))
+        + [b] * bool(suffix and index <= context)
+        + [2 * b] * (index <= steer)
+        for index in seen
+    }
+    assert seen == expected

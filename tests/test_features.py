@@ -98,3 +98,19 @@ def test_synthetic_file(tmp_path):
     file = FeatureFile(make_synthetic_features(tmp_path / "s.h5", n=50, dim=8))
     assert file.dim == 8 and set(file.behaviour) == {"refuse", "defer"} and set(file.split) == {"train", "test"}
     file.check_finite()
+
+
+def test_dataset_and_template_hash_are_identity(tmp_path):
+    """Rows of another dataset or of edited templates are never appended; files written before these
+    attributes existed stay readable and appendable."""
+    old = _write(tmp_path / "old.h5")  # no dataset / data_options / template_sha256 attributes
+    assert FeatureFile(old).meta.dataset is None
+    _write(old, n=2, start=10, append=True, dataset="JsonlSource:a.jsonl", template_sha256="abc")
+    assert len(FeatureFile(old)) == 8
+    new = _write(tmp_path / "new.h5", dataset="JsonlSource:a.jsonl", data_options='{"use_images": false}', template_sha256="abc")
+    file = FeatureFile(new)
+    assert file.meta.dataset == "JsonlSource:a.jsonl" and file.meta.extra["template_sha256"] == "abc"
+    for key, value in (("dataset", "JsonlSource:b.jsonl"), ("template_sha256", "def"), ("data_options", '{"use_images": true}')):
+        with pytest.raises(ValueError, match=f"cannot append, {key} is"):
+            _write(new, n=2, start=20, append=True, **{key: value})
+    assert len(FeatureFile(new)) == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,9 +178,22 @@ class PromptDataModule(L.LightningDataModule):
                 f"empty dataset: no rows of {self.source.describe()} in splits {self.splits}"
                 + (f" and categories {self.categories}" if self.categories else "")
             )
+        self._check_image_mix(rows)
         if self.sort_by_length:
             rows.sort(key=lambda r: (len(r["question"]) + len(r["suffix"]), r["id"]))
         return rows
+
+    def _check_image_mix(self, rows: list[dict[str, Any]]) -> None:
+        """A batch cannot mix prompts with and without an image: refuse such data unless batches hold one row."""
+        if self.batch_size == 1:
+            return
+        without = [row["id"] for row in rows if not (row["image_path"] or row["key_phrase"])]
+        if without and len(without) < len(rows):
+            raise ValueError(
+                f"{self.source.describe()}: {len(rows) - len(without)} rows have an image and {len(without)} have "
+                f"none (e.g. {without[:3]}); a batch cannot mix them: give every row an image, set "
+                "data.use_images=false, set data.batch_size=1, or process them in separate runs"
+            )
 
     def exclude(self, ids: Iterable[str]) -> None:
         """Skip these ids (already written by an earlier, interrupted run)."""
@@ -217,6 +231,15 @@ def _label_fields(label: str) -> dict[str, str]:
         return {}
     wrong = "no" if label == "yes" else "yes"
     return {"correct": label.capitalize(), "wrong": wrong.capitalize(), "correct_lower": label, "wrong_lower": wrong}
+
+
+def data_options(datamodule: PromptDataModule) -> str:
+    """JSON of the settings, besides the dataset itself, that change a sample's prompt or image (recorded in
+    features.h5 and compared when a run resumes)."""
+    options: dict[str, Any] = {**datamodule.source.options(), "use_images": datamodule.use_images}
+    if datamodule.use_images:
+        options["typo_font_size"] = datamodule.typo_kwargs["font_size"]
+    return json.dumps(options, sort_keys=True)
 
 
 def describe_data(datamodule: PromptDataModule) -> str:

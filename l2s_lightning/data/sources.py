@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 
@@ -43,6 +45,10 @@ class PromptSource:
         """A short name recorded in output files."""
         return type(self).__name__
 
+    def options(self) -> dict[str, Any]:
+        """Reader settings that change the prompt or image of a given sample id (recorded in output files)."""
+        return {}
+
 
 @dataclass
 class MMSafetyBenchSource(PromptSource):
@@ -54,7 +60,8 @@ class MMSafetyBenchSource(PromptSource):
             ``Question`` (for text-only models).
         image_root: optional folder laid out as upstream ``imgs/<scenario>/<image_type>/<index>.jpg``;
             without it (or when a file is absent and ``render_missing``) a TYPO image of the Key Phrase is
-            rendered.
+            rendered. A root where no question finds its image is refused (a mistyped path); a partial miss
+            warns.
         use_images: False for text-only models.
         scenarios: restrict to these scenario ids ("01", "10", ...) or names.
     """
@@ -67,12 +74,17 @@ class MMSafetyBenchSource(PromptSource):
     render_missing: bool = True
     scenarios: list[str] | None = None
 
+    def options(self) -> dict[str, Any]:
+        images = "none" if not self.use_images else self.image_type if self.image_root else "TYPO"
+        return {"question_field": self.question_field, "images": images}
+
     def load(self) -> datasets.Dataset:
         root = Path(self.root)
         files = sorted(root.glob("[0-9][0-9]-*.json"))
         if not files:
             raise FileNotFoundError(f"no MM-SafetyBench question files (NN-Scenario.json) in {root}")
         rows = []
+        looked, found = [], 0
         for file in files:
             scenario = file.stem
             if self.scenarios and not any(scenario == s or scenario.startswith(f"{s}-") for s in self.scenarios):
@@ -87,7 +99,10 @@ class MMSafetyBenchSource(PromptSource):
                 image = ""
                 if self.use_images and self.image_root:
                     candidate = Path(self.image_root) / scenario / self.image_type / f"{key}.jpg"
-                    if candidate.is_file() or not self.render_missing:
+                    exists = candidate.is_file()
+                    looked.append(candidate)
+                    found += exists
+                    if exists or not self.render_missing:
                         image = str(candidate)
                 rows.append(
                     _row(
@@ -99,7 +114,26 @@ class MMSafetyBenchSource(PromptSource):
                         benchmark="mm_safetybench",
                     )
                 )
+        self._check_images(looked, found)
         return _dataset(rows, str(root))
+
+    def _check_images(self, looked: list[Path], found: int) -> None:
+        """No image found under ``image_root`` is an error (a wrong path); some missing is a warning."""
+        if not looked or found == len(looked):
+            return
+        if found == 0:
+            raise FileNotFoundError(
+                f"MM-SafetyBench image_root {self.image_root!r}: no image found for any of the {len(looked)} "
+                f"questions (e.g. {looked[0]}); check the path (it must hold <scenario>/{self.image_type}/<index>.jpg) "
+                "or leave image_root unset to render TYPO images"
+            )
+        missing = [str(path) for path in looked if not path.is_file()]
+        action = "TYPO images are rendered for them" if self.render_missing else "those samples will fail"
+        warnings.warn(
+            f"MM-SafetyBench image_root {self.image_root!r}: {len(missing)} of {len(looked)} images are missing "
+            f"(e.g. {missing[0]}); {action}",
+            stacklevel=2,
+        )
 
 
 _POPE_SUBSET = re.compile(r"(random|popular|adversarial)")
@@ -107,9 +141,9 @@ _POPE_SUBSET = re.compile(r"(random|popular|adversarial)")
 
 @dataclass
 class PopeSource(PromptSource):
-    """POPE from its JSON/JSONL files (``{"question_id", "image", "text", "label"}`` per line) plus an image
-    folder, or from a `datasets` id / local dataset folder (columns ``question``, ``answer``, ``image``,
-    ``category``)."""
+    """POPE from its JSONL files (``{"question_id", "image", "text", "label"}`` per line; a JSON array of such
+    records works too) plus an image folder, or from a `datasets` id / local dataset folder (columns
+    ``question``, ``answer``, ``image``, ``category``)."""
 
     files: list[str] | None = None
     image_root: str | None = None
@@ -129,16 +163,10 @@ class PopeSource(PromptSource):
                 raise FileNotFoundError(f"POPE file not found: {path}")
             match = _POPE_SUBSET.search(path.stem)
             subset = match.group(1) if match else path.stem
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+            for where, item in _json_records(path):
                 for key in ("question_id", "image", "text", "label"):
                     if key not in item:
-                        raise ValueError(f"{path}:{number}: missing field {key!r}")
+                        raise ValueError(f"{where}: missing field {key!r}")
                 image = Path(self.image_root or path.parent) / item["image"]
                 rows.append(_pope_row(f"{subset}/{item['question_id']}", item["text"], subset, str(image), item["label"]))
         return _dataset(rows, ", ".join(self.files))
@@ -158,6 +186,30 @@ class PopeSource(PromptSource):
         return _dataset(rows, self.hf_dataset)
 
 
+def _json_records(path: Path) -> list[tuple[str, dict]]:
+    """``(location, record)`` pairs of a JSONL file, or of a JSON file holding one array of records."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not a valid JSON array ({err})") from err
+        records = [(f"{path}[{index}]", item) for index, item in enumerate(items)]
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+    for where, item in records:
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    return records
+
+
 def _pope_row(sample_id: str, question: str, subset: str, image: str, label: str) -> dict[str, str]:
     label = str(label).strip().lower()
     if label not in {"yes", "no"}:
@@ -167,8 +219,9 @@ def _pope_row(sample_id: str, question: str, subset: str, image: str, label: str
 
 @dataclass
 class JsonlSource(PromptSource):
-    """Generic JSONL: ``id``, ``question``, optional ``image`` (relative to the file or ``image_root``),
-    ``category``, optional ``positive`` / ``negative`` / ``behaviour`` / ``label``."""
+    """Generic JSONL (or a JSON array): ``id``, ``question``, optional ``image`` (relative to the file or
+    ``image_root``), ``category``, optional ``positive`` / ``negative`` / ``behaviour`` / ``label``. A row with
+    both ``positive`` and ``negative`` needs no template (nor a category)."""
 
     path: str
     image_root: str | None = None
@@ -179,16 +232,10 @@ class JsonlSource(PromptSource):
         if not path.is_file():
             raise FileNotFoundError(f"JSONL file not found: {path}")
         rows = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+        for where, item in _json_records(path):
             for key in ("id", "question"):
                 if not item.get(key):
-                    raise ValueError(f"{path}:{number}: missing field {key!r}")
+                    raise ValueError(f"{where}: missing field {key!r}")
             image = item.get("image") or ""
             if image:
                 image = str(Path(self.image_root or path.parent) / image)

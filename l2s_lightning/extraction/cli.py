@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
-from l2s_lightning.data.datamodule import PromptDataModule, describe_data
+from l2s_lightning.data.datamodule import PromptDataModule, data_options, describe_data
 from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.extraction.writer import FORMAT_VERSION, HDF5FeatureWriter
 from l2s_lightning.writer_cli import WriterCLI, make_cli
@@ -29,7 +29,9 @@ def extraction_attrs(module: ExtractionModule, data: PromptDataModule) -> dict[s
         "hidden_size": module.hidden_size,
         "num_layers": module.num_layers,
         "template_set": data.templates.name,
+        "template_sha256": data.templates.fingerprint(),
         "dataset": describe_data(data),
+        "data_options": data_options(data),
         "split_seed": data.split_seed,
         "test_fraction": data.test_fraction,
         "split_file": str(data.split_file),
@@ -37,8 +39,12 @@ def extraction_attrs(module: ExtractionModule, data: PromptDataModule) -> dict[s
 
 
 def preflight(module: ExtractionModule, data: PromptDataModule, writer: HDF5FeatureWriter) -> int:
-    """Every check that can fail before the model loads; returns the number of rows still to extract."""
-    rows = data.rows()  # reads the source, resolves templates, checks images, refuses empty data
+    """Every check that can fail before the model loads; returns the number of rows still to extract.
+
+    ``data.rows()`` reads the source, resolves every row's templates (refusing a missing template or an
+    empty completion), checks images and refuses empty data or rows mixing with and without images.
+    """
+    rows = data.rows()
     if data.use_images and any(r["image_path"] or r["key_phrase"] for r in rows):
         if not is_image_text_config(load_config(module.spec)):
             raise ValueError(

@@ -1,8 +1,8 @@
 """P2S features of a batch: h at L' (last prompt token) and z = h_L*(X+)[last] - h_L*(X-)[last].
 
 `prefix_shared_features` encodes each prompt once (up to block max(L*, L')), keeps its KV cache, and runs
-both completions of every row on that cache as one batch of 2B rows. `reference_features` is the plain
-style (batch 1, three full forwards); a test checks that the two agree.
+both completions of every row on that cache as one batch of 2B rows, through blocks 0..L* only.
+`reference_features` is the plain style (batch 1, three full forwards); a test checks that the two agree.
 """
 
 from __future__ import annotations
@@ -92,39 +92,55 @@ def continuation_position_ids(prefix_positions: torch.Tensor, prefix_mask: torch
     return positions
 
 
+def keep_cache_layers(cache: object, n_layers: int) -> None:
+    """Drop the KV cache entries of blocks ``n_layers`` and above (not needed by a shallower pass)."""
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, list) and len(layers) > n_layers:
+        del layers[n_layers:]
+
+
 @torch.no_grad()
 def prefix_shared_features(
     model: nn.Module, inputs: ContrastInputs, layer_steer: int, layer_context: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, z), each (B, D), computing only blocks 0..max(L*, L') and encoding each prompt once."""
+    """(h, z), each (B, D), encoding each prompt once and running each pass only as deep as it must go.
+
+    The prompt pass runs blocks 0..max(L*, L') (0..L* when a template suffix gives h its own pass over the
+    plain prompt, which runs 0..L'); the completion pass runs blocks 0..L* on the prompt's cache, cut to
+    L* + 1 blocks before it is repeated for the two completions.
+    """
     base = model.base_model
     cache_key = _cache_kwarg(base)
-    depth = max(layer_steer, layer_context) + 1
+    steer_depth = layer_steer + 1
+    separate_context = inputs.context_prefix is not None
+    prefix_depth = steer_depth if separate_context else max(layer_steer, layer_context) + 1
     prefix = dict(inputs.prefix)
     mask = prefix["attention_mask"]
-    with truncated_decoder(model, depth), capture_layer_outputs(model, [layer_steer, layer_context]) as captured:
+    with capture_layer_outputs(model, [layer_steer, layer_context]) as captured:
         positions = prefix_position_ids(model, prefix)
-        out = base(**prefix, position_ids=positions, use_cache=True, return_dict=True)
+        with truncated_decoder(model, prefix_depth):
+            out = base(**prefix, position_ids=positions, use_cache=True, return_dict=True)
         cache = out.cache if cache_key == "cache" else out.past_key_values
-        if inputs.context_prefix is None:
-            context = captured[layer_context][:, -1]
-        else:
+        if separate_context:
             context_inputs = dict(inputs.context_prefix)
-            base(**context_inputs, position_ids=prefix_position_ids(model, context_inputs), use_cache=False)
-            context = captured[layer_context][:, -1]
+            with truncated_decoder(model, layer_context + 1):
+                base(**context_inputs, position_ids=prefix_position_ids(model, context_inputs), use_cache=False)
+        context = captured[layer_context][:, -1]
+        keep_cache_layers(cache, steer_depth)
         cache.batch_repeat_interleave(2)
         completions = inputs.completions.to(mask.device)
         lengths = inputs.completion_lengths.to(mask.device)
         width = completions.shape[1]
         completion_mask = (torch.arange(width, device=mask.device)[None] < lengths[:, None]).to(mask.dtype)
         full_mask = torch.cat([mask.repeat_interleave(2, dim=0), completion_mask], dim=1)
-        base(
-            input_ids=completions,
-            attention_mask=full_mask,
-            position_ids=continuation_position_ids(positions, mask, width, repeats=2),
-            use_cache=True,
-            **{cache_key: cache},
-        )
+        with truncated_decoder(model, steer_depth):
+            base(
+                input_ids=completions,
+                attention_mask=full_mask,
+                position_ids=continuation_position_ids(positions, mask, width, repeats=2),
+                use_cache=True,
+                **{cache_key: cache},
+            )
         hidden = captured[layer_steer]
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
     return context.float(), (last[0::2] - last[1::2]).float()
@@ -147,11 +163,16 @@ def reference_features(
     model: nn.Module, prefix: Mapping[str, torch.Tensor], positive: torch.Tensor, negative: torch.Tensor,
     layer_steer: int, layer_context: int, context_prefix: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plain way for ONE un-padded sample: three full forwards (X, X+, X-) with all hidden states."""
+    """The plain way for ONE un-padded sample: three full forwards (X, X+, X-), no cache, no truncation.
+
+    Layer outputs are read with forward hooks, not ``hidden_states``: transformers returns the last block's
+    output after the final norm there, while layer L is the raw output of block L (what steering edits).
+    """
 
     def hidden(inputs: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
-        states = model(**inputs, output_hidden_states=True, use_cache=False).hidden_states
-        return states[layer + 1][0, -1]
+        with capture_layer_outputs(model, [layer]) as captured:
+            model(**inputs, use_cache=False)
+        return captured[layer][0, -1]
 
     context = hidden(context_prefix if context_prefix is not None else prefix, layer_context)
     steer = hidden(_append_tokens(prefix, positive), layer_steer) - hidden(_append_tokens(prefix, negative), layer_steer)

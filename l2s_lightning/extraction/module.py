@@ -21,7 +21,8 @@ class ExtractionModule(L.LightningModule):
         model: the model to load (hub id, folder, GGUF, ``pkg:``).
         layer_steer: L*, the block whose output is steered.
         layer_context: L', the block whose output is the context h.
-        forward: ``prefix_shared`` (prompt encoded once, decoder cut after max(L*, L')) or ``reference``
+        forward: ``prefix_shared`` (prompt encoded once through blocks 0..max(L*, L'), completions through
+            0..L* on its cache) or ``reference``
             (three full forwards per sample, batch 1 inside the step; for checks and benchmarks).
     """
 

@@ -1,8 +1,12 @@
-"""`HDF5FeatureWriter`: one HDF5 part file per rank while running, merged into one `features.h5` at the end.
+"""`HDF5FeatureWriter`: one HDF5 part file per batch and rank while running, merged into one `features.h5`
+at the end.
 
-Resuming: ids already in `features.h5` or in any part file left by a killed run are skipped by the data
-module; the merge keeps each id once. Attributes record the model, layers, hidden size, template set and
-split, and a rerun against a file of another model or other layers stops before the model runs.
+Each batch is written to a complete file under a temporary name, closed and renamed into place: HDF5 files
+are not crash-safe while open, so a kill (even ``kill -9``) at any moment leaves only whole, readable part
+files (at most the batch in flight is lost). Resuming: ids already in `features.h5` or in any part file
+left by a killed run are skipped by the data module; the merge keeps each id once. Attributes record the
+model, layers, hidden size, dataset, template set (name and content hash) and split, and a rerun against a
+file of another model, dataset, layers or templates stops before the model runs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from l2s_lightning.features import ARRAY_COLUMNS, FORMAT_VERSION, IDENTITY_ATTRS, STRING_COLUMNS, append_rows
 from l2s_lightning.part_writer import RankPartWriter
 
+
 def read_rows(path: str | Path) -> dict[str, Any]:
     """All rows of a feature or part file (empty columns when the file has none)."""
     with h5py.File(path, "r") as file:
@@ -36,9 +41,13 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         return {key: (value.item() if hasattr(value, "item") else value) for key, value in file.attrs.items()}
 
 
+_HINTS = {"template_sha256": " (the template set's content changed)", "data_options": " (other dataset reader settings)"}
+
+
 class HDF5FeatureWriter(RankPartWriter):
-    """Writes (h, z) rows of every predict batch to ``<output>.parts/rank<R>-<k>.h5``; rank 0 merges them
-    into ``output`` when prediction ends (atomically: a temporary file renamed over the old one)."""
+    """Writes the (h, z) rows of every predict batch to a new ``<output>.parts/rank<R>-<k>.h5`` (written as
+    ``.tmp``, then renamed); rank 0 merges them into ``output`` when prediction ends (atomically: a temporary
+    file renamed over the old one)."""
 
     part_suffix = ".h5"
 
@@ -56,8 +65,8 @@ class HDF5FeatureWriter(RankPartWriter):
             for key in IDENTITY_ATTRS:
                 if key in found and key in attrs and str(found[key]) != str(attrs[key]):
                     raise ValueError(
-                        f"{path} holds features with {key}={found[key]!r}, this run has {key}={attrs[key]!r}: "
-                        "choose another output path (nothing was overwritten)"
+                        f"{path} holds features with {key}={found[key]!r}, this run has {key}={attrs[key]!r}"
+                        f"{_HINTS.get(key, '')}: choose another output path (nothing was overwritten)"
                     )
 
     def done_ids(self) -> set[str]:
@@ -66,11 +75,6 @@ class HDF5FeatureWriter(RankPartWriter):
         for path in self.existing_files():
             done.update(read_rows(path)["sample_id"])
         return done
-
-    def _open(self, path: Path) -> h5py.File:
-        part = h5py.File(path, "w", libver="latest")
-        part.attrs.update(self.attrs)
-        return part
 
     def write_on_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Mapping[str, Any],
@@ -84,9 +88,12 @@ class HDF5FeatureWriter(RankPartWriter):
         if bad.any():
             ids = [i for i, b in zip(rows["sample_id"], bad) if b]
             raise FloatingPointError(f"non-finite features for samples {ids[:5]}: check dtype/model (nothing else lost)")
-        part = self.part(trainer)
-        append_rows(part, rows)
-        part.flush()
+        path = self.next_part_path(trainer)
+        tmp = path.with_name(path.name + ".tmp")
+        with h5py.File(tmp, "w") as part:
+            part.attrs.update(self.attrs)
+            append_rows(part, rows)
+        os.replace(tmp, path)
 
     def merge(self) -> int:
         return merge_features(self.existing_files(), self.output, self.attrs)

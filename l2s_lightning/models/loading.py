@@ -102,15 +102,20 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("L2S_CACHE", Path.home() / ".cache" / "l2s_lightning"))
 
 
-def dequantized_gguf_folder(folder: str, gguf_file: str, cache_dir: str | None = None) -> Path:
-    """A safetensors copy of a GGUF model (made once, ~25 s for SmolLM2-135M; reused afterwards)."""
+def gguf_cache_folder(folder: str, gguf_file: str, cache_dir: str | None = None) -> Path:
+    """Where the safetensors copy of a GGUF file lives (keyed by its path, size and mtime); nothing is made."""
     source = Path(folder) / gguf_file
     if not source.is_file():
         raise FileNotFoundError(f"GGUF file not found: {source}")
     stat = source.stat()
     key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
     target = Path(cache_dir) if cache_dir else _default_cache_dir()
-    target = target / "gguf" / f"{source.stem}-{key}"
+    return target / "gguf" / f"{source.stem}-{key}"
+
+
+def dequantized_gguf_folder(folder: str, gguf_file: str, cache_dir: str | None = None) -> Path:
+    """A safetensors copy of a GGUF model (made once, ~25 s for SmolLM2-135M; reused afterwards)."""
+    target = gguf_cache_folder(folder, gguf_file, cache_dir)
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,6 +147,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     dtype = torch_dtype(spec.dtype)
+    if spec.kind not in ("auto", "image-text", "causal-lm"):
+        raise ValueError(f"kind={spec.kind!r} must be 'auto', 'image-text' or 'causal-lm'")
     config = load_config(spec)
     path = resolve_model_path(spec.name_or_path)
     if spec.gguf_file:
@@ -149,6 +156,11 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     kind = spec.kind
     if kind == "auto":
         kind = "image-text" if is_image_text_config(config) else "causal-lm"
+    elif kind == "image-text" and not is_image_text_config(config):
+        raise ValueError(
+            f"model {spec.display_name}: kind='image-text' but its config ({type(config).__name__}) is not an "
+            "image-text-to-text model: use kind='causal-lm' or 'auto'"
+        )
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
@@ -158,12 +170,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         processor = load_processor(path)
         tokenizer = processor.tokenizer
-    elif kind == "causal-lm":
+    else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
         processor = None
-    else:
-        raise ValueError(f"kind={kind!r} must be 'auto', 'image-text' or 'causal-lm'")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -175,7 +185,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 
 def load_config(spec: ModelSpec):
-    """The model's config alone (cheap): used to validate layers and sizes before any weights load."""
+    """The model's config alone: used to validate layers and sizes before any weights load. Cheap, except for
+    a GGUF file without its safetensors copy yet: that copy is made here (once; ``load_model`` reuses it)."""
     from transformers import AutoConfig
 
     path = resolve_model_path(spec.name_or_path)
