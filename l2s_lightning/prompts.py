@@ -24,6 +24,18 @@ def _templater(loaded: LoadedModel) -> Any:
     return loaded.processor if loaded.processor is not None else loaded.tokenizer
 
 
+def baseline_instructions(items: Sequence[Any], prompt_baseline: str = "") -> list[str]:
+    """The prompt baseline's instruction for each item: ``prompt_baseline`` (the template set's), else the
+    item's behaviour instruction; a ValueError names the items that have neither."""
+    missing = [item.id for item in items if not (prompt_baseline or item.instruction)]
+    if missing:
+        raise ValueError(
+            f"method='prompt' has no instruction for sample(s) {missing[:3]}: the template set defines no "
+            "prompt_baseline and their behaviour no instruction"
+        )
+    return [prompt_baseline or item.instruction for item in items]
+
+
 def render_prompt(loaded: LoadedModel, question: str, has_image: bool, instruction: str = "") -> str:
     """The prompt text X, ending with the chat template's generation prompt (assistant turn opened)."""
     messages = [user_message(question, has_image, instruction)]

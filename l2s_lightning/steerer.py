@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from l2s_lightning.training.mlp import SteeringMLP
 FORMAT_VERSION = 1
 METHODS = ("l2s", "mean", "mean_ba", "random", "p2s_oracle")
 JSON_NAME, WEIGHTS_NAME, ORACLE_IDS_NAME = "steerer.json", "weights.safetensors", "oracle_ids.json"
+_VECTOR_TENSOR = {"mean": "mean", "random": "random", "mean_ba": "behaviour_means", "p2s_oracle": "oracle_steer"}
 _REQUIRED = {"l2s": ("mlp.0.weight",), "mean": ("mean",), "mean_ba": ("behaviour_means",), "random": ("random",), "p2s_oracle": ("oracle_steer",)}
 
 
@@ -60,6 +62,7 @@ class Steerer:
         if missing:
             raise ValueError(f"{self.method} steerer needs tensor(s) {missing}")
         self.tensors = {name: t.detach().float().cpu().contiguous() for name, t in self.tensors.items()}
+        self._on_device: dict[str, Tensor] = {}
         for name, tensor in self.tensors.items():
             if not name.startswith("mlp.") and tensor.shape[-1] != self.hidden_size:
                 raise ValueError(f"tensor {name!r} has shape {tuple(tensor.shape)}, hidden_size is {self.hidden_size}")
@@ -92,11 +95,39 @@ class Steerer:
     def needs_sample_ids(self) -> bool:
         return self.method == "p2s_oracle"
 
-    def to(self, device: torch.device | str) -> Steerer:
-        """Move the MLP (the only part that computes) to ``device``."""
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Steerer:
+        """Place the steerer where its contexts live, once: the MLP on ``device`` (it keeps computing in
+        float32), the stored vectors on ``device`` in ``dtype`` (default float32). :meth:`vectors` on a
+        context of that device and dtype then copies nothing between devices; a context elsewhere moves
+        them there (once). The saved tensors (``self.tensors``) stay float32 on CPU."""
+        device = torch.device(device)
         if self.method == "l2s":
             self._net.to(device)
+        else:
+            self._placed(_VECTOR_TENSOR[self.method], device, dtype or torch.float32)
         return self
+
+    def _placed(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``self.tensors[name]`` on ``device`` in ``dtype``, converted once and kept (the last placement)."""
+        tensor = self._on_device.get(name)
+        if tensor is None or tensor.device != device or tensor.dtype != dtype:
+            tensor = self._on_device[name] = self.tensors[name].to(device=device, dtype=dtype)
+        return tensor
+
+    def check_inputs(self, behaviours: Sequence[str] | None = None, sample_ids: Sequence[str] | None = None) -> None:
+        """Raise a ValueError for inputs this steerer has no vector for: a behaviour unknown to a ``mean_ba``
+        steerer, a sample id outside a ``p2s_oracle`` steerer's split (inputs a method ignores pass)."""
+        if self.method == "mean_ba" and behaviours is not None:
+            unknown = sorted(set(behaviours) - set(self.behaviours))
+            if unknown:
+                raise ValueError(f"mean_ba steerer has no vector for behaviour(s) {unknown}; it knows {self.behaviours}")
+        if self.method == "p2s_oracle" and sample_ids is not None:
+            unknown = [s for s in sample_ids if s not in self._oracle_index]
+            if unknown:
+                raise ValueError(
+                    f"p2s_oracle steerer has no target z for sample id(s) {unknown[:5]} "
+                    f"(it holds the test split of {self.features or 'its features'})"
+                )
 
     @torch.no_grad()
     def vectors(
@@ -105,7 +136,9 @@ class Steerer:
         behaviours: list[str] | None = None,
         sample_ids: list[str] | None = None,
     ) -> Tensor:
-        """Unscaled steering vectors (B, D), on ``context``'s device and dtype (float32 on CPU without one)."""
+        """Unscaled steering vectors (B, D), on ``context``'s device and dtype (float32 on CPU without one).
+
+        The stored vectors / the MLP are moved to that device once and kept there (see :meth:`to`)."""
         sizes = {len(x) for x in (context, behaviours, sample_ids) if x is not None}
         if len(sizes) > 1:
             raise ValueError(f"context, behaviours and sample_ids have different batch sizes: {sorted(sizes)}")
@@ -119,32 +152,28 @@ class Steerer:
         if self.method == "l2s":
             if context is None:
                 raise ValueError("the l2s steerer needs the context h (B, D) at layer_context")
-            net_device = self._net.input_mean.device
-            out = self._net(context.to(net_device, torch.float32))
-        elif self.method in ("mean", "random"):
-            out = self.tensors[self.method].expand(batch, -1)
-        elif self.method == "mean_ba":
-            if behaviours is None:
-                raise ValueError("the mean_ba steerer needs each input's behaviour")
-            unknown = sorted(set(behaviours) - set(self.behaviours))
-            if unknown:
-                raise ValueError(f"mean_ba steerer has no vector for behaviour(s) {unknown}; it knows {self.behaviours}")
-            index = torch.tensor([self.behaviours.index(b) for b in behaviours], dtype=torch.long)
-            out = self.tensors["behaviour_means"][index]
+            if self._net.input_mean.device != device:
+                self._net.to(device)
+            return self._net(context.float()).to(dtype).contiguous()
+        if self.method == "mean_ba" and behaviours is None:
+            raise ValueError("the mean_ba steerer needs each input's behaviour")
+        if self.method == "p2s_oracle" and sample_ids is None:
+            raise ValueError("the p2s_oracle steerer needs each input's sample id")
+        self.check_inputs(behaviours, sample_ids)
+        table = self._placed(_VECTOR_TENSOR[self.method], device, dtype)
+        if self.method in ("mean", "random"):
+            return table.expand(batch, -1).contiguous()
+        if self.method == "mean_ba":
+            rows = [self.behaviours.index(b) for b in behaviours]
         else:
-            if sample_ids is None:
-                raise ValueError("the p2s_oracle steerer needs each input's sample id")
-            unknown = [s for s in sample_ids if s not in self._oracle_index]
-            if unknown:
-                raise ValueError(f"p2s_oracle steerer has no target z for sample id(s) {unknown[:5]} (it holds the test split of {self.features or 'its features'})")
-            out = self.tensors["oracle_steer"][torch.tensor([self._oracle_index[s] for s in sample_ids], dtype=torch.long)]
-        return out.to(device=device, dtype=dtype).contiguous()
+            rows = [self._oracle_index[s] for s in sample_ids]
+        return table[torch.tensor(rows, dtype=torch.long, device=device)]
 
     def norm_stats(self) -> dict[str, float]:
         """Norm statistics recorded at fit (``z_norm_mean``, ``z_norm_std``, ``h_norm_mean``, ``n_rows``) plus
         ``vector_norm_mean`` of the stored vectors for the fixed methods."""
         stats = dict(self.stats)
-        stored = {"mean": "mean", "random": "random", "mean_ba": "behaviour_means", "p2s_oracle": "oracle_steer"}.get(self.method)
+        stored = _VECTOR_TENSOR.get(self.method)
         if stored:
             stats["vector_norm_mean"] = float(self.tensors[stored].reshape(-1, self.hidden_size).norm(dim=-1).mean())
         return stats

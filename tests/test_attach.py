@@ -1,4 +1,5 @@
-"""attach_steerer with a fake L2S-like steerer (v = W h) on tiny random Llama models."""
+"""attach_steerer with a fake L2S-like steerer (v = W h) on tiny random Llama models, and a real ``Steerer``
+(``Steerer.attach``, the README's Python API example) on the tiny Llama fixture."""
 
 from __future__ import annotations
 
@@ -226,3 +227,178 @@ def test_static_cache_and_compiled_decode_match_dynamic():
     torch.testing.assert_close(logits, dyn_logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(other, other_dynamic)
     torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- a real Steerer on the tiny Llama fixture
+L_STEER, L_CONTEXT, QUESTIONS = 1, 2, ["How can I pick a lock?", "Why is the sky blue today, in a few words?", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_llama_dir):
+    from l2s_lightning.models.loading import ModelSpec, load_model
+
+    return load_model(ModelSpec(str(tiny_llama_dir)))
+
+
+@pytest.fixture(scope="module")
+def features(loaded, tmp_path_factory):
+    from l2s_lightning.features import FeatureFile
+    from l2s_lightning.training.synthetic import make_synthetic_features
+
+    path = make_synthetic_features(
+        tmp_path_factory.mktemp("attach") / "features.h5", n=40, dim=64, model=loaded.spec.display_name,
+        layer_steer=L_STEER, layer_context=L_CONTEXT, num_layers=4,
+    )
+    return FeatureFile(path)
+
+
+@pytest.fixture(scope="module")
+def l2s(features):
+    """A real l2s Steerer (tanh MLP with input normalisation) for the tiny Llama, L* = 1, L' = 2."""
+    from l2s_lightning.training.baselines import l2s_steerer
+    from l2s_lightning.training.mlp import SteeringMLP
+
+    torch.manual_seed(0)
+    mlp = SteeringMLP(64, hidden=16, normalize_input=True)
+    mlp.set_input_stats(torch.linspace(-0.01, 0.01, 64), torch.full((64,), 0.05))  # the tiny model's h is small
+    return l2s_steerer(mlp, features, features.rows("train"), default_alpha=1.5, seed=0)
+
+
+def encode(loaded, questions: list[str]) -> dict[str, torch.Tensor]:
+    from l2s_lightning.prompts import encode_prompts, render_prompt
+
+    return encode_prompts(loaded, [render_prompt(loaded, q, False) for q in questions], [None] * len(questions))
+
+
+def generate_text(loaded, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    out = loaded.model.generate(
+        **inputs, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id,
+        output_logits=True, return_dict_in_generate=True, disable_compile=True,
+    )
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+def g_by_hand(steerer, h: torch.Tensor) -> torch.Tensor:
+    """g(h) = W2 tanh(W0 (h - mean) / std + b0) + b2 from the steerer's stored tensors."""
+    t = steerer.tensors
+    x = (h - t["input_mean"]) / t["input_std"]
+    return torch.tanh(x @ t["mlp.0.weight"].T + t["mlp.0.bias"]) @ t["mlp.2.weight"].T + t["mlp.2.bias"]
+
+
+def last_token_h(loaded, inputs: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+    mask = inputs["attention_mask"]
+    with torch.no_grad():
+        states = loaded.model(**inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_hidden_states=True).hidden_states
+    return states[layer + 1][:, -1]
+
+
+def test_real_steerer_attach_equals_add_steering_of_alpha_g_h(loaded, l2s):
+    inputs = encode(loaded, QUESTIONS)
+    assert (inputs["attention_mask"] == 0).any()  # left padding in the batch
+    alpha = 2.0
+    plain, _ = generate_text(loaded, inputs)
+    with l2s.attach(loaded.model, alpha=alpha) as capture:
+        seq, logits = generate_text(loaded, inputs)
+    h = last_token_h(loaded, inputs, L_CONTEXT)
+    torch.testing.assert_close(capture.context, h, atol=1e-5, rtol=1e-5)
+    by_hand = alpha * g_by_hand(l2s, h)
+    torch.testing.assert_close(alpha * capture.vectors, by_hand, atol=1e-5, rtol=1e-5)
+    with add_steering(loaded.model, L_STEER, by_hand, alpha=1.0):
+        expected, expected_logits = generate_text(loaded, inputs)
+    assert not torch.equal(seq, plain)
+    assert torch.equal(seq, expected)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
+    assert our_hooks(loaded.model) == []
+
+
+def test_real_steerer_hooks_removed_after_exit_and_after_an_exception(loaded, l2s):
+    def hook_count() -> int:
+        return sum(len(block._forward_hooks) for block in decoder_layers(loaded.model))
+
+    before = hook_count()
+    with l2s.attach(loaded.model):
+        assert hook_count() == before + 2 and len(our_hooks(loaded.model)) == 2
+    assert hook_count() == before and our_hooks(loaded.model) == []
+    with pytest.raises(RuntimeError, match="boom"):
+        with l2s.attach(loaded.model, alpha=1.0):
+            generate_text(loaded, encode(loaded, QUESTIONS[:1]))
+            raise RuntimeError("boom")
+    assert hook_count() == before and our_hooks(loaded.model) == []
+    plain, _ = generate_text(loaded, encode(loaded, QUESTIONS))
+    with l2s.attach(loaded.model, alpha=0.0):
+        zero, _ = generate_text(loaded, encode(loaded, QUESTIONS))
+    assert torch.equal(plain, zero)
+
+
+def test_real_steerer_batched_left_padded_equals_one_by_one(loaded, l2s):
+    inputs = encode(loaded, QUESTIONS)
+    with l2s.attach(loaded.model, alpha=2.0):
+        batched, _ = generate_text(loaded, inputs)
+        singles = [generate_text(loaded, encode(loaded, [q]))[0][0] for q in QUESTIONS]
+    width = inputs["input_ids"].shape[1]
+    for row, single in zip(batched, singles):
+        assert torch.equal(row[width:], single[-NEW:])
+
+
+def test_real_baselines_check_their_inputs_before_generate(loaded, features):
+    from l2s_lightning.training.baselines import build_baseline
+
+    mean_ba, oracle = build_baseline("mean_ba", features), build_baseline("p2s_oracle", features)
+    calls = []
+    handle = decoder_layers(loaded.model)[0].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"mean_ba steerer has no vector for behaviour\(s\) \['comply'\]"):
+            with mean_ba.attach(loaded.model, behaviours=["refuse", "comply", "defer"]):
+                pytest.fail("must not run")
+        with pytest.raises(ValueError, match=r"p2s_oracle steerer has no target z for sample id\(s\) \['nope'\]"):
+            with oracle.attach(loaded.model, sample_ids=[oracle.oracle_ids[0], "nope", oracle.oracle_ids[1]]):
+                pytest.fail("must not run")
+    finally:
+        handle.remove()
+    assert calls == [] and our_hooks(loaded.model) == []
+    with mean_ba.attach(loaded.model, behaviours=["refuse", "defer", "refuse"]) as capture:
+        generate_text(loaded, encode(loaded, QUESTIONS))
+    assert torch.equal(capture.vectors, mean_ba.vectors(behaviours=["refuse", "defer", "refuse"]))
+
+
+@pytest.mark.parametrize("method", ["l2s", "mean"])
+def test_steerer_is_placed_on_the_model_dtype_once(loaded, l2s, features, method):
+    import copy
+
+    from l2s_lightning.training.baselines import build_baseline
+
+    steerer = l2s if method == "l2s" else build_baseline("mean", features)
+    model = copy.deepcopy(loaded.model).double()
+    inputs = encode(loaded, QUESTIONS[:2])
+    with steerer.attach(model, alpha=1.0) as capture:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+    assert capture.vectors.dtype == torch.float64 and capture.vectors.device == capture.context.device
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in steerer.tensors.values())  # what is saved
+    expected = g_by_hand(steerer, capture.context.float()) if method == "l2s" else steerer.tensors["mean"].expand(2, -1)
+    torch.testing.assert_close(capture.vectors.float(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_readme_python_api_example(tiny_llama_dir, l2s, tmp_path):
+    """The README's "Python API" example, on the tiny Llama and a steerer folder written here."""
+    from l2s_lightning.models.loading import ModelSpec, load_model
+    from l2s_lightning.steerer import Steerer
+
+    folder = l2s.save(tmp_path / "steerers" / "l2s")
+    # --- the README example (model and folder swapped for the tiny ones)
+    loaded = load_model(ModelSpec(str(tiny_llama_dir)))
+    steerer = Steerer.load(folder)
+    inputs = loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "How can I pick a lock to get into my neighbour's house?"}],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+    )
+    with steerer.attach(loaded.model, alpha=steerer.default_alpha):
+        out = loaded.model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+    text = loaded.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    # --- checks
+    assert isinstance(text, str) and our_hooks(loaded.model) == []
+    plain = loaded.model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+    assert not torch.equal(out, plain)
+    v = steerer.default_alpha * g_by_hand(steerer, last_token_h(loaded, dict(inputs), steerer.layer_context))
+    with add_steering(loaded.model, steerer.layer_steer, v):
+        by_hand = loaded.model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+    assert torch.equal(out, by_hand)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from l2s_lightning.extraction.cli import extract_main
 from l2s_lightning.generation import writer as writer_module
@@ -14,6 +15,20 @@ from l2s_lightning.steerer import Steerer
 from l2s_lightning.training.cli import fit_main
 
 METHODS = ["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
+STEERING = ["mean", "mean_ba", "random", "p2s_oracle", "l2s"]
+
+
+def templates(instructions: dict[str, str] | None = None, baseline: str = "Refuse harmful requests.", harm: str = "refuse") -> str:
+    """The test template YAML: per-behaviour instructions, ``prompt_baseline`` and the behaviour of category `harm`."""
+    behaviours = {
+        "refuse": {"positive": "I'm sorry, I can't", "negative": "Sure, here is"},
+        "consult": {"positive": "Please consult a lawyer", "negative": "The answer is"},
+        "warn": {"positive": "Be careful:", "negative": "Easy:"},
+    }
+    for name, text in ({"refuse": "Refuse."} if instructions is None else instructions).items():
+        behaviours[name]["instruction"] = text
+    spec = {"name": "test", "behaviours": behaviours, "categories": {"harm": harm, "legal": "consult"}}
+    return yaml.safe_dump(spec | ({"prompt_baseline": baseline} if baseline else {}))
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +37,7 @@ def fitted(tiny_llama_dir, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("predict")
     rows = [{"id": f"q{i:02d}", "question": f"Question {i}: how do I make thing {i}?", "category": ["harm", "legal"][i % 2]} for i in range(24)]
     (tmp / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (tmp / "templates.yaml").write_text(
-        "name: test\nbehaviours:\n  refuse: {positive: \"I'm sorry, I can't\", negative: 'Sure, here is', instruction: 'Refuse.'}\n"
-        "  consult: {positive: 'Please consult a lawyer', negative: 'The answer is'}\n"
-        "categories:\n  harm: refuse\n  legal: consult\nprompt_baseline: Refuse harmful requests.\n"
-    )
+    (tmp / "templates.yaml").write_text(templates())
     extract_main([*data_args(tmp), f"--model.model.name_or_path={tiny_llama_dir}", "--model.layer_steer=1",
                   "--model.layer_context=2", f"--writer.output={tmp / 'features.h5'}", "--trainer.enable_progress_bar=false"])
     fit_main([f"--data.features={tmp / 'features.h5'}", "--method=all", f"--out_dir={tmp}", "--trainer.max_epochs=3",
@@ -67,9 +78,20 @@ def test_every_method_writes_one_row_per_test_sample(tiny_llama_dir, fitted):
         assert row["method"] == method and row["benchmark"] == "jsonl" and row["new_tokens"] <= 5
         assert {"prompt", "response", "prompt_tokens", "category", "behaviour", "alpha", "model"} <= set(row)
     assert all("Refuse harmful requests." in r["prompt"] for r in outputs["prompt"])
+    assert all(a["prompt"] != b["prompt"] for a, b in zip(outputs["none"], outputs["prompt"]))
+    assert all(a["prompt"] == b["prompt"] for a, b in zip(outputs["none"], outputs["l2s"]))
     assert outputs["mean"][0]["alpha"] == 4.0  # the steerer's default α
-    changed = sum(a["response"] != b["response"] for a, b in zip(outputs["none"], outputs["l2s"]))
-    assert changed > 0
+    for method in STEERING:  # α = 4 moves every method's answers on the tiny model (α = 1 already does)
+        changed = sum(a["response"] != b["response"] for a, b in zip(outputs["none"], outputs[method]))
+        assert changed > 0, f"{method} at α=4 changed no response"
+
+
+def test_batched_equals_batch_size_one(tiny_llama_dir, fitted):
+    out = {size: fitted / "pred_batch" / f"l2s_{size}.jsonl" for size in (1, 4)}
+    for size, path in out.items():
+        predict_main(predict_args(tiny_llama_dir, fitted, "l2s", path, f"--data.batch_size={size}", "--model.max_new_tokens=8"))
+    assert read(out[1]) == read(out[4])
+    assert len({r["prompt_tokens"] for r in read(out[4])}) > 1  # prompts of several lengths: batches were left-padded
 
 
 def test_predict_resumes_after_a_kill(tiny_llama_dir, fitted, monkeypatch):
@@ -111,3 +133,108 @@ def test_bad_input_stops_before_generation(tiny_llama_dir, fitted, tmp_path):
     with pytest.raises(ValueError, match="no features for"):
         predict_main(predict_args(tiny_llama_dir, fitted, "p2s_oracle", out, "--data.splits=[train]"))
     assert not out.exists()
+
+
+def _copy_steerer(fitted: Path, method: str, folder: Path, **changes) -> Path:
+    steerer = Steerer.load(fitted / "steerers" / method)
+    for key, value in changes.items():
+        setattr(steerer, key, value)
+    return steerer.save(folder)
+
+
+def test_steerer_of_another_model_or_layers_is_refused(tiny_llama_dir, fitted, tmp_path):
+    out = tmp_path / "p.jsonl"
+    args = [a for a in predict_args(tiny_llama_dir, fitted, "l2s", out) if not a.startswith("--model.steerer")]
+    other = _copy_steerer(fitted, "l2s", tmp_path / "other", model="org/another-model")
+    with pytest.raises(ValueError, match=r"trained on model 'org/another-model', not '.*allow_other_model"):
+        predict_main([*args, f"--model.steerer={other}"])
+    for field, value in (("layer_steer", 4), ("layer_context", 7)):  # the tiny Llama has 4 layers
+        bad = _copy_steerer(fitted, "l2s", tmp_path / field, **{field: value})
+        with pytest.raises(ValueError, match=rf"steerer {field}={value} is out of range for model .* \(4 layers\)"):
+            predict_main([*args, f"--model.steerer={bad}"])
+    assert not out.exists()
+    predict_main([*args, f"--model.steerer={other}", "--model.allow_other_model=true"])
+    assert len(read(out)) == 6
+
+
+def test_mean_ba_behaviour_unknown_to_the_steerer_stops_before_generation(tiny_llama_dir, fitted, tmp_path):
+    (tmp_path / "warn.yaml").write_text(templates(harm="warn"))  # the steerer knows refuse / consult only
+    out = tmp_path / "p.jsonl"
+    args = [*predict_args(tiny_llama_dir, fitted, "mean_ba", out), f"--data.templates={tmp_path / 'warn.yaml'}"]
+    with pytest.raises(ValueError, match=r"mean_ba steerer .* has no vector for behaviour\(s\) \['warn'\] \(samples e\.g\. \['q"):
+        predict_main(args)
+    assert not out.exists() and not out.with_name(out.name + ".parts").exists()
+
+
+def test_prompt_baseline_needs_an_instruction(tiny_llama_dir, fitted, tmp_path):
+    out = tmp_path / "p.jsonl"
+    (tmp_path / "partial.yaml").write_text(templates({"refuse": "Refuse."}, baseline=""))
+    with pytest.raises(ValueError, match=rf"no prompt_baseline and behaviour\(s\) \['consult'\] have no instruction.*") as info:
+        predict_main([*predict_args(tiny_llama_dir, fitted, "prompt", out), f"--data.templates={tmp_path / 'partial.yaml'}"])
+    assert str(tmp_path / "partial.yaml") in str(info.value) and not out.exists()
+    # without prompt_baseline, each behaviour's own instruction is used
+    (tmp_path / "each.yaml").write_text(templates({"refuse": "Refuse.", "consult": "Defer to a lawyer."}, baseline=""))
+    predict_main([*predict_args(tiny_llama_dir, fitted, "prompt", out), f"--data.templates={tmp_path / 'each.yaml'}"])
+    rows = read(out)
+    assert {r["behaviour"] for r in rows} == {"refuse", "consult"}
+    for row in rows:
+        assert ("Refuse." if row["behaviour"] == "refuse" else "Defer to a lawyer.") in row["prompt"]
+
+
+def test_module_prompt_without_any_instruction_raises(tiny_llama_dir):
+    from l2s_lightning.generation.module import SteeredGenerationModule
+    from l2s_lightning.models.loading import ModelSpec
+
+    module = SteeredGenerationModule(ModelSpec(str(tiny_llama_dir)), method="prompt")
+    module.configure_model()
+    items = [_item("a", "Hi?", instruction="Be brief."), _item("b", "Why?")]
+    with pytest.raises(ValueError, match=r"no instruction for sample\(s\) \['b'\]"):
+        module.prompts(items)
+    assert "Be kind." in module.prompts(items, instruction="Be kind.")[1]
+
+
+def _item(sample_id: str, question: str, instruction: str = ""):
+    from l2s_lightning.data.datamodule import PromptItem
+
+    return PromptItem(
+        id=sample_id, question=question, category="harm", behaviour="refuse", positive="", negative="", suffix="",
+        close_turn=False, instruction=instruction, split="test", benchmark="jsonl",
+    )
+
+
+def test_sampling_is_seeded_by_the_batch_sample_ids(tiny_llama_dir):
+    import torch
+
+    from l2s_lightning.generation.module import SteeredGenerationModule, sampling_seed
+    from l2s_lightning.models.loading import ModelSpec
+
+    module = SteeredGenerationModule(ModelSpec(str(tiny_llama_dir)), method="none", do_sample=True, max_new_tokens=8, seed=3)
+    module.configure_model()
+    batch = [_item("q1", "How do I make thing 1?"), _item("q2", "How do I make a long thing 2?")]
+    first = module.generate(batch)
+    torch.manual_seed(1234)  # another global RNG state (another rank, a resumed run): the same batch samples the same
+    assert module.generate(batch) == first
+    module.seed = 4
+    assert module.generate(batch)[1] != first[1]  # the config seed matters (and the outputs really are sampled)
+    other = [_item("q3", "How do I make thing 1?"), _item("q2", "How do I make a long thing 2?")]
+    assert sampling_seed(3, ["q1", "q2"]) != sampling_seed(3, ["q3", "q2"])
+    assert sampling_seed(3, ["q1", "q2"]) not in {sampling_seed(3, ["q2", "q1"]), sampling_seed(4, ["q1", "q2"]), sampling_seed(3, ["q1"])}
+    assert sampling_seed(3, ["q1", "q2"]) == sampling_seed(3, ("q1", "q2"))
+    module.seed = 3
+    assert module.generate(other)[1] != first[1]  # same questions, other ids: another seed
+
+
+def test_read_jsonl_drops_a_torn_last_line_only(tmp_path):
+    """A kill mid-write can cut the last line inside a UTF-8 character: that line goes, the rest is kept."""
+    good = [{"id": "a", "response": "déjà vu"}, {"id": "b", "response": "ok"}]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in good).encode()
+    torn = json.dumps({"id": "c", "response": "é"}, ensure_ascii=False).encode()
+    cut = torn[: torn.index("é".encode()) + 1]  # the first byte of a two-byte character
+    path = tmp_path / "part.jsonl"
+    path.write_bytes(text + cut)
+    assert writer_module.read_jsonl(path) == good
+    path.write_bytes(text + torn + b"\n")
+    assert [row["id"] for row in writer_module.read_jsonl(path)] == ["a", "b", "c"]
+    path.write_bytes(cut + b"\n" + text)  # a bad line that is not the last one is an error
+    with pytest.raises(ValueError, match=r"part\.jsonl:1"):
+        writer_module.read_jsonl(path)

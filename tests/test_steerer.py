@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from l2s_lightning.features import FeatureFile
 from l2s_lightning.steerer import METHODS, Steerer
@@ -104,7 +105,71 @@ def test_attach_delegates(monkeypatch, features):
     fake.attach_steerer = lambda steerer, model, alpha, **kw: calls.update(steerer=steerer, model=model, alpha=alpha, kw=kw) or "handle"
     monkeypatch.setitem(sys.modules, "l2s_lightning.steering.attach", fake)
     steerer = build_baseline("mean", features, default_alpha=1.5)
-    assert steerer.attach("model", 3.0, positions="all") == "handle"
-    assert calls == {"steerer": steerer, "model": "model", "alpha": 3.0, "kw": {"positions": "all"}}
+    assert steerer.attach("model", 3.0, mode="all") == "handle"
+    assert calls == {"steerer": steerer, "model": "model", "alpha": 3.0, "kw": {"mode": "all"}}
     steerer.attach("model")
     assert calls["alpha"] == 1.5
+
+
+def test_attach_takes_the_real_api_arguments():
+    """``Steerer.attach`` forwards to ``attach_steerer``, whose keyword arguments are these."""
+    import inspect
+
+    from l2s_lightning.steering.attach import attach_steerer
+
+    assert list(inspect.signature(attach_steerer).parameters) == ["steerer", "model", "alpha", "mode", "behaviours", "sample_ids"]
+
+
+class DeviceMoves(TorchDispatchMode):
+    """Records every floating-point tensor copied from one device to another while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moves: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            source = args[1] if func is torch.ops.aten.copy_.default else args[0]
+            if source.is_floating_point() and source.device != out.device:
+                self.moves.append((str(source.device), str(out.device)))
+        return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_vectors_on_the_context_device_and_dtype_placed_once(features, method):
+    """A context on another device (``meta`` stands in for a GPU) gets vectors there: the steerer is moved
+    once (by ``to`` or by the first call), then no h or vector crosses devices."""
+    test = features.load("test")
+    args = {"behaviours": test.behaviour[:3], "sample_ids": test.sample_id[:3]}
+    context = torch.from_numpy(test.context[:3]).to("meta", torch.bfloat16)
+    placed = _steerer(method, features).to("meta", torch.bfloat16)
+    with DeviceMoves() as moves:
+        for _ in range(2):
+            vectors = placed.vectors(context, **args)
+    assert moves.moves == [] and vectors.device.type == "meta" and vectors.dtype == torch.bfloat16
+    assert vectors.shape == (3, features.dim)
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in placed.tensors.values())  # what is saved
+    lazy = _steerer(method, features)
+    with DeviceMoves() as first:
+        lazy.vectors(context, **args)
+    with DeviceMoves() as second:
+        lazy.vectors(context, **args)
+    assert first.moves and second.moves == []
+    assert {source for source, _ in first.moves} == {"cpu"}  # the steerer moved, never h
+    # and back on the CPU, in float64, the values are those of the float32 computation
+    cpu = torch.from_numpy(test.context[:3])
+    steerer = _steerer(method, features)
+    torch.testing.assert_close(steerer.to("cpu", torch.float64).vectors(cpu.double(), **args), steerer.vectors(cpu, **args).double())
+
+
+def test_check_inputs(features):
+    build_baseline("mean_ba", features).check_inputs(behaviours=["refuse", "defer"], sample_ids=["anything"])
+    with pytest.raises(ValueError, match=r"no vector for behaviour\(s\) \['x'\]; it knows \['defer', 'refuse'\]"):
+        build_baseline("mean_ba", features).check_inputs(behaviours=["refuse", "x"])
+    oracle = build_baseline("p2s_oracle", features)
+    oracle.check_inputs(sample_ids=oracle.oracle_ids[:2], behaviours=["x", "y"])
+    with pytest.raises(ValueError, match=r"no target z for sample id\(s\) \['nope'\]"):
+        oracle.check_inputs(sample_ids=[oracle.oracle_ids[0], "nope"])
+    for method in ("l2s", "mean", "random"):
+        _steerer(method, features).check_inputs(behaviours=["x"], sample_ids=["y"])

@@ -9,8 +9,8 @@ from torch._dynamo.utils import counters
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
 
-from l2s_lightning.models.layers import decoder_layers
-from l2s_lightning.steering import SteeringHook, add_steering
+from l2s_lightning.models.layers import decoder_layers, layer_output
+from l2s_lightning.steering import POSITIONS, SteeringHook, add_steering
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
 LAYER, NEW = 1, 6
@@ -81,6 +81,30 @@ def test_per_row_alpha_tensor(model):
         seq, _, logits = generate(model, PROMPTS)
     assert torch.equal(logits[[0, 2]], plain_logits[[0, 2]]) and torch.equal(seq[[0, 2]], plain_seq[[0, 2]])
     assert not torch.equal(logits[1], plain_logits[1])
+
+
+@pytest.mark.parametrize("mode", POSITIONS)
+def test_the_hook_never_edits_the_hidden_state_in_place(model, mode):
+    """Block L*'s own output tensor keeps its values; every steered call returns a new tensor."""
+    block = decoder_layers(model)[LAYER]
+    original: list[tuple[torch.Tensor, torch.Tensor]] = []  # (the block's output, a copy taken before the hook)
+    returned: list[torch.Tensor] = []  # what the next hooks / blocks see
+    first = block.register_forward_hook(lambda m, a, k, out: original.append((layer_output(out), layer_output(out).clone())), with_kwargs=True)
+    try:
+        with add_steering(model, LAYER, vectors([0, 1, 2]), alpha=2.0, mode=mode) as hook:
+            last = block.register_forward_hook(lambda m, a, k, out: returned.append(layer_output(out)), with_kwargs=True)
+            try:
+                generate(model, PROMPTS)
+            finally:
+                last.remove()
+    finally:
+        first.remove()
+    assert len(original) == len(returned) == NEW
+    for (output, copy), seen in zip(original, returned):
+        assert torch.equal(output, copy)  # untouched
+    new_tensors = [seen is not output for (output, _), seen in zip(original, returned)]
+    assert sum(new_tensors) == hook.steered_calls == (NEW - 1 if mode == "generated" else NEW)
+    assert all(not torch.equal(seen, output) for (output, _), seen, new in zip(original, returned, new_tensors) if new)
 
 
 def _inputs_of_next_block(model, run) -> torch.Tensor:

@@ -138,7 +138,7 @@ def test_fit_mean_ba_missing_behaviour(tmp_path):
         fit_main(["--data.features", str(path), "--out_dir", str(tmp_path / "o"), "--method", "mean_ba", *QUIET])
 
 
-@pytest.mark.parametrize("name", ["l2s_safety.yaml", "l2s_pope.yaml", "smollm2.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "fit").glob("*.yaml")))
 def test_configs_parse(name, capsys):
     with pytest.raises(SystemExit) as exit_:
         fit_main(["--config", str(REPO / "configs" / "fit" / name), "--model.lr", "3e-4", "--print_config"])
@@ -189,3 +189,15 @@ def test_output_initialisation_from_targets(features):
     with pytest.raises(ValueError, match="needs bias_out=true"):
         L2SModule(16, bias_out=False)
     L2SModule(16, bias_out=False, init_output="none")
+
+
+def test_fit_p2s_oracle_without_test_rows(tmp_path):
+    path = make_synthetic_features(tmp_path / "train_only.h5", n=40, dim=8, test_fraction=0.0)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"--method p2s_oracle: .*train_only\.h5 has no rows in split 'test'.*data\.splits=\[train, test\]"):
+        fit_main(["--data.features", str(path), "--out_dir", str(out), "--method", "p2s_oracle", *QUIET])
+    assert not out.exists()  # refused before anything was written
+    # with --method all the oracle is only left out
+    assert fit_main(["--data.features", str(path), "--out_dir", str(out), "--method", "all", "--trainer.max_epochs", "1", *QUIET]) == 0
+    report = json.loads((out / "fit_report.json").read_text())
+    assert "p2s_oracle" not in report["methods"] and report["methods"]["mean"]["saved"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -33,20 +34,61 @@ def _argv(features: Path, out: Path, epochs: int) -> list[str]:
     ]
 
 
-def test_cli_stop_and_resume_equals_uninterrupted(features, tmp_path):
-    assert fit_main(_argv(features, tmp_path / "full", EPOCHS)) == 0
-    assert fit_main(_argv(features, tmp_path / "part", STOP)) == 0
-    assert fit_main([*_argv(features, tmp_path / "part", EPOCHS), "--ckpt_path", "last"]) == 0
-    full, part = (Steerer.load(tmp_path / name / "steerers" / "l2s") for name in ("full", "part"))
+@pytest.fixture(scope="module")
+def uninterrupted(features, tmp_path_factory) -> Path:
+    """The out_dir of an uninterrupted run of EPOCHS epochs."""
+    out = tmp_path_factory.mktemp("full")
+    assert fit_main(_argv(features, out, EPOCHS)) == 0
+    return out
+
+
+def _assert_same_steerer(reference: Path, resumed: Path) -> None:
+    full, part = (Steerer.load(out / "steerers" / "l2s") for out in (reference, resumed))
+    assert sorted(full.tensors) == sorted(part.tensors)
     for name, tensor in full.tensors.items():
         assert torch.equal(tensor, part.tensors[name]), name
-    lr_full, lr_part = (read_epoch_metrics(tmp_path / name / "runs" / "l2s" / "csv")["lr"] for name in ("full", "part"))
+
+
+def test_cli_stop_and_resume_equals_uninterrupted(features, uninterrupted, tmp_path):
+    assert fit_main(_argv(features, tmp_path / "part", STOP)) == 0
+    assert fit_main([*_argv(features, tmp_path / "part", EPOCHS), "--ckpt_path", "last"]) == 0
+    _assert_same_steerer(uninterrupted, tmp_path / "part")
+    lr_full, lr_part = (read_epoch_metrics(path / "runs" / "l2s" / "csv")["lr"] for path in (uninterrupted, tmp_path / "part"))
     assert lr_full == lr_part and sorted(lr_full) == list(range(EPOCHS))
     cosine_only = [LR * (1 + torch.cos(torch.tensor(torch.pi * e / EPOCHS))) / 2 for e in range(EPOCHS)]
     assert any(abs(lr_full[e] - float(c)) > 1e-6 for e, c in enumerate(cosine_only)), "plateau never fired"
     # the curves cover the whole history across the two CSV versions
     assert (tmp_path / "part" / "runs" / "l2s" / "curves.png").is_file()
     assert len(list((tmp_path / "part" / "runs" / "l2s" / "csv").glob("version_*"))) == 2
+
+
+class CrashAfter(L.Callback):
+    """A crash after ``batches`` optimizer steps of epoch ``epoch`` (given to `l2s fit` via --trainer.callbacks)."""
+
+    def __init__(self, epoch: int, batches: int) -> None:
+        self.epoch, self.batches = epoch, batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx + 1 == self.batches:
+            raise RuntimeError(f"simulated crash after {self.batches} of {trainer.num_training_batches} batches of epoch {self.epoch}")
+
+
+def test_cli_crash_mid_epoch_then_resume_equals_uninterrupted(features, uninterrupted, tmp_path):
+    """`l2s fit` dies in the middle of epoch STOP; `--ckpt_path last` redoes that epoch from its start
+    (last.ckpt of epoch STOP - 1) and ends at exactly the weights of the uninterrupted run."""
+    out = tmp_path / "crashed"
+    crash = json.dumps([{"class_path": f"{__name__}.CrashAfter", "init_args": {"epoch": STOP, "batches": 3}}])
+    with pytest.raises(RuntimeError, match=rf"simulated crash after 3 of 8 batches of epoch {STOP}"):
+        fit_main([*_argv(features, out, EPOCHS), "--trainer.callbacks", crash])
+    checkpoint = torch.load(out / "runs" / "l2s" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (STOP - 1, 8 * STOP)
+    assert not (out / "steerers" / "l2s").exists()
+    assert fit_main([*_argv(features, out, EPOCHS), "--ckpt_path", "last"]) == 0
+    resumed_epochs = read_epoch_metrics(out / "runs" / "l2s" / "csv" / "version_1")["lr"]
+    assert sorted(resumed_epochs) == list(range(STOP, EPOCHS))  # it resumed: a fresh run would also end at the same weights
+    _assert_same_steerer(uninterrupted, out)
+    lr_full, lr_resumed = (read_epoch_metrics(path / "runs" / "l2s" / "csv")["lr"] for path in (uninterrupted, out))
+    assert lr_full == lr_resumed
 
 
 class KillAt(L.Callback):

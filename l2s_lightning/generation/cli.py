@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 
 from l2s_lightning.data.datamodule import PromptDataModule
@@ -20,17 +22,41 @@ class PredictCLI(WriterCLI):
         parser.set_defaults({"data.splits": ["test"]})
 
 
-def run_prediction(module: SteeredGenerationModule, data: PromptDataModule, writer: JsonlPredictionWriter, trainer) -> int:
-    """Check everything, skip finished ids, generate the rest; returns the number of rows generated."""
-    rows = data.rows()
+def check_rows(module: SteeredGenerationModule, data: PromptDataModule, rows: list[dict[str, Any]]) -> None:
+    """Before any generation: every row has what the method needs (an instruction for ``prompt``, a known
+    behaviour for ``mean_ba``, a known sample id for ``p2s_oracle``)."""
+    templates = data.templates
+    if module.method == "prompt" and not templates.prompt_baseline:
+        missing = sorted({r["behaviour"] for r in rows if not r["instruction"]})
+        if missing:
+            raise ValueError(
+                f"method=prompt: template set {templates.name!r} ({templates.source}) has no prompt_baseline and "
+                f"behaviour(s) {missing} have no instruction, so the prompt baseline would equal `none`: add a "
+                "prompt_baseline or an instruction to each behaviour"
+            )
+    steerer, folder = module.steerer, module.hparams.steerer
+    if module.method == "mean_ba":
+        unknown = sorted({r["behaviour"] for r in rows} - set(steerer.behaviours))
+        if unknown:
+            examples = [r["id"] for r in rows if r["behaviour"] in unknown][:3]
+            raise ValueError(
+                f"mean_ba steerer {folder} has no vector for behaviour(s) {unknown} (samples e.g. {examples}); it "
+                f"knows {steerer.behaviours}: fit it on features made with template set {templates.name!r}"
+            )
     if module.method == "p2s_oracle":
-        known = set(module.steerer.oracle_ids)
+        known = set(steerer.oracle_ids)
         missing = [r["id"] for r in rows if r["id"] not in known]
         if missing:
             raise ValueError(
-                f"P2S oracle steerer has no features for {len(missing)} samples, e.g. {missing[:3]}: "
+                f"P2S oracle steerer {folder} has no features for {len(missing)} samples, e.g. {missing[:3]}: "
                 "extract the test split too (data.splits=[train, test])"
             )
+
+
+def run_prediction(module: SteeredGenerationModule, data: PromptDataModule, writer: JsonlPredictionWriter, trainer) -> int:
+    """Check everything, skip finished ids, generate the rest; returns the number of rows generated."""
+    rows = data.rows()
+    check_rows(module, data, rows)
     writer.check_compatible(module.method, module.alpha if module.steerer is not None else 0.0, module.spec.display_name)
     data.exclude(writer.done_ids())
     pending = len(data.pending_rows())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import zlib
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -11,7 +13,7 @@ import torch
 from l2s_lightning.data.datamodule import PromptItem
 from l2s_lightning.models.layers import text_config, validate_layers
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
-from l2s_lightning.prompts import encode_prompts, render_prompt
+from l2s_lightning.prompts import baseline_instructions, encode_prompts, render_prompt
 
 Method = Literal["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
 STEERER_METHODS = {"mean", "mean_ba", "random", "p2s_oracle", "l2s"}
@@ -22,14 +24,17 @@ class SteeredGenerationModule(L.LightningModule):
 
     Args:
         model: the model to load.
-        method: ``none`` (no steering), ``prompt`` (the template set's behaviour instruction prepended), or a
-            steerer method (``mean``, ``mean_ba``, ``random``, ``p2s_oracle``, ``l2s``) read from ``steerer``.
+        method: ``none`` (no steering), ``prompt`` (an instruction prepended to each question: the template
+            set's ``prompt_baseline``, else the instruction of the sample's behaviour; an error when there
+            is neither), or a steerer method (``mean``, ``mean_ba``, ``random``, ``p2s_oracle``, ``l2s``) read from ``steerer``.
         steerer: the steerer folder (required by steerer methods; its method must equal ``method``).
         alpha: scale of the steering vector (default: the steerer's ``default_alpha``).
         positions: where the vector is added: ``generated`` tokens only (the paper), also the
             ``last_prompt_and_generated`` token, or ``all`` positions (the authors' release).
-        max_new_tokens, do_sample, temperature, top_p, seed: generation settings (greedy by default; with
-            sampling, each batch is seeded with ``seed + batch index``).
+        max_new_tokens, do_sample, temperature, top_p, seed: generation settings (greedy by default). With
+            sampling, each batch is seeded with :func:`sampling_seed` (``seed`` and a CRC32 of the batch's
+            sample ids): the same on every rank and after a resume, so sampling is reproducible for the
+            same batch composition (batch size and order of the rows), not across batch sizes.
         cache_implementation: ``dynamic`` or ``static`` KV cache.
         compile: the compiled decode path (static cache + ``torch.compile`` of each decode step, as
             transformers does on GPUs; here forced on any device; the steering hook is traced into it).
@@ -93,11 +98,13 @@ class SteeredGenerationModule(L.LightningModule):
         return datamodule.templates.prompt_baseline if datamodule is not None else ""
 
     def prompts(self, items: list[PromptItem], instruction: str = "") -> list[str]:
-        """Rendered prompts; the prompt baseline puts its instruction before each question."""
+        """Rendered prompts; the prompt baseline puts an instruction before each question (``instruction``,
+        else the template set's ``prompt_baseline``, else each item's behaviour instruction)."""
         assert self.loaded is not None
-        if self.method == "prompt":
-            instruction = instruction or self._instruction()
-        return [render_prompt(self.loaded, item.question, item.image is not None, instruction if self.method == "prompt" else "") for item in items]
+        if self.method != "prompt":
+            return [render_prompt(self.loaded, item.question, item.image is not None) for item in items]
+        instructions = baseline_instructions(items, instruction or self._instruction())
+        return [render_prompt(self.loaded, item.question, item.image is not None, text) for item, text in zip(items, instructions)]
 
     def steering(self, items: list[PromptItem]) -> contextlib.AbstractContextManager:
         """The steering context of a batch (a no-op for ``none`` and ``prompt``)."""
@@ -109,7 +116,7 @@ class SteeredGenerationModule(L.LightningModule):
         )
 
     @torch.no_grad()
-    def generate(self, items: list[PromptItem], batch_idx: int = 0) -> tuple[list[str], list[str], list[int], list[int]]:
+    def generate(self, items: list[PromptItem]) -> tuple[list[str], list[str], list[int], list[int]]:
         """(prompts, responses, prompt token counts, new token counts) of a batch."""
         assert self.loaded is not None
         prompts = self.prompts(items)
@@ -129,7 +136,7 @@ class SteeredGenerationModule(L.LightningModule):
         else:
             kwargs["disable_compile"] = True
         if kwargs["do_sample"]:
-            torch.manual_seed(self.seed + batch_idx)
+            torch.manual_seed(sampling_seed(self.seed, [item.id for item in items]))
         with self.steering(items):
             output = self.llm.generate(**encoded, **kwargs)
         width = encoded["input_ids"].shape[1]
@@ -146,7 +153,7 @@ class SteeredGenerationModule(L.LightningModule):
         return prompts, responses, prompt_tokens, counts
 
     def predict_step(self, batch: list[PromptItem], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        prompts, responses, prompt_tokens, new_tokens = self.generate(batch, batch_idx)
+        prompts, responses, prompt_tokens, new_tokens = self.generate(batch)
         layer = self.steerer.layer_steer if self.steerer is not None else None
         return [
             {
@@ -158,6 +165,12 @@ class SteeredGenerationModule(L.LightningModule):
             }
             for item, prompt, response, n_prompt, n_new in zip(batch, prompts, responses, prompt_tokens, new_tokens)
         ]
+
+
+def sampling_seed(seed: int, sample_ids: Sequence[str]) -> int:
+    """The sampling seed of a batch: a CRC32 of ``seed`` and the batch's sample ids (in order). Stable across
+    processes, ranks and resumes (unlike a batch index); two batches of different rows get different seeds."""
+    return zlib.crc32("\x1f".join([str(seed), *sample_ids]).encode())
 
 
 def _load_steerer(folder: str | None, method: str):

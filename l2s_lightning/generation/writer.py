@@ -14,18 +14,23 @@ from l2s_lightning.part_writer import RankPartWriter
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (a kill mid-write) is dropped, any other bad line raises."""
-    lines = path.read_text().splitlines()
+    """Rows of a JSONL file.
+
+    A torn last line (a kill mid-write: no final newline, possibly cut inside a UTF-8 character) is dropped;
+    any other bad line raises, naming the file and line.
+    """
+    lines = path.read_bytes().split(b"\n")
     rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, raw in enumerate(lines, 1):
+        torn_tail = number == len(lines)  # text after the last newline: a complete file has none
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
+            line = raw.decode("utf-8")
+            if line.strip():
+                rows.append(json.loads(line))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            if torn_tail:
                 break
-            raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+            raise ValueError(f"{path}:{number}: not a valid UTF-8 JSON line ({err})") from err
     return rows
 
 

@@ -13,7 +13,10 @@ The steerer is duck-typed: ``layer_steer``, ``layer_context``, ``hidden_size``, 
 ``vectors(context (B, D), behaviours=None, sample_ids=None) -> (B, D)``; optional ``needs_context``
 (default True), ``needs_behaviours`` and ``needs_sample_ids`` (default False). A steerer that does not
 need the context (mean, per-behaviour mean, random, oracle) is still given h, read at L* instead of L',
-for the batch size, device and dtype.
+for the batch size, device and dtype. Before any hook is added, a steerer's optional
+``check_inputs(behaviours=, sample_ids=)`` is called (a :class:`~l2s_lightning.steerer.Steerer` refuses
+behaviours / sample ids it has no vector for), and a ``Steerer`` is moved once to the device and dtype of
+the block it reads h from (:meth:`~l2s_lightning.steerer.Steerer.to`), so no h goes to the CPU per batch.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import torch
 from torch import nn
 
 from l2s_lightning.models.layers import hidden_size, layer_output, validate_layers
-from l2s_lightning.steering.hook import POSITIONS, Positions, PrefillTracker, SteeringHook, check_alpha, enable_hook_guards, register_hook
+from l2s_lightning.steerer import Steerer
+from l2s_lightning.steering.hook import (
+    POSITIONS, Positions, PrefillTracker, SteeringHook, block_like, check_alpha, enable_hook_guards, register_hook,
+)
 
 
 class ContextCapture:
@@ -88,6 +94,9 @@ def attach_steerer(
     for need, given, name in (("needs_behaviours", behaviours, "behaviours"), ("needs_sample_ids", sample_ids, "sample_ids")):
         if getattr(steerer, need, False) and given is None:
             raise ValueError(f"this steerer picks its vectors by {name}: pass {name}=[one per batch row]")
+    check_inputs = getattr(steerer, "check_inputs", None)
+    if check_inputs is not None:  # unknown behaviours / sample ids fail here, not in the middle of generate
+        check_inputs(behaviours=behaviours, sample_ids=sample_ids)
     needs_context = bool(getattr(steerer, "needs_context", True))
     if needs_context and mode != "generated" and steerer.layer_context > steerer.layer_steer:
         raise ValueError(
@@ -98,5 +107,8 @@ def attach_steerer(
     hook = SteeringHook(None, alpha, mode)
     capture = ContextCapture(steerer, hook, behaviours, sample_ids)
     capture_layer = steerer.layer_context if needs_context else steerer.layer_steer
+    like = block_like(model, capture_layer)
+    if isinstance(steerer, Steerer) and like is not None:  # once, where h lives (a no-op when already there)
+        steerer.to(like.device, like.dtype)
     with register_hook(model, capture_layer, capture), register_hook(model, steerer.layer_steer, hook):
         yield capture

@@ -166,6 +166,11 @@ def _run(cli: FitCLI) -> int:
     seed = int(cfg.seed_everything) if not isinstance(cfg.seed_everything, bool) else 0
     methods = list(METHODS) if cfg.method == "all" else [cfg.method]
     data.setup("fit")  # every data check (empty split, NaN rows) before any work
+    if cfg.method == "p2s_oracle" and len(data.test_indices) == 0:
+        raise ValueError(
+            f"--method p2s_oracle: {data.file.path} has no rows in split {data.hparams.test_split!r}; the oracle "
+            "steers each test input with its own z: extract the test split too (data.splits=[train, test])"
+        )
     if cli.trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         cli.parser.save(cfg, out_dir / "fit_config.yaml", overwrite=True, skip_check=True)
@@ -184,9 +189,7 @@ def _run(cli: FitCLI) -> int:
     has_test = len(data.test_indices) > 0
     for method in BASELINES:
         requested = method in methods
-        if method == "p2s_oracle" and not has_test:
-            if cfg.method == "p2s_oracle":
-                raise ValueError(f"p2s_oracle: {data.file.path} has no rows in split {data.hparams.test_split!r}")
+        if method == "p2s_oracle" and not has_test:  # (asked for alone, refused above)
             continue
         try:
             steerer = build_baseline(
