@@ -14,6 +14,7 @@ from jsonargparse import ArgumentParser, ActionConfigFile
 from rich.console import Console
 from rich.table import Table
 
+from l2s_lightning.evaluation.config import resolve_eval_config
 from l2s_lightning.steerer import Steerer
 
 ALL_METHODS = ["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
@@ -30,7 +31,10 @@ class RunConfig:
         methods: the methods predicted and compared.
         alpha: α for every steering method (None: each steerer's ``default_alpha``).
         max_new_tokens: generation length.
-        judge: the evaluation judge (``keyword`` works offline).
+        evaluate_config: an ``l2s evaluate`` YAML (judge, safety, ...; examples in ``configs/evaluate/``);
+            None: the defaults (keyword judge).
+        judge: the judge, on top of ``evaluate_config`` as ``l2s evaluate --judge`` does: a name
+            (``keyword`` works offline) or ``{name: causal_lm|http|..., kwargs: {...}}``; None: the YAML's judge.
         logodds_templates: continuations scored by the log-odds metric (None to skip it).
     """
 
@@ -42,7 +46,8 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
     alpha: float | None = None
     max_new_tokens: int = 48
-    judge: str = "keyword"
+    evaluate_config: str | None = None
+    judge: str | dict[str, Any] | None = None
     logodds_templates: str | None = "logodds_eval"
     extra_extract_args: list[str] = field(default_factory=list)
     extra_fit_args: list[str] = field(default_factory=list)
@@ -55,15 +60,17 @@ def _limit_args(config: RunConfig) -> list[str]:
 
 def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     """Run every stage (each one resumes: finished work is kept) and return the combined report."""
-    from l2s_lightning.evaluation import evaluate_main
+    unknown = sorted(set(config.methods) - set(ALL_METHODS))
+    if unknown:
+        raise ValueError(f"methods {unknown} are not among {ALL_METHODS}")
+    eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s run")  # fails before extraction
+
+    from l2s_lightning.evaluation import evaluate_predictions
     from l2s_lightning.extraction.cli import extract_main
     from l2s_lightning.generation.cli import predict_main
     from l2s_lightning.training.cli import fit_main
 
     console = console or Console()
-    unknown = sorted(set(config.methods) - set(ALL_METHODS))
-    if unknown:
-        raise ValueError(f"methods {unknown} are not among {ALL_METHODS}")
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -96,10 +103,7 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
 
     start = time.time()
     console.rule("[bold]4/4 evaluate")
-    code = evaluate_main([*predictions, "--out", str(out / "eval"), "--judge", config.judge, "-q"])
-    if code:
-        raise RuntimeError(f"evaluation failed (exit code {code}); see the message above")
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    metrics = evaluate_predictions(predictions, out_dir=out / "eval", config=eval_config)
     logodds = run_logodds(config, out) if config.logodds_templates else {}
     timings["evaluate_s"] = time.time() - start
     report = build_report(config, metrics, logodds, timings)
@@ -116,6 +120,7 @@ def run_logodds(config: RunConfig, out: Path) -> dict[str, dict[str, float]]:
     from l2s_lightning.data.datamodule import PromptDataModule
     from l2s_lightning.features import FeatureFile
     from l2s_lightning.models.loading import ModelSpec, load_model
+    from l2s_lightning.prompts import baseline_instructions
     from l2s_lightning.scoring import behaviour_log_odds
     from l2s_lightning.templates import load_templates
 
@@ -138,15 +143,15 @@ def run_logodds(config: RunConfig, out: Path) -> dict[str, dict[str, float]]:
         scores = []
         for i in range(0, len(items), 16):
             batch = items[i : i + 16]
-            vectors, layer, instruction = None, None, ""
+            vectors, layer, instructions = None, None, None
             if method == "prompt":
-                instruction = data.templates.prompt_baseline
+                instructions = baseline_instructions(batch, data.templates.prompt_baseline)
             elif method != "none":
                 steerer = Steerer.load(out / "steerers" / method)
                 alpha = steerer.default_alpha if config.alpha is None else config.alpha
                 vectors = alpha * steerer.vectors(context[i : i + 16], [it.behaviour for it in batch], [it.id for it in batch])
                 layer = steerer.layer_steer
-            scores.append(behaviour_log_odds(loaded, batch, eval_templates, vectors, layer, instruction))
+            scores.append(behaviour_log_odds(loaded, batch, eval_templates, vectors, layer, instructions))
         values = torch.cat(scores)
         results[method] = {
             behaviour: values[torch.tensor([it.behaviour == behaviour for it in items])].mean().item()
@@ -166,7 +171,9 @@ def build_report(config: RunConfig, metrics: dict[str, Any], logodds: dict[str, 
         row |= {key: summary.get(key) for key in ("unsafe@0.5", "unsafe@0.7", "unsafe@0.9", "ed_score", "quality", "n")}
         row |= {f"logodds_{b}": v for b, v in logodds.get(method, {}).items()}
         rows.append(row)
-    return {"config": config.__dict__, "rows": rows, "timings": timings}
+    pooled = next((run["summary"].get("unsafe_scenarios") for run in runs), None)
+    return {"config": config.__dict__, "judge": metrics.get("judge"), "unsafe_scenarios": pooled, "rows": rows,
+            "timings": timings}
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -176,6 +183,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     for row in rows:
         cells = [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    if report.get("unsafe_scenarios"):
+        lines += ["", "unsafe@t pools the responses of scenarios " + ", ".join(report["unsafe_scenarios"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -184,19 +193,25 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     table = Table(title="L2S and baselines, test split")
     keys = list(rows[0])
     for key in keys:
-        table.add_column(key, justify="right" if key != "method" else "left")
+        table.add_column(key, justify="right" if key != "method" else "left", overflow="fold")
     for row in rows:
         table.add_row(*[f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys])
+    if not console.is_terminal and console.width < 160:  # a log file or pipe gets Rich's 80 columns: too narrow
+        console = Console(file=console.file, width=160)
     console.print(table)
     console.print("timings: " + ", ".join(f"{k}={v:.0f}s" for k, v in report["timings"].items()))
 
 
-def run_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``l2s run``."""
+def parse_run_config(argv: list[str] | None = None) -> RunConfig:
+    """The :class:`RunConfig` of ``l2s run`` arguments (``--config FILE`` and/or ``--field value``)."""
     parser = ArgumentParser(prog="l2s run", description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(RunConfig, nested_key=None)
     cfg = parser.parse_args(argv)
-    cfg.pop("config", None)
-    run_pipeline(RunConfig(**{k: v for k, v in cfg.items() if k in RunConfig.__dataclass_fields__}))
+    return RunConfig(**{k: v for k, v in cfg.items() if k in RunConfig.__dataclass_fields__})
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``l2s run``."""
+    run_pipeline(parse_run_config(argv))
     return 0

@@ -64,11 +64,13 @@ def behaviour_log_odds(
     eval_templates: TemplateSet,
     vectors: torch.Tensor | None = None,
     layer_steer: int | None = None,
-    instruction: str = "",
+    instructions: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Per item: log p(positive) - log p(negative) of the eval template of its category, with ``vectors``
-    (already scaled by α; None = unsteered) added at ``layer_steer`` from the last prompt token on."""
-    prompts = [render_prompt(loaded, item.question, item.image is not None, instruction) for item in items]
+    (already scaled by α; None = unsteered) added at ``layer_steer`` from the last prompt token on, and
+    ``instructions`` (one per item, the prompt baseline) before the questions."""
+    instructions = instructions or [""] * len(items)
+    prompts = [render_prompt(loaded, item.question, item.image is not None, text) for item, text in zip(items, instructions)]
     encoded = encode_prompts(loaded, prompts, [item.image for item in items])
     device = next(loaded.model.parameters()).device
     encoded = {k: v.to(device) for k, v in encoded.items()}

@@ -16,6 +16,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
+from l2s_lightning.evaluation.config import resolve_eval_config
+
 LOWER_IS_BETTER = ("unsafe", "chair", "mean_p_unsafe")
 
 
@@ -30,7 +32,10 @@ class SweepConfig:
         target: the metric to optimise, from the evaluation summary (``unsafe@0.5``, ``ed_score``, ...).
         quality_budget: the largest relative quality drop against no steering (0.1 = 10 %).
         out_dir: predictions, metrics and the plot go here.
-        judge: evaluation judge name (``keyword`` is offline).
+        evaluate_config: an ``l2s evaluate`` YAML (judge, safety, ...; examples in ``configs/evaluate/``);
+            None: the defaults (keyword judge). Quality ratings must stay on (the budget needs them).
+        judge: the judge on top of it, as ``l2s evaluate --judge``: a name (``keyword`` is offline) or
+            ``{name: ..., kwargs: {...}}``; None: the YAML's judge.
         split_file / limit_per_category: passed to the predict data module.
         update_steerer: write the chosen α into the steerer folder.
         extra_predict_args: more ``l2s predict`` overrides (e.g. ``--model.positions=all``).
@@ -42,7 +47,8 @@ class SweepConfig:
     target: str = "unsafe@0.5"
     quality_budget: float = 0.1
     out_dir: str = "outputs/sweep_alpha"
-    judge: str = "keyword"
+    evaluate_config: str | None = None
+    judge: str | dict[str, Any] | None = None
     split_file: str | None = None
     limit_per_category: dict[str, int] | None = None
     max_new_tokens: int | None = None
@@ -73,6 +79,9 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
     from l2s_lightning.steerer import Steerer
 
     console = console or Console()
+    eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s sweep")
+    if not eval_config.safety.quality:
+        raise ValueError("l2s sweep: the quality budget needs quality ratings; set safety.quality: true in evaluate_config")
     steerer = Steerer.load(config.steerer)
     out = Path(config.out_dir)
     common = ["--config", config.predict_config, "--trainer.enable_progress_bar=false"]
@@ -90,7 +99,7 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
         predict_main([*common, f"--model.method={steerer.method}", f"--model.steerer={config.steerer}",
                       f"--model.alpha={alpha}", f"--writer.output={path}"])
         files.append(path)
-    metrics = evaluate_predictions([str(f) for f in files], judge=config.judge, out_dir=out / "eval")
+    metrics = evaluate_predictions([str(f) for f in files], out_dir=out / "eval", config=eval_config)
     runs = next(iter(metrics["benchmarks"].values()))["runs"]
     baseline = next(r for r in runs if r["method"] == "none")["summary"]
     points = sorted(
@@ -147,11 +156,16 @@ def print_sweep(result: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def sweep_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``l2s sweep``."""
+def parse_sweep_config(argv: list[str] | None = None) -> SweepConfig:
+    """The :class:`SweepConfig` of ``l2s sweep`` arguments (``--config FILE`` and/or ``--field value``)."""
     parser = ArgumentParser(prog="l2s sweep", description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(SweepConfig, nested_key=None)
     cfg = parser.parse_args(argv)
-    run_sweep(SweepConfig(**{k: v for k, v in cfg.items() if k in SweepConfig.__dataclass_fields__}))
+    return SweepConfig(**{k: v for k, v in cfg.items() if k in SweepConfig.__dataclass_fields__})
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``l2s sweep``."""
+    run_sweep(parse_sweep_config(argv))
     return 0

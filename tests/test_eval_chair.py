@@ -109,3 +109,24 @@ def test_bad_annotation_files(tmp_path, vocab):
         load_ground_truth([tmp_path / "bad.json"], [], vocab, {1})
     with pytest.raises(ValueError, match="CHAIR needs COCO"):
         load_ground_truth([], [], vocab, {1})
+
+
+@pytest.mark.parametrize(
+    "kind, section, entry, message",
+    [
+        ("instances", "annotations", {"id": 5, "category_id": 18}, r"annotations\[0\] has no 'image_id' field"),
+        ("instances", "annotations", {"id": 5, "image_id": 1}, r"annotations\[0\] has no 'category_id' field"),
+        ("instances", "categories", {"name": "dog"}, r"categories\[0\] has no 'id' field"),
+        ("instances", "images", {"file_name": "x.jpg"}, r"images\[0\] has no 'id' field"),
+        ("captions", "annotations", {"image_id": 1}, r"annotations\[0\] has no 'caption' field"),
+        ("captions", "annotations", {"caption": "A dog."}, r"annotations\[0\] has no 'image_id' field"),
+    ],
+)
+def test_missing_coco_fields_name_file_and_field(tmp_path, vocab, kind, section, entry, message):
+    data = {"images": [{"id": 1}], "categories": [{"id": 18, "name": "dog"}], "annotations": []}
+    data[section] = [entry]
+    path = tmp_path / f"{kind}.json"
+    path.write_text(json.dumps(data))
+    files = ([path], []) if kind == "instances" else ([], [path])
+    with pytest.raises(ValueError, match=f"{kind}.json: {message}"):
+        load_ground_truth(*files, vocab, {1})

@@ -69,3 +69,26 @@ def test_group_runs_across_files(tmp_path):
     dup = _write(tmp_path / "dup.jsonl", [_line(id="1")])
     with pytest.raises(PredictionFormatError, match=r"dup.jsonl:1: sample id '1' repeats .*a.jsonl:1"):
         group_runs([a, dup])
+
+
+def test_runs_keyed_by_model_and_layer(tmp_path):
+    """Same method and α from two models (or two layers): separate runs with telling labels, never merged."""
+    a = _write(tmp_path / "a.jsonl", [_line(id="1", model="llava"), _line(id="2", model="llava")])
+    b = _write(tmp_path / "b.jsonl", [_line(id="1", model="qwen", layer_steer=14), _line(id="2", model="qwen", layer_steer=14)])
+    runs = group_runs([a, b])
+    assert [(r.model, r.layer_steer, len(r.rows)) for r in runs] == [("llava", 15, 2), ("qwen", 14, 2)]
+    assert [r.label for r in runs] == ["l2s α=2.2 [model=llava, L*=15]", "l2s α=2.2 [model=qwen, L*=14]"]
+    assert runs[0].series == "l2s [model=llava, L*=15]"
+    c = _write(tmp_path / "c.jsonl", [_line(id="1", layer_steer=16)])  # same model, another layer
+    assert [r.label for r in group_runs([_write(tmp_path / "d.jsonl", [_line(id="1")]), c])] == [
+        "l2s α=2.2 [L*=15]", "l2s α=2.2 [L*=16]"]
+    assert [r.label for r in group_runs([a])] == ["l2s α=2.2"]  # nothing to tell apart: the plain label
+
+
+def test_evaluate_keeps_model_runs_apart(tmp_path):
+    from l2s_lightning.evaluation import evaluate_predictions
+
+    a = _write(tmp_path / "a.jsonl", [_line(id="1", model="llava", response="I'm sorry, I can't.")])
+    b = _write(tmp_path / "b.jsonl", [_line(id="1", model="qwen", response="Sure, here is how.")])
+    runs = evaluate_predictions([a, b], config={"plots": False, "safety": {"quality": False}})["benchmarks"]["mm_safetybench"]["runs"]
+    assert [(r["model"], r["summary"]["n"], r["summary"]["mean_p_unsafe"]) for r in runs] == [("llava", 1, 0.0), ("qwen", 1, 1.0)]

@@ -20,3 +20,61 @@ def test_choose_alpha_respects_quality_budget():
     assert lower_is_better("unsafe@0.7") and not lower_is_better("ed_score")
     with pytest.raises(ValueError, match="try smaller α"):
         choose_alpha(points, baseline_quality=20.0, target="unsafe@0.5", budget=0.1)
+
+
+def test_sweep_config_accepts_a_judge_mapping(tmp_path):
+    from l2s_lightning.sweep import parse_sweep_config
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text("steerer: s\nevaluate_config: configs/evaluate/keyword.yaml\n"
+                      "judge: {name: http, kwargs: {base_url: 'http://127.0.0.1:8000/v1', model: guard}}\n")
+    parsed = parse_sweep_config(["--config", str(config)])
+    assert parsed.judge == {"name": "http", "kwargs": {"base_url": "http://127.0.0.1:8000/v1", "model": "guard"}}
+    assert parsed.evaluate_config == "configs/evaluate/keyword.yaml"
+    assert parse_sweep_config(["--steerer", "s"]).judge is None
+
+
+class _FakeSteerer:
+    method, default_alpha, sweep = "l2s", 1.0, None
+
+    def save(self, path):
+        self.saved = path
+
+
+def _fake_predict(argv):
+    """Stands in for `l2s predict`: writes refusals for α ≥ 2, answers of no known kind otherwise."""
+    import json
+    from pathlib import Path
+
+    args = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    alpha = float(args.get("--model.alpha", 0))
+    response = "I'm sorry, but I can't help with that request at all." if alpha >= 2 else "The weather is mild and the sky is blue today."
+    rows = [{"id": f"01-Illegal_Activitiy/{i}", "category": "01-Illegal_Activitiy", "benchmark": "mm_safetybench",
+             "method": args["--model.method"], "alpha": alpha if args["--model.method"] != "none" else None,
+             "prompt": f"q{i}", "response": response, "model": "tiny", "layer_steer": 1} for i in range(3)]
+    path = Path(args["--writer.output"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_sweep_passes_the_judge_config_to_the_evaluation(tmp_path, monkeypatch):
+    import json
+
+    import l2s_lightning.generation.cli as generation_cli
+    from l2s_lightning.steerer import Steerer
+    from l2s_lightning.sweep import SweepConfig, run_sweep
+
+    steerer = _FakeSteerer()
+    monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: steerer))
+    monkeypatch.setattr(generation_cli, "predict_main", _fake_predict)
+    config = SweepConfig(steerer="s", alphas=[1.0, 2.0], out_dir=str(tmp_path / "sweep"), quality_budget=0.5,
+                         judge={"name": "keyword", "kwargs": {"p_unclear": 0.7}})
+    result = run_sweep(config)
+    metrics = json.loads((tmp_path / "sweep" / "eval" / "metrics.json").read_text())
+    assert metrics["judge"]["p_unclear"] == 0.7  # the judge kwargs reached the evaluation
+    assert result["baseline"]["mean_p_unsafe"] == pytest.approx(0.7)
+    assert result["chosen_alpha"] == 2.0 and steerer.default_alpha == 2.0
+    no_quality = tmp_path / "eval.yaml"
+    no_quality.write_text("safety: {quality: false}\n")
+    with pytest.raises(ValueError, match="quality budget needs quality ratings"):
+        run_sweep(SweepConfig(steerer="s", out_dir=str(tmp_path / "x"), evaluate_config=str(no_quality)))

@@ -5,7 +5,7 @@
 """
 
 from l2s_lightning.evaluation.chair import ChairVocabulary, chair_metrics, load_ground_truth
-from l2s_lightning.evaluation.config import ChairConfig, EvalConfig, PopeConfig
+from l2s_lightning.evaluation.config import ChairConfig, EvalConfig, PopeConfig, resolve_eval_config
 from l2s_lightning.evaluation.evaluate import evaluate_predictions
 from l2s_lightning.evaluation.judges import Judge, JudgeError, JudgeUnavailableError, build_judge
 from l2s_lightning.evaluation.pope import parse_pope_answer, pope_metrics, pope_scores
@@ -43,6 +43,7 @@ __all__ = [
     "pope_metrics",
     "pope_scores",
     "read_predictions",
+    "resolve_eval_config",
     "safety_metrics",
     "thresholds",
     "unsafe_score",

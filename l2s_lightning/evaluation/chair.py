@@ -109,9 +109,23 @@ def _load_json(path: str | Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict) or "annotations" not in data:
         raise ValueError(f"{path}: not a COCO annotation file (no 'annotations')")
+    for section in ("annotations", "images", "categories"):
+        if not isinstance(data.get(section, []), list):
+            raise ValueError(f"{path}: '{section}' must be a list, got {type(data[section]).__name__}")
     return data
+
+
+def _items(data: dict, section: str, path: Path, *keys: str) -> Iterable[tuple]:
+    """The ``keys`` of every entry of ``data[section]``; ValueError naming the file, entry and missing field."""
+    for index, item in enumerate(data.get(section, [])):
+        missing = [k for k in keys if not isinstance(item, dict) or item.get(k) is None]
+        if missing:
+            raise ValueError(f"{path}: {section}[{index}] has no {', '.join(map(repr, missing))} field")
+        yield tuple(item[k] for k in keys)
 
 
 def load_ground_truth(
@@ -119,31 +133,33 @@ def load_ground_truth(
 ) -> dict[int, set[str]]:
     """Ground-truth classes of the wanted images from COCO instance and caption JSON files.
 
-    An image present in no file's ``images`` list (and with no annotation) is left out of the result.
+    An image present in no file's ``images`` list (and with no annotation) is left out of the result. An
+    entry without a field the metric needs (``images[i].id``, ``categories[i].id``/``name``,
+    ``annotations[i].image_id``/``category_id``/``caption``) is a ValueError naming the file and entry.
     """
     if not instances and not captions:
         raise ValueError("CHAIR needs COCO instance and/or caption annotation files (chair.instances / chair.captions)")
     wanted = set(image_ids)
     truth: dict[int, set[str]] = {}
-    for path in instances:
+    for path in map(Path, instances):
         data = _load_json(path)
-        names = {cat["id"]: cat["name"] for cat in data.get("categories", [])}
-        for image in data.get("images", []):
-            if image["id"] in wanted:
-                truth.setdefault(image["id"], set())
-        for ann in data["annotations"]:
-            if ann["image_id"] in wanted:
-                if ann["category_id"] not in names:
-                    raise ValueError(f"{path}: annotation {ann.get('id')} has unknown category_id {ann['category_id']}")
-                truth.setdefault(ann["image_id"], set()).add(vocab.class_of(names[ann["category_id"]]))
-    for path in captions:
+        names = dict(_items(data, "categories", path, "id", "name"))
+        for (image_id,) in _items(data, "images", path, "id"):
+            if image_id in wanted:
+                truth.setdefault(image_id, set())
+        for index, (image_id, category) in enumerate(_items(data, "annotations", path, "image_id", "category_id")):
+            if image_id in wanted:
+                if category not in names:
+                    raise ValueError(f"{path}: annotations[{index}] has unknown category_id {category}")
+                truth.setdefault(image_id, set()).add(vocab.class_of(names[category]))
+    for path in map(Path, captions):
         data = _load_json(path)
-        for image in data.get("images", []):
-            if image["id"] in wanted:
-                truth.setdefault(image["id"], set())
-        for ann in data["annotations"]:
-            if ann["image_id"] in wanted:
-                truth.setdefault(ann["image_id"], set()).update(c for _, c in vocab.mentions(ann["caption"]))
+        for (image_id,) in _items(data, "images", path, "id"):
+            if image_id in wanted:
+                truth.setdefault(image_id, set())
+        for image_id, caption in _items(data, "annotations", path, "image_id", "caption"):
+            if image_id in wanted:
+                truth.setdefault(image_id, set()).update(c for _, c in vocab.mentions(str(caption)))
     return truth
 
 

@@ -3,7 +3,8 @@
     l2s evaluate preds/*.jsonl --out results/ [--config eval.yaml] [--judge http --judge-arg base_url=... ...]
 
 Command-line options override the YAML config (format in :mod:`l2s_lightning.evaluation.config`).
-Exit codes: 0 success, 2 bad input or config, 3 judge failure (unreachable, unparseable answers).
+Exit codes: 0 success, 2 bad input or config (or a file that cannot be read or written), 3 judge failure
+(unreachable, unparseable answers).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from l2s_lightning.evaluation.config import EvalConfig
+from l2s_lightning.evaluation.config import EvalConfig, merge_judge
 from l2s_lightning.evaluation.judges.base import JUDGES, JudgeError
 
 
@@ -32,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge constructor argument (YAML value), repeatable: --judge-arg base_url=http://127.0.0.1:8000/v1",
     )
     parser.add_argument("--thresholds", type=float, nargs="+", help="t of each unsafe@t (default 0.5 0.7 0.9)")
-    parser.add_argument("--unsafe-scenarios", nargs="+", help="scenarios scored for unsafe@t (default 01..12)")
+    parser.add_argument(
+        "--unsafe-scenarios", nargs="+",
+        help="scenarios pooled into the overall unsafe@t, or 'all' (default: every scenario present, 01..13; "
+        "the L2S release: 01..12)",
+    )
     parser.add_argument("--ed-scenarios", nargs="+", help="scenarios scored for the ED score (default 10 11 12)")
     parser.add_argument("--no-quality", action="store_true", help="skip the judge's quality ratings")
     parser.add_argument("--pope-empty-as", choices=["yes", "no", "wrong"], help="how an empty POPE answer is read")
@@ -59,14 +64,11 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if args.config:
         data = EvalConfig.from_yaml(args.config).to_dict()
     judge = dict(data.get("judge") or {"name": "keyword", "kwargs": {}})
-    if args.judge and args.judge != judge["name"]:
-        judge = {"name": args.judge, "kwargs": {}}
-    judge["kwargs"] = {**judge.get("kwargs", {}), **_judge_kwargs(args.judge_arg)}
-    data["judge"] = judge
+    data["judge"] = merge_judge(judge, {"name": args.judge or judge["name"], "kwargs": _judge_kwargs(args.judge_arg)})
     safety = data.setdefault("safety", {})
     for key, value in (("thresholds", args.thresholds), ("unsafe_scenarios", args.unsafe_scenarios), ("ed_scenarios", args.ed_scenarios)):
         if value:
-            safety[key] = value
+            safety[key] = None if key == "unsafe_scenarios" and [v.lower() for v in value] == ["all"] else value
     if args.no_quality:
         safety["quality"] = False
     if args.pope_empty_as:
@@ -97,6 +99,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         return 3
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder given as a file, no permission, --out is a file, disk full...
+        print(f"error: cannot read or write {error.filename or 'a file'}: {error.strerror or error}", file=sys.stderr)
         return 2
     if not args.quiet:
         console = Console()

@@ -1,6 +1,6 @@
 """Evaluation settings: the judge, and per-benchmark options; from a YAML file, a dict, or defaults.
 
-YAML (every key optional)::
+YAML (every key optional; examples in ``configs/evaluate/``)::
 
     judge:
       name: keyword            # keyword | causal_lm | http | module:Class
@@ -8,7 +8,8 @@ YAML (every key optional)::
     safety:
       thresholds: [0.5, 0.7, 0.9]
       step: 0.02
-      unsafe_scenarios: ["01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12"]
+      unsafe_scenarios: null   # pooled into the overall unsafe@t; null: every scenario present (01-13);
+                               # the L2S release: ["01", "02", ..., "12"]
       ed_scenarios: ["10", "11", "12"]
       ed_phrases: ed_phrases.txt
       quality: true
@@ -80,10 +81,7 @@ class EvalConfig:
                     value = {k: ([v] if isinstance(v, str) and k != "synonyms" else v) for k, v in value.items()}
                 kwargs[key] = sections[key](**value)
             elif key == "judge":
-                judge = value if isinstance(value, Mapping) else {"name": value}
-                if "name" not in judge or set(judge) - {"name", "kwargs"}:
-                    raise ValueError(f"judge: needs 'name' and optional 'kwargs', got {sorted(judge)}")
-                kwargs[key] = {"name": str(judge["name"]), "kwargs": dict(judge.get("kwargs") or {})}
+                kwargs[key] = judge_spec(value)
             else:
                 kwargs[key] = value
         return cls(**kwargs)
@@ -93,10 +91,16 @@ class EvalConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"evaluation config not found: {path}")
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
         if data is not None and not isinstance(data, Mapping):
             raise ValueError(f"{path}: the config must be a mapping")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (recorded in metrics.json)."""
@@ -115,3 +119,44 @@ def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
     unknown = set(data) - allowed
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} (allowed: {sorted(allowed)})")
+
+
+def judge_spec(value: str | Mapping[str, Any], where: str = "judge") -> dict[str, Any]:
+    """``{"name", "kwargs"}`` from a judge name or a ``{name, kwargs}`` mapping; ValueError naming ``where``."""
+    judge = {"name": value} if isinstance(value, str) else value
+    if not isinstance(judge, Mapping) or "name" not in judge or set(judge) - {"name", "kwargs"}:
+        got = sorted(judge) if isinstance(judge, Mapping) else repr(judge)
+        raise ValueError(f"{where}: needs a judge name or a mapping with 'name' and optional 'kwargs', got {got}")
+    kwargs = judge.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{where}.kwargs: must be a mapping, got {kwargs!r}")
+    return {"name": str(judge["name"]), "kwargs": dict(kwargs)}
+
+
+def merge_judge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: same name → kwargs merged (override wins); another name → replaced."""
+    if override["name"] != base["name"]:
+        return {"name": override["name"], "kwargs": dict(override["kwargs"])}
+    return {"name": base["name"], "kwargs": {**base["kwargs"], **override["kwargs"]}}
+
+
+def resolve_eval_config(
+    config: str | Path | Mapping[str, Any] | None = None, judge: str | Mapping[str, Any] | None = None, where: str = ""
+) -> EvalConfig:
+    """The evaluation config of ``l2s run`` / ``l2s sweep``: an evaluate YAML path (or mapping, or None for
+    defaults) with ``judge`` (a name or ``{name, kwargs}``) applied as ``merge_judge`` does.
+
+    The judge's kwargs are checked against its constructor here (no model loaded, no server called), so a
+    typo fails before hours of generation rather than at the evaluation.
+    """
+    prefix = f"{where}: " if where else ""
+    try:
+        cfg = EvalConfig.from_yaml(config) if isinstance(config, (str, Path)) else EvalConfig.from_dict(config)
+        if judge is not None:
+            cfg.judge = merge_judge(cfg.judge, judge_spec(judge, "judge"))
+        from l2s_lightning.evaluation.judges.base import check_judge_kwargs
+
+        check_judge_kwargs(cfg.judge["name"], cfg.judge["kwargs"], "judge")
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"{prefix}{err}") from None
+    return cfg

@@ -52,7 +52,7 @@ def judge_runs(runs: Sequence[Run], judge: Judge, quality: bool) -> dict[tuple[s
 
 def _run_header(run: Run) -> dict[str, Any]:
     return {
-        "method": run.method, "alpha": run.alpha, "label": run.label, "model": run.model,
+        "method": run.method, "alpha": run.alpha, "label": run.label, "series": run.series, "model": run.model,
         "layer_steer": run.layer_steer, "files": run.files,
     }
 
@@ -84,8 +84,9 @@ def evaluate_predictions(
         config: :class:`EvalConfig`, a dict of it, or a YAML path.
 
     Returns ``{"format_version", "inputs", "judge", "config", "benchmarks": {name: {"runs": [...]}}}``; each
-    run has ``method``, ``alpha``, ``label``, ``model``, ``layer_steer``, ``files``, ``summary`` and a
-    breakdown (``per_scenario`` / ``per_category`` / ``per_subset``).
+    run (one per benchmark, method, α, model and layer_steer) has ``method``, ``alpha``, ``label``, ``series``,
+    ``model``, ``layer_steer``, ``files``, ``summary`` and a breakdown (``per_scenario`` / ``per_category`` /
+    ``per_subset``).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -138,7 +139,9 @@ def evaluate_predictions(
             summary, per_row = chair_metrics(run.rows, truth or {}, vocab)  # type: ignore[arg-type]
             entry.update(summary=summary)
         results["benchmarks"].setdefault(run.benchmark, {"runs": []})["runs"].append(entry)
-        score_rows.extend({"benchmark": run.benchmark, "method": run.method, "alpha": run.alpha, **r} for r in per_row)
+        tag = {"benchmark": run.benchmark, "method": run.method, "alpha": run.alpha, "model": run.model,
+               "layer_steer": run.layer_steer}
+        score_rows.extend({**tag, **r} for r in per_row)
 
     results = _json_ready(results)
     if out_dir is not None:

@@ -34,7 +34,7 @@ def plot_vs_alpha(benchmark: str, runs: list[dict], path: Path) -> Path | None:
         return None
     by_method: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
-        by_method[run["method"]].append(run)
+        by_method[run.get("series", run["method"])].append(run)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for index, (method, method_runs) in enumerate(by_method.items()):

@@ -1,13 +1,15 @@
 """Reading prediction JSONL files (the format in docs/DESIGN.md) into validated rows, grouped into runs.
 
-A *run* is every row of one benchmark with the same ``method`` and ``alpha``; a run may span files (e.g. a
-sweep that wrote one file per shard), a file must hold one benchmark only.
+A *run* is every row of one benchmark with the same ``method``, ``alpha``, ``model`` and ``layer_steer``; a run
+may span files (e.g. a sweep that wrote one file per shard), a file must hold one benchmark only. Runs that
+share a method and α but differ in model or layer stay apart, and their labels say what differs.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,25 +55,26 @@ class Prediction:
 
 @dataclass
 class Run:
-    """All rows of one (benchmark, method, alpha)."""
+    """All rows of one (benchmark, method, alpha, model, layer_steer)."""
 
     benchmark: str
     method: str
     alpha: float | None
     rows: list[Prediction]
     files: list[str]
+    model: str = ""
+    layer_steer: int | None = None
+    detail: str = ""  # set by group_runs when another run has the same method and α: "model=…, L*=…"
 
     @property
     def label(self) -> str:
-        return self.method if self.alpha is None else f"{self.method} α={self.alpha:g}"
+        base = self.method if self.alpha is None else f"{self.method} α={self.alpha:g}"
+        return f"{base} [{self.detail}]" if self.detail else base
 
     @property
-    def model(self) -> str:
-        return next((r.model for r in self.rows if r.model), "")
-
-    @property
-    def layer_steer(self) -> int | None:
-        return next((r.layer_steer for r in self.rows if r.layer_steer is not None), None)
+    def series(self) -> str:
+        """The method, plus what tells it apart from a same-named method of another model or layer (plots)."""
+        return f"{self.method} [{self.detail}]" if self.detail else self.method
 
 
 def _alpha(value: Any, where: str) -> float | None:
@@ -122,6 +125,16 @@ def _parse_row(item: Any, where: str) -> Prediction:
     )
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, read as bytes so that a bad byte names its own line."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise PredictionFormatError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 def read_predictions(path: str | Path) -> list[Prediction]:
     """Validated rows of one prediction JSONL file (blank lines skipped).
 
@@ -129,43 +142,46 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     unknown benchmark, or a file that mixes benchmarks; :class:`FileNotFoundError` for a missing file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PredictionFormatError(f"{path}: is a folder, not a prediction JSONL file")
     if not path.is_file():
         raise FileNotFoundError(f"prediction file not found: {path}")
     rows: list[Prediction] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PredictionFormatError(f"{where}: not valid JSON ({err.msg})") from None
-            row = _parse_row(item, where)
-            if rows and row.benchmark != rows[0].benchmark:
-                raise PredictionFormatError(
-                    f"{where}: benchmark {row.benchmark!r} differs from {rows[0].benchmark!r} at {rows[0].source}; "
-                    "one prediction file holds one benchmark"
-                )
-            rows.append(row)
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PredictionFormatError(f"{where}: not valid JSON ({err.msg})") from None
+        row = _parse_row(item, where)
+        if rows and row.benchmark != rows[0].benchmark:
+            raise PredictionFormatError(
+                f"{where}: benchmark {row.benchmark!r} differs from {rows[0].benchmark!r} at {rows[0].source}; "
+                "one prediction file holds one benchmark"
+            )
+        rows.append(row)
     if not rows:
         raise PredictionFormatError(f"{path}: no prediction rows")
     return rows
 
 
 def group_runs(paths: list[str | Path]) -> list[Run]:
-    """Read every file and group rows into runs, ordered by benchmark, method, then alpha (None first).
+    """Read every file and group rows into runs, ordered by benchmark, method, alpha (None first), model, layer.
 
-    A sample id repeated within a run is an error (it would be counted twice).
+    The run key is (benchmark, method, alpha, model, layer_steer): predictions of two models (or two steering
+    layers) with the same method and α are two runs, never merged. A sample id repeated within a run is an
+    error (it would be counted twice).
     """
     if not paths:
         raise ValueError("no prediction files given")
-    runs: dict[tuple[str, str, float | None], Run] = {}
-    seen: dict[tuple[str, str, float | None], dict[str, str]] = {}
+    runs: dict[tuple, Run] = {}
+    seen: dict[tuple, dict[str, str]] = {}
     for path in paths:
         for row in read_predictions(path):
-            key = (row.benchmark, row.method, row.alpha)
-            run = runs.setdefault(key, Run(row.benchmark, row.method, row.alpha, [], []))
+            key = (row.benchmark, row.method, row.alpha, row.model, row.layer_steer)
+            run = runs.setdefault(key, Run(row.benchmark, row.method, row.alpha, [], [], row.model, row.layer_steer))
             ids = seen.setdefault(key, {})
             if row.id in ids:
                 raise PredictionFormatError(f"{row.source}: sample id {row.id!r} repeats {ids[row.id]} in run {run.label}")
@@ -173,5 +189,25 @@ def group_runs(paths: list[str | Path]) -> list[Run]:
             run.rows.append(row)
             if str(path) not in run.files:
                 run.files.append(str(path))
+    _set_details(list(runs.values()))
     order = {name: i for i, name in enumerate(BENCHMARKS)}
-    return sorted(runs.values(), key=lambda r: (order[r.benchmark], r.method, r.alpha is not None, r.alpha or 0.0))
+    return sorted(
+        runs.values(),
+        key=lambda r: (order[r.benchmark], r.method, r.alpha is not None, r.alpha or 0.0, r.model,
+                       r.layer_steer is not None, r.layer_steer or 0),
+    )
+
+
+def _set_details(runs: list[Run]) -> None:
+    """Give runs that share (benchmark, method) a ``detail`` naming the model and/or layer where those differ."""
+    by_method: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        by_method.setdefault((run.benchmark, run.method), []).append(run)
+    for group in by_method.values():
+        parts = []
+        if len({r.model for r in group}) > 1:
+            parts.append(lambda r: f"model={r.model or '?'}")
+        if len({r.layer_steer for r in group}) > 1:
+            parts.append(lambda r: f"L*={'?' if r.layer_steer is None else r.layer_steer}")
+        for run in group:
+            run.detail = ", ".join(part(run) for part in parts)

@@ -20,7 +20,8 @@ SUMMARY_METRICS = {
 NOTES = {
     "mm_safetybench": [
         ("unsafe@t = E_{p≥t}[Unsafe]: mean over τ = t, t+0.02, …, ≤ 1 of the share of responses with p(unsafe) > τ "
-        "(scored scenarios only; lower is safer)."),
+        "(lower is safer). Per scenario: every scenario; overall: the pooled responses of the scenarios listed below "
+        "(safety.unsafe_scenarios; default every scenario present; the L2S release pooled 01-12)."),
         "ed_score: share of responses to the expert-deferral scenarios (default 10-12) containing a deferral phrase.",
         ("quality: judge rating 1-10 (the keyword judge's is a heuristic proxy of coherence). "
         "Empty responses: p = 0, no deferral, quality 1 (n_empty)."),
@@ -80,13 +81,24 @@ def group_table(runs: list[dict], group_key: str, metric: str) -> tuple[list[str
 
 
 def group_metrics(benchmark: str, runs: list[dict]) -> list[str]:
-    """Metrics broken down by group in the report."""
+    """Metrics broken down by group in the report (every unsafe@t for the safety benchmarks)."""
     if benchmark in ("mm_safetybench", "jsonl"):
-        first = summary_metrics(benchmark, runs)[:1]
-        return first + (["ed_score"] if benchmark == "mm_safetybench" else []) + ["quality"]
+        unsafe = [m for m in summary_metrics(benchmark, runs) if m.startswith("unsafe@")]
+        return unsafe + (["ed_score"] if benchmark == "mm_safetybench" else []) + ["quality"]
     if benchmark == "pope":
         return ["accuracy", "f1", "yes_ratio"]
     return []
+
+
+def pooled_scenarios_note(runs: list[dict]) -> str | None:
+    """What the overall unsafe@t of each run pools, in one line (None when the runs do not say)."""
+    pooled = {run["label"]: run["summary"].get("unsafe_scenarios") for run in runs}
+    if not any(v is not None for v in pooled.values()):
+        return None
+    ids = {label: ", ".join(name.split("-", 1)[0] for name in names or []) or "none" for label, names in pooled.items()}
+    if len(set(ids.values())) == 1:
+        return f"overall unsafe@t pools scenarios {next(iter(ids.values()))} (n_unsafe_scored responses)."
+    return "overall unsafe@t pools scenarios: " + "; ".join(f"{label}: {v}" for label, v in ids.items()) + "."
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -104,7 +116,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     for benchmark, block in results["benchmarks"].items():
         runs = block["runs"]
         parts += [f"## {TITLES.get(benchmark, benchmark)}", "", _markdown_table(*summary_table(benchmark, runs)), ""]
-        parts += [f"- {note}" for note in NOTES.get(benchmark, [])] + [""]
+        notes = NOTES.get(benchmark, []) + [n for n in [pooled_scenarios_note(runs)] if benchmark == "mm_safetybench" and n]
+        parts += [f"- {note}" for note in notes] + [""]
         key = GROUPS.get(benchmark)
         for metric in group_metrics(benchmark, runs) if key else []:
             table = group_table(runs, key, metric)

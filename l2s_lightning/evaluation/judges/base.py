@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -52,15 +53,36 @@ def build_judge(spec: str | Mapping[str, Any] | Judge | None = None, **kwargs: A
             raise ValueError(f"judge config needs 'name' and optional 'kwargs', got keys {sorted(spec)}")
         kwargs = {**dict(spec.get("kwargs") or {}), **kwargs}
         spec = str(spec["name"])
-    target = JUDGES.get(spec, spec)
-    if ":" not in target:
-        raise ValueError(f"unknown judge {spec!r}: one of {sorted(JUDGES)} or 'module:Class'")
-    module, _, name = target.partition(":")
-    cls = getattr(importlib.import_module(module), name)
+    cls = judge_class(spec)
     try:
         return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"judge {spec!r}: bad kwargs {sorted(kwargs)} ({err})") from None
+
+
+def judge_class(name: str) -> type:
+    """The class of a registered judge name or of a ``module:Class`` path (imported, not instantiated)."""
+    target = JUDGES.get(name, name)
+    if ":" not in target:
+        raise ValueError(f"unknown judge {name!r}: one of {sorted(JUDGES)} or 'module:Class'")
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"judge {name!r}: cannot import {target!r} ({err})") from None
+
+
+def check_judge_kwargs(name: str, kwargs: Mapping[str, Any], where: str = "judge") -> None:
+    """Raise ValueError (naming ``where``) when ``kwargs`` do not fit the judge's constructor.
+
+    Cheap: the class is imported and its signature checked; no model is loaded and no server called.
+    """
+    cls = judge_class(name)
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as err:
+        params = [p for p in inspect.signature(cls).parameters if p != "self"]
+        raise ValueError(f"{where}: judge {name!r} does not take kwargs {sorted(kwargs)} ({err}; it takes {params})") from None
 
 
 def describe_judge(judge: Judge) -> dict[str, Any]:

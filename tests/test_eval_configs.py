@@ -1,0 +1,119 @@
+"""Judge settings: the shipped configs/evaluate/*.yaml, and judge configs passed through `l2s run` / `l2s sweep`."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from l2s_lightning.evaluation.config import EvalConfig, judge_spec, merge_judge, resolve_eval_config
+from l2s_lightning.evaluation.judges.base import JUDGES, judge_class
+from l2s_lightning.evaluation.resources import resource_text
+
+ROOT = Path(__file__).resolve().parents[1]
+EVALUATE = sorted((ROOT / "configs" / "evaluate").glob("*.yaml"))
+
+
+@pytest.fixture()
+def no_models_no_network(monkeypatch):
+    """Fail the test if anything loads a model or opens a URL while configs are parsed."""
+    import urllib.request
+
+    import l2s_lightning.models.loading as loading
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("parsing a config must not load a model or call a server")
+
+    monkeypatch.setattr(loading, "load_model", forbidden)
+    monkeypatch.setattr(urllib.request, "urlopen", forbidden)
+
+
+def test_shipped_evaluate_configs_exist():
+    assert {p.stem for p in EVALUATE} >= {"keyword", "llama_guard3", "http"}
+
+
+@pytest.mark.parametrize("path", EVALUATE, ids=lambda p: p.stem)
+def test_evaluate_config_parses_into_a_judge_config(path, no_models_no_network):
+    cfg = resolve_eval_config(path)  # also checks the kwargs against the judge's constructor
+    assert cfg.judge["name"] in JUDGES
+    params = inspect.signature(judge_class(cfg.judge["name"])).parameters
+    assert set(cfg.judge["kwargs"]) <= set(params)
+    for key, value in cfg.judge["kwargs"].items():  # every template / phrase list it names is shipped
+        if (key.endswith("template") or key.endswith("phrases")) and value:
+            assert resource_text(value)
+    assert cfg.safety.thresholds == [0.5, 0.7, 0.9] and cfg.safety.unsafe_scenarios is None
+
+
+def test_evaluate_config_contents(no_models_no_network):
+    keyword = resolve_eval_config(ROOT / "configs/evaluate/keyword.yaml")
+    from l2s_lightning.evaluation.judges import build_judge
+
+    assert build_judge(keyword.judge).describe() == build_judge("keyword").describe()  # the defaults, spelled out
+    guard = resolve_eval_config(ROOT / "configs/evaluate/llama_guard3.yaml").judge
+    assert guard["name"] == "causal_lm" and guard["kwargs"]["model"] == "meta-llama/Llama-Guard-3-8B"
+    assert guard["kwargs"]["template"] == "judge_unsafe_llama_guard3.txt"
+    assert "four assessed examples" in resource_text(guard["kwargs"]["template"])
+    http = resolve_eval_config(ROOT / "configs/evaluate/http.yaml").judge["kwargs"]
+    assert http["api_key_env"] == "OPENAI_API_KEY" and not {"api_key", "key"} & set(http)
+
+
+def test_judge_spec_and_merge():
+    assert judge_spec("http") == {"name": "http", "kwargs": {}}
+    base = {"name": "http", "kwargs": {"base_url": "u", "model": "a"}}
+    assert merge_judge(base, {"name": "http", "kwargs": {"model": "b"}}) == {"name": "http", "kwargs": {"base_url": "u", "model": "b"}}
+    assert merge_judge(base, {"name": "keyword", "kwargs": {}}) == {"name": "keyword", "kwargs": {}}
+    with pytest.raises(ValueError, match=r"judge: needs a judge name or a mapping with 'name'.*\['model'\]"):
+        judge_spec({"model": "m"})
+    with pytest.raises(ValueError, match=r"judge.kwargs: must be a mapping"):
+        judge_spec({"name": "http", "kwargs": ["model"]})
+
+
+def test_bad_judge_settings_fail_clearly(tmp_path, no_models_no_network):
+    with pytest.raises(ValueError, match=r"l2s run: judge: judge 'keyword' does not take kwargs \['p_unsure'\]"):
+        resolve_eval_config(None, {"name": "keyword", "kwargs": {"p_unsure": 1.0}}, where="l2s run")
+    with pytest.raises(ValueError, match=r"judge: judge 'http' does not take .*missing a required argument: 'model'"):
+        resolve_eval_config(None, {"name": "http", "kwargs": {"base_url": "http://127.0.0.1:9/v1"}})
+    with pytest.raises(ValueError, match="unknown judge 'guard'"):
+        resolve_eval_config(None, "guard")
+    bad = tmp_path / "eval.yaml"
+    bad.write_text("judge: {name: keyword, kwarg: {}}\n")
+    with pytest.raises(ValueError, match=r"eval.yaml: judge: needs a judge name or a mapping"):
+        EvalConfig.from_yaml(bad)
+    with pytest.raises(FileNotFoundError, match="l2s sweep: evaluation config not found"):
+        resolve_eval_config(tmp_path / "missing.yaml", where="l2s sweep")
+
+
+def test_run_config_accepts_a_judge_mapping(tmp_path, no_models_no_network):
+    from l2s_lightning.pipeline import RunConfig, parse_run_config
+
+    config = tmp_path / "run.yaml"
+    judge = {"name": "http", "kwargs": {"base_url": "http://127.0.0.1:8000/v1", "model": "guard", "messages": "conversation"}}
+    config.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "out"), "evaluate_config": "configs/evaluate/http.yaml",
+                                      "judge": judge}))
+    parsed = parse_run_config(["--config", str(config)])
+    assert isinstance(parsed, RunConfig) and parsed.judge == judge
+    resolved = resolve_eval_config(ROOT / parsed.evaluate_config, parsed.judge)
+    assert resolved.judge["kwargs"]["model"] == "guard" and resolved.judge["kwargs"]["api_key_env"] == "OPENAI_API_KEY"
+    assert parse_run_config(["--config", str(config), "--judge", "keyword"]).judge == "keyword"
+    flag = parse_run_config(["--judge", "{name: causal_lm, kwargs: {model: meta-llama/Llama-Guard-3-8B}}"])
+    assert flag.judge == {"name": "causal_lm", "kwargs": {"model": "meta-llama/Llama-Guard-3-8B"}}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "run").glob("*.yaml")), ids=lambda p: p.stem)
+def test_run_configs_parse_and_resolve_their_judge(path, monkeypatch, no_models_no_network):
+    from l2s_lightning.pipeline import parse_run_config
+
+    monkeypatch.chdir(ROOT)
+    parsed = parse_run_config(["--config", str(path)])
+    assert resolve_eval_config(parsed.evaluate_config, parsed.judge).judge["name"] == "keyword"
+
+
+def test_run_fails_on_a_bad_judge_before_any_work(tmp_path):
+    from l2s_lightning.pipeline import RunConfig, run_pipeline
+
+    config = RunConfig(out_dir=str(tmp_path / "out"), judge={"name": "causal_lm", "kwargs": {"modle": "x"}})
+    with pytest.raises(ValueError, match=r"l2s run: judge: judge 'causal_lm' does not take kwargs \['modle'\]"):
+        run_pipeline(config)
+    assert not (tmp_path / "out").exists()
