@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentParser, ActionConfigFile
 from rich.console import Console
 from rich.table import Table
 
+from l2s_lightning.cli import parse_dataclass_config
 from l2s_lightning.evaluation.config import resolve_eval_config
 from l2s_lightning.steerer import Steerer
 
@@ -204,11 +204,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 
 def parse_run_config(argv: list[str] | None = None) -> RunConfig:
     """The :class:`RunConfig` of ``l2s run`` arguments (``--config FILE`` and/or ``--field value``)."""
-    parser = ArgumentParser(prog="l2s run", description=__doc__)
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_class_arguments(RunConfig, nested_key=None)
-    cfg = parser.parse_args(argv)
-    return RunConfig(**{k: v for k, v in cfg.items() if k in RunConfig.__dataclass_fields__})
+    return parse_dataclass_config(RunConfig, "l2s run", __doc__, argv)
 
 
 def run_main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.table import Table
 
+from l2s_lightning.cli import parse_dataclass_config
 from l2s_lightning.evaluation.config import resolve_eval_config
 
 LOWER_IS_BETTER = ("unsafe", "chair", "mean_p_unsafe")
@@ -158,11 +158,7 @@ def print_sweep(result: dict[str, Any], console: Console) -> None:
 
 def parse_sweep_config(argv: list[str] | None = None) -> SweepConfig:
     """The :class:`SweepConfig` of ``l2s sweep`` arguments (``--config FILE`` and/or ``--field value``)."""
-    parser = ArgumentParser(prog="l2s sweep", description=__doc__)
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_class_arguments(SweepConfig, nested_key=None)
-    cfg = parser.parse_args(argv)
-    return SweepConfig(**{k: v for k, v in cfg.items() if k in SweepConfig.__dataclass_fields__})
+    return parse_dataclass_config(SweepConfig, "l2s sweep", __doc__, argv)
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
