@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark for one kind of machine; figures merged into bench/results/<machine>.json.
-#   bash bench/run_all.sh cpu                     # ~3 min on 2 cores (SmolLM2 real weights + tiny shape)
+#   bash bench/run_all.sh cpu                     # ~8 min on 2 cores (SmolLM2 real weights + tiny shape)
 #   bash bench/run_all.sh gpu                     # ~11 min on an H100 (LLaVA-1.5-7B shape, random bf16)
 #   bash bench/run_all.sh gpu extraction          # ~2.5 min of it
 #   bash bench/run_all.sh gpu generation          # ~8 min of it
@@ -24,7 +24,7 @@ case "$kind" in
       run bench/extraction.py --shape tiny --threads 1 --batch-size auto --n-samples 32 --n-reference 8
     fi
     if [[ "$part" == all || "$part" == generation ]]; then
-      run bench/generation.py --model smollm2 --threads 1 --batch-sizes 1,8 --new-tokens 32 --paths dynamic,static --repeats 5
+      run bench/generation.py --model smollm2 --threads 1 --batch-sizes 1,8 --new-tokens 16 --paths dynamic,static --repeats 15
     fi
     ;;
   gpu)
