@@ -15,8 +15,8 @@ The steerer is duck-typed: ``layer_steer``, ``layer_context``, ``hidden_size``, 
 need the context (mean, per-behaviour mean, random, oracle) is still given h, read at L* instead of L',
 for the batch size, device and dtype. Before any hook is added, a steerer's optional
 ``check_inputs(behaviours=, sample_ids=)`` is called (a :class:`~l2s_lightning.steerer.Steerer` refuses
-behaviours / sample ids it has no vector for), and a ``Steerer`` is moved once to the device and dtype of
-the block it reads h from (:meth:`~l2s_lightning.steerer.Steerer.to`), so no h goes to the CPU per batch.
+behaviours / sample ids it has no vector for). ``Steerer.vectors`` moves its MLP / stored vectors to h's
+device and dtype at the first prefill and keeps them there, so no h goes to the CPU per batch.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ import torch
 from torch import nn
 
 from l2s_lightning.models.layers import hidden_size, layer_output, validate_layers
-from l2s_lightning.steerer import Steerer
 from l2s_lightning.steering.hook import (
-    POSITIONS, Positions, PrefillTracker, SteeringHook, block_like, check_alpha, enable_hook_guards, register_hook,
+    POSITIONS, Positions, PrefillTracker, SteeringHook, check_alpha, enable_hook_guards, register_hook,
 )
 
 
@@ -107,8 +106,5 @@ def attach_steerer(
     hook = SteeringHook(None, alpha, mode)
     capture = ContextCapture(steerer, hook, behaviours, sample_ids)
     capture_layer = steerer.layer_context if needs_context else steerer.layer_steer
-    like = block_like(model, capture_layer)
-    if isinstance(steerer, Steerer) and like is not None:  # once, where h lives (a no-op when already there)
-        steerer.to(like.device, like.dtype)
     with register_hook(model, capture_layer, capture), register_hook(model, steerer.layer_steer, hook):
         yield capture
