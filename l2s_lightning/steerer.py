@@ -120,7 +120,8 @@ class Steerer:
         if self.method == "mean_ba" and behaviours is not None:
             unknown = sorted(set(behaviours) - set(self.behaviours))
             if unknown:
-                raise ValueError(f"mean_ba steerer has no vector for behaviour(s) {unknown}; it knows {self.behaviours}")
+                examples = f" (samples e.g. {[i for i, b in zip(sample_ids, behaviours) if b in unknown][:3]})" if sample_ids else ""
+                raise ValueError(f"mean_ba steerer has no vector for behaviour(s) {unknown}{examples}; it knows {self.behaviours}")
         if self.method == "p2s_oracle" and sample_ids is not None:
             unknown = [s for s in sample_ids if s not in self._oracle_index]
             if unknown:

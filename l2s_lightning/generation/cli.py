@@ -34,23 +34,15 @@ def check_rows(module: SteeredGenerationModule, data: PromptDataModule, rows: li
                 f"behaviour(s) {missing} have no instruction, so the prompt baseline would equal `none`: add a "
                 "prompt_baseline or an instruction to each behaviour"
             )
-    steerer, folder = module.steerer, module.hparams.steerer
-    if module.method == "mean_ba":
-        unknown = sorted({r["behaviour"] for r in rows} - set(steerer.behaviours))
-        if unknown:
-            examples = [r["id"] for r in rows if r["behaviour"] in unknown][:3]
-            raise ValueError(
-                f"mean_ba steerer {folder} has no vector for behaviour(s) {unknown} (samples e.g. {examples}); it "
-                f"knows {steerer.behaviours}: fit it on features made with template set {templates.name!r}"
-            )
-    if module.method == "p2s_oracle":
-        known = set(steerer.oracle_ids)
-        missing = [r["id"] for r in rows if r["id"] not in known]
-        if missing:
-            raise ValueError(
-                f"P2S oracle steerer {folder} has no features for {len(missing)} samples, e.g. {missing[:3]}: "
-                "extract the test split too (data.splits=[train, test])"
-            )
+    if module.method in ("mean_ba", "p2s_oracle"):
+        hints = {
+            "mean_ba": f"fit it on features made with template set {templates.name!r}",
+            "p2s_oracle": "extract the test split too (data.splits=[train, test])",
+        }
+        try:
+            module.steerer.check_inputs(behaviours=[r["behaviour"] for r in rows], sample_ids=[r["id"] for r in rows])
+        except ValueError as err:
+            raise ValueError(f"{err}; steerer {module.hparams.steerer}: {hints[module.method]}") from None
 
 
 def run_prediction(module: SteeredGenerationModule, data: PromptDataModule, writer: JsonlPredictionWriter, trainer) -> int:
