@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from l2s_lightning.evaluation.judges.base import judge_spec
 from l2s_lightning.evaluation.safety import SafetyConfig
 
 
@@ -119,18 +120,6 @@ def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
     unknown = set(data) - allowed
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} (allowed: {sorted(allowed)})")
-
-
-def judge_spec(value: str | Mapping[str, Any], where: str = "judge") -> dict[str, Any]:
-    """``{"name", "kwargs"}`` from a judge name or a ``{name, kwargs}`` mapping; ValueError naming ``where``."""
-    judge = {"name": value} if isinstance(value, str) else value
-    if not isinstance(judge, Mapping) or "name" not in judge or set(judge) - {"name", "kwargs"}:
-        got = sorted(judge) if isinstance(judge, Mapping) else repr(judge)
-        raise ValueError(f"{where}: needs a judge name or a mapping with 'name' and optional 'kwargs', got {got}")
-    kwargs = judge.get("kwargs") or {}
-    if not isinstance(kwargs, Mapping):
-        raise ValueError(f"{where}.kwargs: must be a mapping, got {kwargs!r}")
-    return {"name": str(judge["name"]), "kwargs": dict(kwargs)}
 
 
 def merge_judge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

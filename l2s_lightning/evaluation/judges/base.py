@@ -48,16 +48,26 @@ def build_judge(spec: str | Mapping[str, Any] | Judge | None = None, **kwargs: A
             raise TypeError(f"{type(spec).__name__} is not a judge (needs p_unsafe and quality methods)")
         return spec
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"name", "kwargs"}
-        if unknown or "name" not in spec:
-            raise ValueError(f"judge config needs 'name' and optional 'kwargs', got keys {sorted(spec)}")
-        kwargs = {**dict(spec.get("kwargs") or {}), **kwargs}
-        spec = str(spec["name"])
+        parsed = judge_spec(spec)
+        kwargs = {**parsed["kwargs"], **kwargs}
+        spec = parsed["name"]
     cls = judge_class(spec)
     try:
         return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"judge {spec!r}: bad kwargs {sorted(kwargs)} ({err})") from None
+
+
+def judge_spec(value: str | Mapping[str, Any], where: str = "judge") -> dict[str, Any]:
+    """``{"name", "kwargs"}`` from a judge name or a ``{name, kwargs}`` mapping; ValueError naming ``where``."""
+    judge = {"name": value} if isinstance(value, str) else value
+    if not isinstance(judge, Mapping) or "name" not in judge or set(judge) - {"name", "kwargs"}:
+        got = sorted(judge) if isinstance(judge, Mapping) else repr(judge)
+        raise ValueError(f"{where}: needs a judge name or a mapping with 'name' and optional 'kwargs', got {got}")
+    kwargs = judge.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{where}.kwargs: must be a mapping, got {kwargs!r}")
+    return {"name": str(judge["name"]), "kwargs": dict(kwargs)}
 
 
 def judge_class(name: str) -> type:
