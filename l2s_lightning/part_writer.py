@@ -25,7 +25,7 @@ class RankPartWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output = Path(output)
         self._part: Any = None
-        self._next_index: int | None = None
+        self._next_index = 0
 
     @property
     def parts_dir(self) -> Path:
@@ -42,9 +42,6 @@ class RankPartWriter(BasePredictionWriter):
         """A part path of this rank not used by any earlier run: ``rank<R>-<k><part_suffix>``, k increasing."""
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         prefix = f"rank{trainer.global_rank}-"
-        if self._next_index is None:
-            used = [path.name[len(prefix) : -len(self.part_suffix)] for path in self.part_files() if path.name.startswith(prefix)]
-            self._next_index = max((int(k) for k in used if k.isdigit()), default=-1) + 1
         while (path := self.parts_dir / f"{prefix}{self._next_index}{self.part_suffix}").exists():
             self._next_index += 1
         self._next_index += 1
