@@ -16,6 +16,8 @@ from typing import Any
 
 import datasets
 
+from l2s_lightning.jsonl import iter_jsonl, starts_with_json_array
+
 COLUMNS = ("id", "question", "category", "image", "key_phrase", "positive", "negative", "behaviour", "label", "benchmark")
 
 
@@ -84,7 +86,7 @@ class MMSafetyBenchSource(PromptSource):
         if not files:
             raise FileNotFoundError(f"no MM-SafetyBench question files (NN-Scenario.json) in {root}")
         rows = []
-        looked, found = [], 0
+        looked, missing = 0, []
         for file in files:
             scenario = file.stem
             if self.scenarios and not any(scenario == s or scenario.startswith(f"{s}-") for s in self.scenarios):
@@ -100,8 +102,9 @@ class MMSafetyBenchSource(PromptSource):
                 if self.use_images and self.image_root:
                     candidate = Path(self.image_root) / scenario / self.image_type / f"{key}.jpg"
                     exists = candidate.is_file()
-                    looked.append(candidate)
-                    found += exists
+                    looked += 1
+                    if not exists:
+                        missing.append(candidate)
                     if exists or not self.render_missing:
                         image = str(candidate)
                 rows.append(
@@ -114,23 +117,22 @@ class MMSafetyBenchSource(PromptSource):
                         benchmark="mm_safetybench",
                     )
                 )
-        self._check_images(looked, found)
+        self._check_images(looked, missing)
         return _dataset(rows, str(root))
 
-    def _check_images(self, looked: list[Path], found: int) -> None:
+    def _check_images(self, looked: int, missing: list[Path]) -> None:
         """No image found under ``image_root`` is an error (a wrong path); some missing is a warning."""
-        if not looked or found == len(looked):
+        if not missing:
             return
-        if found == 0:
+        if len(missing) == looked:
             raise FileNotFoundError(
-                f"MM-SafetyBench image_root {self.image_root!r}: no image found for any of the {len(looked)} "
-                f"questions (e.g. {looked[0]}); check the path (it must hold <scenario>/{self.image_type}/<index>.jpg) "
+                f"MM-SafetyBench image_root {self.image_root!r}: no image found for any of the {looked} "
+                f"questions (e.g. {missing[0]}); check the path (it must hold <scenario>/{self.image_type}/<index>.jpg) "
                 "or leave image_root unset to render TYPO images"
             )
-        missing = [str(path) for path in looked if not path.is_file()]
         action = "TYPO images are rendered for them" if self.render_missing else "those samples will fail"
         warnings.warn(
-            f"MM-SafetyBench image_root {self.image_root!r}: {len(missing)} of {len(looked)} images are missing "
+            f"MM-SafetyBench image_root {self.image_root!r}: {len(missing)} of {looked} images are missing "
             f"(e.g. {missing[0]}); {action}",
             stacklevel=2,
         )
@@ -188,22 +190,14 @@ class PopeSource(PromptSource):
 
 def _json_records(path: Path) -> list[tuple[str, dict]]:
     """``(location, record)`` pairs of a JSONL file, or of a JSON file holding one array of records."""
-    text = path.read_text()
-    if text.lstrip().startswith("["):
+    if starts_with_json_array(path):
         try:
-            items = json.loads(text)
+            items = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not a valid JSON array ({err})") from err
         records = [(f"{path}[{index}]", item) for index, item in enumerate(items)]
     else:
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+        records = list(iter_jsonl(path))
     for where, item in records:
         if not isinstance(item, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")

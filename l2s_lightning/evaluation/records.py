@@ -7,12 +7,12 @@ share a method and α but differ in model or layer stay apart, and their labels 
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from l2s_lightning.jsonl import iter_jsonl
 
 BENCHMARKS = ("mm_safetybench", "pope", "chair", "jsonl")
 
@@ -125,16 +125,6 @@ def _parse_row(item: Any, where: str) -> Prediction:
     )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a UTF-8 file, read as bytes so that a bad byte names its own line."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise PredictionFormatError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-
-
 def read_predictions(path: str | Path) -> list[Prediction]:
     """Validated rows of one prediction JSONL file (blank lines skipped).
 
@@ -147,14 +137,7 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     if not path.is_file():
         raise FileNotFoundError(f"prediction file not found: {path}")
     rows: list[Prediction] = []
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PredictionFormatError(f"{where}: not valid JSON ({err.msg})") from None
+    for where, item in iter_jsonl(path, error=PredictionFormatError):
         row = _parse_row(item, where)
         if rows and row.benchmark != rows[0].benchmark:
             raise PredictionFormatError(

@@ -10,28 +10,14 @@ from typing import Any
 
 import lightning as L
 
+from l2s_lightning.jsonl import iter_jsonl
 from l2s_lightning.part_writer import RankPartWriter
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file.
-
-    A torn last line (a kill mid-write: no final newline, possibly cut inside a UTF-8 character) is dropped;
-    any other bad line raises, naming the file and line.
-    """
-    lines = path.read_bytes().split(b"\n")
-    rows = []
-    for number, raw in enumerate(lines, 1):
-        torn_tail = number == len(lines)  # text after the last newline: a complete file has none
-        try:
-            line = raw.decode("utf-8")
-            if line.strip():
-                rows.append(json.loads(line))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            if torn_tail:
-                break
-            raise ValueError(f"{path}:{number}: not a valid UTF-8 JSON line ({err})") from err
-    return rows
+    """Rows of a part or output JSONL file; a torn last line (a kill mid-write) is dropped, any other bad
+    line raises, naming the file and line."""
+    return [row for _, row in iter_jsonl(path, torn_tail_ok=True)]
 
 
 class JsonlPredictionWriter(RankPartWriter):
