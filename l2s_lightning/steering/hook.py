@@ -204,7 +204,7 @@ def register_hook(model: nn.Module, layer: int, hook: Any, with_kwargs: bool = T
         handle.remove()
 
 
-def block_like(model: nn.Module, layer: int) -> torch.Tensor | None:
+def _block_like(model: nn.Module, layer: int) -> torch.Tensor | None:
     """A parameter of block ``layer`` (its device and floating dtype), or None."""
     for param in decoder_layers(model)[layer].parameters():
         if param.is_floating_point():
@@ -235,7 +235,7 @@ def add_steering(
     if not torch.isfinite(vectors).all():
         raise ValueError("steering vectors must be finite")
     hook = SteeringHook(None, alpha, mode)
-    hook.set_vectors(vectors, like=block_like(model, layer))
+    hook.set_vectors(vectors, like=_block_like(model, layer))
     enable_hook_guards(model)
     with register_hook(model, layer, hook):
         yield hook
