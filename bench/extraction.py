@@ -10,6 +10,7 @@ One JSON line per figure on stdout; the figures are merged into bench/results/<m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ def parse_args(argv=None):
     parser.add_argument("--phases", action="store_true", help="time the phases of one batch of ours (vision, prompt, completions)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of one batch of ours (stderr)")
     parser.add_argument("--compile-layers", action="store_true",
-                        help="experiment: torch.compile(dynamic=True) the forward of each decoder block run (not the product path)")
+                        help="torch.compile(dynamic=True) each block run, as ExtractionModule(compile=True) does")
+    parser.add_argument("--no-compile-vision", action="store_true", help="with --compile-layers: leave the vision tower eager")
+    parser.add_argument("--no-float32-check", action="store_true",
+                        help="skip the float32 truth (by default a bf16 model is also checked against itself in float32)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="for the FLOP floor (default 800 on CUDA)")
     return parser.parse_args(argv)
 
@@ -202,6 +206,23 @@ def profile(bench: Bench, inputs, layer_steer: int, layer_context: int) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=25), file=sys.stderr)
 
 
+def relative_error(x: torch.Tensor, truth: torch.Tensor) -> float:
+    """||x - truth|| / ||truth|| over all rows (the norm-wise error of METHOD.md)."""
+    return float(f"{((x.float() - truth.float()).norm() / truth.float().norm().clamp_min(1e-30)).item():.3g}")
+
+
+def float32_truth(bench: Bench, samples: list[dict], layer_steer: int, layer_context: int):
+    """(h, z) of the reference style with the model cast to float32 in place (bf16 weights are exact in
+    float32, so this is the same function at higher precision), compiled blocks run eagerly. Leaves the
+    model in float32: call it last."""
+    bench.model.float()
+    bench.dtype = torch.float32
+    stance = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
+    with stance:
+        _, _, h, z = run_reference(bench, samples, 0, layer_steer, layer_context)
+    return h, z
+
+
 def flops_per_sample(bench: Bench, prompt: float, completion: float, depth: int) -> float:
     """Matrix FLOPs of ours for one sample: vision tower + projector over its tokens, ``depth`` decoder
     blocks over the prompt and both completions (weights 2·params·tokens, attention 4·D·q·k)."""
@@ -222,20 +243,23 @@ def flops_per_sample(bench: Bench, prompt: float, completion: float, depth: int)
     return total
 
 
+def check_against_float32(bench, samples, layer_steer, layer_context, h_ref, z_ref, ours_outputs, records) -> None:
+    """Low-precision runs: 'equal' becomes 'ours is no further from the float32 truth than 2x the error of
+    the reference style in the same dtype (+1e-3)', with the norm-wise errors recorded."""
+    h32, z32 = float32_truth(bench, samples, layer_steer, layer_context)
+    ref_h, ref_z = relative_error(h_ref, h32), relative_error(z_ref, z32)
+    for record in records:
+        if record.get("key") not in ours_outputs:
+            continue
+        h, z = ours_outputs[record["key"]]
+        err_h, err_z = relative_error(h, h32), relative_error(z, z32)
+        record |= {"float32_rel_err_h": err_h, "float32_rel_err_z": err_z, "reference_float32_rel_err_h": ref_h,
+                   "reference_float32_rel_err_z": ref_z, "equal_rule": "float32 error <= 2 x reference's + 1e-3",
+                   "equal": bool(err_h <= 2 * ref_h + 1e-3 and err_z <= 2 * ref_z + 1e-3)}
+        common.emit(record | {"figure": "float32_check"})
+
+
 # ----------------------------------------------------------------------------------------------- main
-
-
-def compile_layers(bench: Bench, depth: int) -> None:
-    """torch.compile(dynamic=True) the forward of each decoder block that ours runs (hooks stay eager)."""
-    from torch import _dynamo
-
-    from l2s_lightning.models.layers import decoder_layers
-
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
-        if hasattr(_dynamo.config, name):
-            setattr(_dynamo.config, name, max(getattr(_dynamo.config, name), 256))
-    for block in list(decoder_layers(bench.model))[:depth]:
-        block.forward = torch.compile(block.forward, dynamic=True)
 
 
 def main(argv=None) -> int:
@@ -253,7 +277,7 @@ def main(argv=None) -> int:
     completion_mean = sum(s["positive"].numel() + s["negative"].numel() for s in samples) / (2 * n_samples)
     prompt_max = max(s["prompt"].numel() for s in samples)
     completion_max = max(max(s["positive"].numel(), s["negative"].numel()) for s in samples)
-    variant = "+compiled-layers" if args.compile_layers else ""
+    variant = ("+compiled-layers" + ("-text-only" if args.no_compile_vision else "")) if args.compile_layers else ""
     base = {
         "bench": "extraction", "variant": variant or None, "shape": bench.name, "device": str(bench.device), "dtype": str(bench.dtype).removeprefix("torch."),
         "layer_steer": layer_steer, "layer_context": layer_context, "num_layers": n_layers,
@@ -272,6 +296,7 @@ def main(argv=None) -> int:
         common.emit(records[-1])
 
     reference = None
+    ours_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if n_reference:
         seconds, memory, h_ref, z_ref = run_reference(bench, samples[:n_reference], args.warmup, layer_steer, layer_context)
         reference = n_reference / seconds
@@ -283,7 +308,9 @@ def main(argv=None) -> int:
     from l2s_lightning.extraction.batch_size import auto_batch_size
 
     if args.compile_layers:  # after the reference, which stays the plain eager model
-        compile_layers(bench, depth)
+        from l2s_lightning.models.compile import compile_blocks
+
+        compile_blocks(bench.model, depth, vision=not args.no_compile_vision)
 
     for request in [r.strip() for r in str(args.batch_size).split(",") if r.strip()]:
         if request == "auto":
@@ -308,6 +335,7 @@ def main(argv=None) -> int:
         if peak:
             record["fraction_of_flop_floor"] = round(ours * flops / (peak * 1e12), 3)
         if reference:
+            ours_outputs[key] = (h[:n_reference], z[:n_reference])
             diff_h = (h[:n_reference] - h_ref).abs().max().item()
             diff_z = (z[:n_reference] - z_ref).abs().max().item()
             rel_h = diff_h / max(h_ref.abs().max().item(), 1e-12)
@@ -323,6 +351,8 @@ def main(argv=None) -> int:
             common.emit(base | {"figure": "phases_of_one_batch", "batch_size": batch} | phases(bench, batches[0], layer_steer, layer_context))
         if args.profile:
             profile(bench, batches[0], layer_steer, layer_context)
+    if reference and bench.dtype != torch.float32 and not args.no_float32_check:
+        check_against_float32(bench, samples[:n_reference], layer_steer, layer_context, h_ref, z_ref, ours_outputs, records)
     common.save(records, bench, args)
     failed = [r for r in records if r.get("equal") is False]
     if failed:

@@ -34,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--paths", default="dynamic,static", help="comma list of dynamic, static")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="torch.compile of the static-cache decode step (auto: on GPU only)")
+    parser.add_argument("--compile-dynamic", choices=("auto", "off"), default="auto",
+                        help="off: CompileConfig(dynamic=False), one graph specialised to each batch size (auto: torch's "
+                             "automatic dynamic shapes, which turn the second batch size's graph into a dynamic one)")
     parser.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode (CUDA graphs by default)")
     parser.add_argument("--keep-hook-guard-skip", action="store_true",
                         help="leave torch._dynamo.config.skip_nnmodule_hook_guards at its default (True): a hook added "
@@ -69,7 +72,7 @@ def make_vectors(bench: Bench, batch: int, norm: float, seed: int) -> torch.Tens
     return vectors.to(bench.device)
 
 
-def generate_kwargs(bench: Bench, path: str, new_tokens: int, compile_on: bool, compile_mode: str) -> dict:
+def generate_kwargs(bench: Bench, path: str, new_tokens: int, compile_on: bool, compile_mode: str, dynamic: bool | None = None) -> dict:
     kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
               "pad_token_id": bench.pad_token_id}
     if path == "static":
@@ -77,7 +80,7 @@ def generate_kwargs(bench: Bench, path: str, new_tokens: int, compile_on: bool, 
         if compile_on:
             from transformers import CompileConfig
 
-            config = CompileConfig(mode=compile_mode)
+            config = CompileConfig(mode=compile_mode, dynamic=dynamic)
             if bench.device.type == "cpu":
                 config._compile_all_devices = True
             kwargs["compile_config"] = config
@@ -110,8 +113,11 @@ def main(argv=None) -> int:
     for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
         compiled = path == "static" and compile_on
         warmup = args.warmup if args.warmup is not None else (2 if compiled else 1)
-        kwargs = generate_kwargs(bench, path, args.new_tokens, compile_on, args.compile_mode)
+        dynamic = False if args.compile_dynamic == "off" else None
+        kwargs = generate_kwargs(bench, path, args.new_tokens, compile_on, args.compile_mode, dynamic)
         label = f"{path}+compile" if compiled else path
+        if compiled and dynamic is False:
+            label += "-static-shapes"
         repeats = (args.dynamic_repeats or default_repeats) if path == "dynamic" else default_repeats
         for batch in batch_sizes:
             inputs = make_inputs(bench, batch, args.text_tokens, args.seed)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
-from l2s_lightning.models.loading import LoadedModel
+from l2s_lightning.models.loading import ModelSpec
+
+
+class PromptCoder(Protocol):
+    """What prompt rendering and encoding need of a model: its processor (None for text-only models),
+    tokenizer and spec. A :class:`~l2s_lightning.models.loading.LoadedModel` is one; so is an encoder that
+    holds no weights (:class:`~l2s_lightning.extraction.encoding.ContrastEncoder`)."""
+
+    processor: Any
+    tokenizer: Any
+    spec: ModelSpec
 
 
 def user_message(question: str, has_image: bool, instruction: str = "") -> dict[str, Any]:
@@ -20,7 +30,7 @@ def user_message(question: str, has_image: bool, instruction: str = "") -> dict[
     return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
 
 
-def _templater(loaded: LoadedModel) -> Any:
+def _templater(loaded: PromptCoder) -> Any:
     return loaded.processor if loaded.processor is not None else loaded.tokenizer
 
 
@@ -36,7 +46,7 @@ def baseline_instructions(items: Sequence[Any], prompt_baseline: str = "") -> li
     return [prompt_baseline or item.instruction for item in items]
 
 
-def render_prompt(loaded: LoadedModel, question: str, has_image: bool, instruction: str = "") -> str:
+def render_prompt(loaded: PromptCoder, question: str, has_image: bool, instruction: str = "") -> str:
     """The prompt text X, ending with the chat template's generation prompt (assistant turn opened)."""
     messages = [user_message(question, has_image, instruction)]
     if loaded.processor is None and has_image:
@@ -44,7 +54,7 @@ def render_prompt(loaded: LoadedModel, question: str, has_image: bool, instructi
     return _templater(loaded).apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def assistant_turn_suffix(loaded: LoadedModel) -> str:
+def assistant_turn_suffix(loaded: PromptCoder) -> str:
     """The text the chat template puts after an assistant answer (e.g. ``<|im_end|>\\n``)."""
     return _turn_suffix(id(loaded), _templater(loaded))
 
@@ -68,7 +78,7 @@ def _add_special_tokens(tokenizer: Any, text: str) -> bool:
     return not (bos and text.startswith(bos))
 
 
-def encode_prompts(loaded: LoadedModel, texts: Sequence[str], images: Sequence[Image.Image | None]) -> dict[str, torch.Tensor]:
+def encode_prompts(loaded: PromptCoder, texts: Sequence[str], images: Sequence[Image.Image | None]) -> dict[str, torch.Tensor]:
     """Left-padded encodings of rendered prompts (with pixel values etc. for MLLMs)."""
     add_special = _add_special_tokens(loaded.tokenizer, texts[0])
     present = [image for image in images if image is not None]

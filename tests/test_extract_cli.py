@@ -189,17 +189,19 @@ def test_extract_ddp_two_cpu_processes(tiny_llama_dir, workdir):
     np.testing.assert_allclose(ddp["steer"], reference["steer"], atol=2e-4)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
-def test_extract_with_images(family, tmp_path, request):
-    """Images of different sizes (Qwen2-VL: different numbers of image tokens) through the CLI; the rows equal
-    the module's features of the same items."""
+def test_extract_with_images(family, workers, tmp_path, request):
+    """Images of different sizes (Qwen2-VL: different numbers of image tokens) through the CLI, batches
+    encoded in the main process or in 2 loader workers; the rows equal the module's features of the same
+    items (reference forward, encoded here)."""
     model_dir = request.getfixturevalue(f"tiny_{family}_dir")
     _jsonl(tmp_path / "data.jsonl", n=4, with_images=True)
     for i in (1, 3):
         Image.new("RGB", (80, 40), (0, i * 50, 0)).save(tmp_path / f"img{i}.png")
     _templates(tmp_path / "templates.yaml")
     out = tmp_path / "features.h5"
-    assert extract_main(_args(model_dir, tmp_path, out, use_images=True)) == 0
+    assert extract_main(_args(model_dir, tmp_path, out, f"--data.num_workers={workers}", use_images=True)) == 0
     data = _read(out)
     assert data["ids"] == ["q00", "q01", "q02", "q03"] and data["context"].shape == (4, 64)
     assert data["attrs"]["model"] == str(model_dir) and json.loads(data["attrs"]["data_options"])["use_images"] is True

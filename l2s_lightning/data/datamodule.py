@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -59,7 +59,7 @@ class _Items(Dataset):
 
 
 def collate_items(items: list[PromptItem]) -> list[PromptItem]:
-    """Batches stay lists of items; the LightningModule encodes them with its processor."""
+    """Batches stay lists of items (for modules that encode them themselves, such as generation)."""
     return items
 
 
@@ -206,21 +206,33 @@ class PromptDataModule(L.LightningDataModule):
         """The configured batch size, or the module's choice for ``auto`` (8 when it cannot choose)."""
         if self.batch_size != "auto":
             return int(self.batch_size)
-        module = self.trainer.lightning_module if self.trainer is not None else None
+        module = self._module()
         if module is None or not hasattr(module, "auto_batch_size") or len(dataset) == 0:
             return 8
         longest = max(range(len(dataset)), key=lambda i: len(self._pending[i]["question"]) + len(self._pending[i]["suffix"]))
         return module.auto_batch_size(dataset[longest])
 
+    def _module(self) -> L.LightningModule | None:
+        return self.trainer.lightning_module if self.trainer is not None else None
+
+    def collate_fn(self) -> Callable[[list[PromptItem]], Any]:
+        """The LightningModule's ``collate_fn()`` when it has one (extraction: batches encoded in the
+        loader's workers), else :func:`collate_items` (batches stay lists of rows)."""
+        module = self._module()
+        make = getattr(module, "collate_fn", None)
+        return make() if callable(make) else collate_items
+
     def predict_dataloader(self) -> DataLoader:
         self._pending = self.pending_rows()
         dataset = _Items(self._pending, self.use_images, self.typo_kwargs)
+        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,
             batch_size=self.resolved_batch_size(dataset),
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=collate_items,
+            collate_fn=self.collate_fn(),
+            pin_memory=on_cuda,  # tensors of encoded batches in page-locked memory: asynchronous uploads
             persistent_workers=False,
         )
 

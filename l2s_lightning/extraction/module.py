@@ -8,10 +8,11 @@ import lightning as L
 import torch
 
 from l2s_lightning.data.datamodule import PromptItem
+from l2s_lightning.extraction.encoding import ContrastEncoder, EncodedBatch
 from l2s_lightning.extraction.forward import ContrastInputs, prefix_shared_features, reference_features
+from l2s_lightning.models.compile import compile_blocks
 from l2s_lightning.models.layers import text_config
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
-from l2s_lightning.prompts import assistant_turn_suffix, encode_completions, encode_prompts, render_prompt
 
 
 class ExtractionModule(L.LightningModule):
@@ -24,6 +25,13 @@ class ExtractionModule(L.LightningModule):
         forward: ``prefix_shared`` (prompt encoded once through blocks 0..max(L*, L'), completions through
             0..L* on its cache) or ``reference``
             (three full forwards per sample, batch 1 inside the step; for checks and benchmarks).
+        compile: ``torch.compile`` each decoder block run (and the vision tower's blocks), shapes dynamic
+            (:func:`l2s_lightning.models.compile.compile_blocks`): fuses the elementwise work around the
+            matrix products, for GPUs; the first batches pay the compilation (``bench/extraction.py
+            --compile-layers`` measures it).
+
+    Batches come from the DataLoader already encoded (:meth:`collate_fn`, run in the loader's workers) or
+    as lists of rows, encoded in the step.
     """
 
     def __init__(
@@ -32,6 +40,7 @@ class ExtractionModule(L.LightningModule):
         layer_steer: int,
         layer_context: int,
         forward: Literal["prefix_shared", "reference"] = "prefix_shared",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -39,6 +48,7 @@ class ExtractionModule(L.LightningModule):
         self.layer_steer = layer_steer
         self.layer_context = layer_context
         self.forward_style = forward
+        self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
         config = text_config(load_config(model))
         self.num_layers = int(config.num_hidden_layers)
         self.hidden_size = int(config.hidden_size)
@@ -49,31 +59,27 @@ class ExtractionModule(L.LightningModule):
                     f"layers (valid 0..{self.num_layers - 1})"
                 )
         self.loaded: LoadedModel | None = None
+        self.encoder: ContrastEncoder | None = None  # the loaded model's processor and tokenizer
 
     def configure_model(self) -> None:
         if self.loaded is None:
             self.loaded = load_model(self.spec)
-            self.llm = self.loaded.model
+        self.llm = self.loaded.model
+        if self.use_compile:  # idempotent: blocks compiled already are left as they are
+            depth = max(self.layer_steer, self.layer_context) + 1
+            compile_blocks(self.llm, depth=None if self.forward_style == "reference" else depth)
+        self.encoder = ContrastEncoder.of(self.loaded)
+
+    def collate_fn(self) -> ContrastEncoder:
+        """The DataLoader ``collate_fn`` that encodes batches in the loader's workers (used by
+        :class:`~l2s_lightning.data.datamodule.PromptDataModule`); ``predict_step`` then gets an
+        :class:`EncodedBatch`."""
+        assert self.encoder is not None, "configure_model() has not run"
+        return self.encoder
 
     def encode(self, items: list[PromptItem]) -> ContrastInputs:
         """Encode prompts (with template suffixes) and both completions of every item."""
-        loaded = self.loaded
-        assert loaded is not None, "configure_model() has not run"
-        images = [item.image for item in items]
-        has_image = [image is not None for image in images]
-        prompts = [render_prompt(loaded, item.question + item.suffix, h) for item, h in zip(items, has_image)]
-        prefix = encode_prompts(loaded, prompts, images)
-        context_prefix = None
-        if any(item.suffix for item in items):
-            plain = [render_prompt(loaded, item.question, h) for item, h in zip(items, has_image)]
-            context_prefix = encode_prompts(loaded, plain, images)
-        closing = assistant_turn_suffix(loaded)
-        texts = []
-        for item in items:
-            end = closing if item.close_turn else ""
-            texts += [item.positive + end, item.negative + end]
-        completions, lengths = encode_completions(loaded.tokenizer, texts)
-        return ContrastInputs(prefix=prefix, completions=completions, completion_lengths=lengths, context_prefix=context_prefix)
+        return self.collate_fn().encode(items)
 
     def auto_batch_size(self, longest: PromptItem) -> int:
         """The batch size that fits free accelerator memory for prompts up to ``longest``'s length."""
@@ -96,9 +102,10 @@ class ExtractionModule(L.LightningModule):
             for key, value in tensors.items()
         }
 
-    def features(self, items: list[PromptItem]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h, z) of a batch, each (B, D) float32 on the module's device."""
-        inputs = self.encode(items)
+    def features(self, batch: list[PromptItem] | EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, z) of a batch (rows, or rows already encoded by :meth:`collate_fn`), each (B, D) float32 on
+        the module's device."""
+        inputs = batch.inputs if isinstance(batch, EncodedBatch) else self.encode(batch)
         if self.forward_style == "reference":
             return self._reference(inputs)
         inputs.prefix = self._to_device(dict(inputs.prefix))
@@ -120,8 +127,10 @@ class ExtractionModule(L.LightningModule):
             steers.append(z)
         return torch.stack(contexts), torch.stack(steers)
 
-    def predict_step(self, batch: list[PromptItem], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+    def predict_step(self, batch: list[PromptItem] | EncodedBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         context, steer = self.features(batch)
+        if isinstance(batch, EncodedBatch):
+            batch = batch.items
         return {
             "sample_id": [item.id for item in batch],
             "category": [item.category for item in batch],

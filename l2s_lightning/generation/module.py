@@ -67,7 +67,7 @@ class SteeredGenerationModule(L.LightningModule):
             self.generation_kwargs |= {"temperature": temperature, "top_p": top_p}
         self.seed = seed
         self.cache_implementation = cache_implementation
-        self.compile = compile
+        self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
         self.steerer = None
         if method in STEERER_METHODS:
             self.steerer = _load_steerer(steerer, method)
@@ -87,7 +87,7 @@ class SteeredGenerationModule(L.LightningModule):
             self.llm = self.loaded.model
             if self.steerer is not None:
                 validate_layers(self.llm, self.spec.display_name, layer_steer=self.steerer.layer_steer, layer_context=self.steerer.layer_context)
-            if self.compile:
+            if self.use_compile:
                 # transformers compiles the static-cache decode step itself; the hook must be guarded in it.
                 from l2s_lightning.steering import enable_hook_guards
 
@@ -125,9 +125,9 @@ class SteeredGenerationModule(L.LightningModule):
         encoded = {k: v.to(self.device, dtype=dtype if v.is_floating_point() else None) for k, v in encoded.items()}
         tokenizer = self.loaded.tokenizer
         kwargs = dict(self.generation_kwargs, pad_token_id=tokenizer.pad_token_id)
-        if self.cache_implementation == "static" or self.compile:
+        if self.cache_implementation == "static" or self.use_compile:
             kwargs["cache_implementation"] = "static"
-        if self.compile:
+        if self.use_compile:
             from transformers import CompileConfig
 
             compile_config = CompileConfig(fullgraph=True)
