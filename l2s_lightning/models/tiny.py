@@ -91,9 +91,24 @@ def build_tiny_llama(folder: str | Path, *, num_layers: int = 4, hidden_size: in
     return _save(model, tokenizer, folder, tokenizer)
 
 
+def llava_processor(tokenizer, image_size: int, patch_size: int = 14):
+    """A LlavaProcessor as LLaVA-1.5's (CLIP resize to ``image_size``, centre crop, CLIP mean/std; one image
+    token per patch) around ``tokenizer`` (which must hold ``<image>``). LLaVA-1.5-7B: 336 / 14 = 576 tokens."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE, image_token="<image>",
+    )
+
+
 def build_tiny_llava(folder: str | Path, *, num_layers: int = 4, hidden_size: int = 64, seed: int = 0) -> Path:
     """A LlavaForConditionalGeneration (CLIP vision tower, 28×28 images → 4 image tokens)."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     folder = Path(folder)
     tokenizer = build_tokenizer(LLAVA_TEMPLATE, eos="</s>", seed=seed)
@@ -105,14 +120,7 @@ def build_tiny_llava(folder: str | Path, *, num_layers: int = 4, hidden_size: in
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, do_center_crop=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE, image_token="<image>",
-    )
+    processor = llava_processor(tokenizer, image_size=28, patch_size=14)
     return _save(model, processor, folder, tokenizer)
 
 
