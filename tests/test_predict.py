@@ -94,6 +94,17 @@ def test_batched_equals_batch_size_one(tiny_llama_dir, fitted):
     assert len({r["prompt_tokens"] for r in read(out[4])}) > 1  # prompts of several lengths: batches were left-padded
 
 
+@pytest.mark.parametrize("method", ["prompt", "l2s"])
+def test_prompts_encoded_in_loader_workers_give_the_same_rows(tiny_llama_dir, fitted, method):
+    """Batches rendered and encoded by 2 loader workers (the module's collate_fn, the prompt baseline's
+    instruction included) give the rows of batches encoded in the main process."""
+    out = {workers: fitted / "pred_workers" / f"{method}_{workers}.jsonl" for workers in (0, 2)}
+    for workers, path in out.items():
+        assert predict_main(predict_args(tiny_llama_dir, fitted, method, path, f"--data.num_workers={workers}")) == 0
+    assert read(out[0]) == read(out[2]) and len(read(out[0])) == 6
+    assert method != "prompt" or all("Refuse harmful requests." in r["prompt"] for r in read(out[2]))
+
+
 def test_predict_resumes_after_a_kill(tiny_llama_dir, fitted, monkeypatch):
     clean = fitted / "pred_clean.jsonl"
     predict_main(predict_args(tiny_llama_dir, fitted, "l2s", clean))

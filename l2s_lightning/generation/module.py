@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import zlib
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -13,7 +14,7 @@ import torch
 from l2s_lightning.data.datamodule import PromptItem
 from l2s_lightning.models.layers import text_config, validate_layers
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
-from l2s_lightning.prompts import baseline_instructions, encode_prompts, render_prompt
+from l2s_lightning.generation.encoding import PromptBatch, PromptEncoder
 
 Method = Literal["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
 STEERER_METHODS = {"mean", "mean_ba", "random", "p2s_oracle", "l2s"}
@@ -80,6 +81,7 @@ class SteeredGenerationModule(L.LightningModule):
         if not torch.isfinite(torch.tensor(self.alpha)):
             raise ValueError(f"alpha={alpha!r} must be a finite number")
         self.loaded: LoadedModel | None = None
+        self.encoder: PromptEncoder | None = None  # the loaded model's processor and tokenizer
 
     def configure_model(self) -> None:
         if self.loaded is None:
@@ -92,19 +94,22 @@ class SteeredGenerationModule(L.LightningModule):
                 from l2s_lightning.steering import enable_hook_guards
 
                 enable_hook_guards(self.llm)
+        self.encoder = PromptEncoder.of(self.loaded, self.method)
 
     def _instruction(self) -> str:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         return datamodule.templates.prompt_baseline if datamodule is not None else ""
 
+    def collate_fn(self) -> PromptEncoder:
+        """The DataLoader ``collate_fn`` that renders and encodes batches in the loader's workers (used by
+        :class:`~l2s_lightning.data.datamodule.PromptDataModule`); the step then gets a :class:`PromptBatch`."""
+        assert self.encoder is not None, "configure_model() has not run"
+        return dataclasses.replace(self.encoder, instruction=self._instruction())
+
     def prompts(self, items: list[PromptItem], instruction: str = "") -> list[str]:
         """Rendered prompts; the prompt baseline puts an instruction before each question (``instruction``,
         else the template set's ``prompt_baseline``, else each item's behaviour instruction)."""
-        assert self.loaded is not None
-        if self.method != "prompt":
-            return [render_prompt(self.loaded, item.question, item.image is not None) for item in items]
-        instructions = baseline_instructions(items, instruction or self._instruction())
-        return [render_prompt(self.loaded, item.question, item.image is not None, text) for item, text in zip(items, instructions)]
+        return self.collate_fn().prompts(items, instruction)
 
     def steering(self, items: list[PromptItem]) -> contextlib.AbstractContextManager:
         """The steering context of a batch (a no-op for ``none`` and ``prompt``)."""
@@ -116,11 +121,13 @@ class SteeredGenerationModule(L.LightningModule):
         )
 
     @torch.no_grad()
-    def generate(self, items: list[PromptItem]) -> tuple[list[str], list[str], list[int], list[int]]:
-        """(prompts, responses, prompt token counts, new token counts) of a batch."""
+    def generate(self, batch: list[PromptItem] | PromptBatch) -> tuple[list[str], list[str], list[int], list[int]]:
+        """(prompts, responses, prompt token counts, new token counts) of a batch (rows, or rows already
+        encoded by :meth:`collate_fn`)."""
         assert self.loaded is not None
-        prompts = self.prompts(items)
-        encoded = encode_prompts(self.loaded, prompts, [item.image for item in items])
+        if not isinstance(batch, PromptBatch):
+            batch = self.collate_fn()(batch)
+        items, prompts, encoded = batch.items, batch.prompts, batch.encoded
         dtype = next(self.llm.parameters()).dtype
         encoded = {k: v.to(self.device, dtype=dtype if v.is_floating_point() else None) for k, v in encoded.items()}
         tokenizer = self.loaded.tokenizer
@@ -152,8 +159,10 @@ class SteeredGenerationModule(L.LightningModule):
         prompt_tokens = encoded["attention_mask"].sum(1).tolist()
         return prompts, responses, prompt_tokens, counts
 
-    def predict_step(self, batch: list[PromptItem], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: list[PromptItem] | PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         prompts, responses, prompt_tokens, new_tokens = self.generate(batch)
+        if isinstance(batch, PromptBatch):
+            batch = batch.items
         layer = self.steerer.layer_steer if self.steerer is not None else None
         return [
             {
