@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every benchmark for one kind of machine; figures merged into bench/results/<machine>.json.
-#   bash bench/run_all.sh cpu                     # ~8 min on 2 cores (SmolLM2 real weights + tiny shape)
-#   bash bench/run_all.sh gpu                     # ~11 min on an H100 (LLaVA-1.5-7B shape, random bf16)
-#   bash bench/run_all.sh gpu extraction          # ~2.5 min of it
+#   bash bench/run_all.sh cpu                     # ~10 min on 2 cores (SmolLM2 real weights + tiny shape)
+#   bash bench/run_all.sh gpu                     # ~14 min on an H100 (LLaVA-1.5-7B shape, random bf16)
+#   bash bench/run_all.sh gpu extraction          # ~2.5 min of it (forward alone, eager and compiled)
+#   bash bench/run_all.sh gpu pipeline            # ~3 min of it (l2s extract end to end, loader workers)
 #   bash bench/run_all.sh gpu generation          # ~8 min of it
 # PYTHON overrides the interpreter (default: .venv/bin/python from scripts/setup.sh when present, else python3).
 set -euo pipefail
@@ -23,6 +24,12 @@ case "$kind" in
       run bench/extraction.py --model smollm2 --threads 1 --batch-size auto --n-samples 32 --n-reference 8
       run bench/extraction.py --shape tiny --threads 1 --batch-size auto --n-samples 32 --n-reference 8
     fi
+    if [[ "$part" == all || "$part" == pipeline ]]; then
+      # preparing one LLaVA-1.5 sample (TYPO render, chat template, tokenizer, CLIP 336 px) on one core
+      run bench/extraction_pipeline.py --shape llava-1.5-7b --prepare-only --n-samples 128
+      # l2s extract end to end on the tiny shape: encoding in the main process vs in one loader worker
+      run bench/extraction_pipeline.py --shape tiny --threads 1 --workers 0,1 --n-samples 128 --batch-size 8
+    fi
     if [[ "$part" == all || "$part" == generation ]]; then
       run bench/generation.py --model smollm2 --threads 1 --batch-sizes 1,8 --new-tokens 16 --paths dynamic,static --repeats 15
     fi
@@ -34,12 +41,16 @@ case "$kind" in
       # experiment: the same with each decoder block's forward compiled (first batch pays the compile)
       run bench/extraction.py --shape llava-1.5-7b --batch-size auto --n-samples 256 --n-reference 8 --compile-layers --phases
     fi
+    if [[ "$part" == all || "$part" == pipeline ]]; then
+      # l2s extract end to end: encoding in the main process, in 8 loader workers, and (earlier path) in the step
+      run bench/extraction_pipeline.py --shape llava-1.5-7b --workers 0,8 --n-samples 512 --compile
+    fi
     if [[ "$part" == all || "$part" == generation ]]; then
       run bench/generation.py --shape llava-1.5-7b --paths dynamic,static --batch-sizes 1,16,64 --new-tokens 128 --repeats 5 --dynamic-repeats 3
     fi
     ;;
   *)
-    echo "usage: bash bench/run_all.sh cpu|gpu [all|extraction|generation]" >&2
+    echo "usage: bash bench/run_all.sh cpu|gpu [all|extraction|pipeline|generation]" >&2
     exit 2
     ;;
 esac
