@@ -60,14 +60,28 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def llava15_processor(image_size: int):
+    """(tokenizer, processor): a locally trained tokenizer inside LLaVA-1.5's processor at ``image_size``."""
+    from l2s_lightning.models.tiny import LLAVA_TEMPLATE, build_tokenizer, llava_processor
+
+    tokenizer = build_tokenizer(LLAVA_TEMPLATE, eos="</s>")
+    return tokenizer, llava_processor(tokenizer, image_size=image_size)
+
+
+def steady_rate(stamps: list[float], sizes: list[int], warmup: int) -> dict:
+    """Samples/s between the end of batch ``warmup`` and the end of the last batch (earlier batches pay
+    compilation and warm-up)."""
+    warm = min(warmup, len(stamps) - 2)
+    timed = sum(sizes[warm + 1 :])
+    return {"samples_per_s": round(timed / (stamps[-1] - stamps[warm]), 2), "timed_samples": timed, "batches": len(stamps)}
+
+
 def model_folder(bench: common.Bench, folder: Path):
     """Save the shape's config with a real LLaVA-1.5 processor (no weights) so that ``ModelSpec(folder)``
     resolves; point the random model's image token at the tokenizer's ``<image>``. Returns (spec, loaded)."""
     from l2s_lightning.models.loading import LoadedModel, ModelSpec
-    from l2s_lightning.models.tiny import LLAVA_TEMPLATE, build_tokenizer, llava_processor
 
-    tokenizer = build_tokenizer(LLAVA_TEMPLATE, eos="</s>")
-    processor = llava_processor(tokenizer, image_size=bench.image_size)
+    tokenizer, processor = llava15_processor(bench.image_size)
     config = bench.model.config
     config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     config.save_pretrained(folder)
@@ -121,11 +135,7 @@ def run_pipeline(module, work: Path, args, workers: int, device: torch.device, e
     expected = len(data.rows())
     if len(rows["sample_id"]) != expected:
         raise SystemExit(f"features.h5 holds {len(rows['sample_id'])} rows, expected {expected}")
-    warm = min(args.warmup, len(clock.stamps) - 2)
-    timed = sum(clock.sizes[warm + 1 :])
-    seconds = clock.stamps[-1] - clock.stamps[warm]
-    return {"samples_per_s": round(timed / seconds, 2), "timed_samples": timed, "batches": len(clock.stamps),
-            "batch_size": max(clock.sizes), "samples": expected}
+    return steady_rate(clock.stamps, clock.sizes, args.warmup) | {"batch_size": max(clock.sizes), "samples": expected}
 
 
 def prepare(encoder, args, trainer=None) -> tuple[list, dict]:
@@ -144,29 +154,25 @@ def prepare(encoder, args, trainer=None) -> tuple[list, dict]:
 
 
 def run_forward_only(module, args, device: torch.device) -> tuple[dict, dict]:
-    """``module.features`` over the batches of the same data, encoded up front; and the encoding cost."""
+    """``module.features`` over the batches of the same data, encoded up front (uploaded in the step, as in
+    the pipeline); and the encoding cost."""
     batches, cost = prepare(module.encoder, args, module.trainer)
-    for batch in batches:
-        batch.inputs.prefix = {k: v.to(device) for k, v in batch.inputs.prefix.items()}
     stamps = []
     for batch in batches:
         module.features(batch)
         common.sync(device)
         stamps.append(time.perf_counter())
-    warm = min(args.warmup, len(stamps) - 2)
-    timed = sum(len(b.items) for b in batches[warm + 1 :])
-    return {"samples_per_s": round(timed / (stamps[-1] - stamps[warm]), 2), "timed_samples": timed, "batches": len(batches)}, cost
+    return steady_rate(stamps, [len(b.items) for b in batches], args.warmup), cost
 
 
 def prepare_only(args) -> int:
     """Rendering + encoding cost per sample at the shape's image size, no model."""
     from l2s_lightning.extraction.encoding import ContrastEncoder
     from l2s_lightning.models.loading import ModelSpec
-    from l2s_lightning.models.tiny import LLAVA_TEMPLATE, build_tokenizer, llava_processor
 
     vision = common.llava_config(args.shape).vision_config
-    tokenizer = build_tokenizer(LLAVA_TEMPLATE, eos="</s>")
-    encoder = ContrastEncoder(llava_processor(tokenizer, vision.image_size), tokenizer, ModelSpec("bench"))
+    tokenizer, processor = llava15_processor(vision.image_size)
+    encoder = ContrastEncoder(processor, tokenizer, ModelSpec("bench"))
     args.batch_size = 16 if args.batch_size == "auto" else args.batch_size
     _, cost = prepare(encoder, args)
     record = {"bench": "extraction_pipeline", "shape": args.shape, "image_size": vision.image_size, "device": "cpu",

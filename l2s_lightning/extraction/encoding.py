@@ -49,7 +49,7 @@ class _ImageProcessingOnce:
 def image_processing_once(processor: Any) -> Iterator[None]:
     """While open, ``processor`` processes each list of images once however often it is called with it
     (the prompt with a template suffix and the plain prompt of the context pass share their images)."""
-    inner = getattr(processor, "image_processor", None)
+    inner = getattr(processor, "image_processor", None)  # None for a text-only model (no processor)
     if inner is None:
         yield
         return
@@ -114,7 +114,7 @@ class ContrastEncoder:
         has_image = [image is not None for image in images]
         prompts = [render_prompt(self, item.question + item.suffix, h) for item, h in zip(items, has_image)]
         context_prefix = None
-        with image_processing_once(self.processor) if self.processor is not None else contextlib.nullcontext():
+        with image_processing_once(self.processor):
             prefix = encode_prompts(self, prompts, images)
             if any(item.suffix for item in items):
                 plain = [render_prompt(self, item.question, h) for item, h in zip(items, has_image)]
