@@ -9,11 +9,21 @@ tok/s = batch × new tokens / median wall time of one ``generate`` call (prefill
 (compilation included) are excluded; plain and steered calls alternate so that drift hits both alike. The
 steering overhead is steered / plain − 1 of the same path and batch size; ``steered_changed_tokens`` (the
 share of generated tokens that differ from the plain run) shows that the hook really acted.
+
+On CPU (``--control``) each repeat also times a second plain call, and ``control_pct`` (plain again /
+plain, summarised the same way) shows how far the paired estimator strays when nothing differs.
+
+On the eager paths a second overhead figure, ``decode_step_overhead``, times single decode steps (one token
+on the KV cache of the prompt, the cache rewound after each step) with and without the hook registered,
+alternated step by step (``--step-pairs`` pairs). It measures exactly what steering adds per generated token
+(the hook's dispatch, its Python and the add) with far less noise than whole ``generate`` calls, whose time
+on a shared CPU moves by ±10 % from call to call.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -52,6 +62,12 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed calls of each kind (default 5 GPU / 3 CPU)")
     parser.add_argument("--dynamic-repeats", type=int, default=None, help="timed calls on the dynamic path (default: --repeats)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls of each kind first (default 2 compiled, else 1)")
+    parser.add_argument("--control", choices=("auto", "on", "off"), default="auto",
+                        help="also time a second plain call in each repeat (A/A control: the estimator's noise floor; "
+                             "auto: on CPU)")
+    parser.add_argument("--step-pairs", type=int, default=None,
+                        help="(plain, steered) decode-step pairs of the step-level overhead on eager paths (default 200 "
+                             "CPU / 100 GPU; 0: skip)")
     return parser.parse_args(argv)
 
 
@@ -119,6 +135,112 @@ def hook_call_seconds(bench: Bench, vectors: torch.Tensor, alpha: float, mode: s
     return common.median(per_round)
 
 
+def new_cache(bench: Bench, path: str, max_len: int):
+    """An empty KV cache of the model: static (``max_len`` positions) or dynamic."""
+    from transformers import DynamicCache, StaticCache
+
+    config = bench.model.config
+    return StaticCache(config=config, max_cache_len=max_len) if path == "static" else DynamicCache(config=config)
+
+
+def rewind_one_position(cache) -> None:
+    """Forget the last position of a KV cache (``crop(-1)`` per layer; a static layer of a transformers release
+    without ``crop`` has its write counter moved back instead: the next step overwrites that slot)."""
+    for layer in cache.layers:
+        if hasattr(layer, "crop"):
+            layer.crop(-1)
+        else:
+            layer.cumulative_length.sub_(1)
+
+
+def decode_step_overhead(bench: Bench, inputs: dict[str, torch.Tensor], path: str, layer: int, vectors: torch.Tensor,
+                         alpha: float, pairs: int, warmup: int = 5) -> dict:
+    """Steering's cost per generated token on an eager path: one decode step timed with and without the
+    hook, alternated step by step. The prompt is prefilled once into a fresh cache; each step feeds one
+    token and the cache is rewound by one position afterwards, so every step does the same work. The same
+    :class:`SteeringHook` object is registered before each steered step and removed after it (outside the
+    timed region: ``generate`` registers once per call), so that the plain steps run the block's hook-free
+    fast path as an unsteered ``generate`` does; its tracker sees one prefill, then only decode steps on the
+    same cache, as in ``generate``. Returns the median of the steered / plain time ratios of the pairs (order
+    alternating), their interquartile range, the median step times, how many steps the hook steered and
+    whether it changed the step's logits."""
+    from l2s_lightning.extraction.forward import cache_kwarg
+    from l2s_lightning.models.layers import decoder_layers
+    from l2s_lightning.steering.hook import SteeringHook
+
+    model, mask = bench.model, inputs["attention_mask"]
+    batch, prompt = mask.shape
+    cache = new_cache(bench, path, prompt + 4)
+    key = cache_kwarg(model)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1, **{key: cache}).logits
+    step_inputs = {"input_ids": logits[:, -1:].argmax(-1), "attention_mask": torch.cat([mask, mask.new_ones(batch, 1)], 1),
+                   "position_ids": positions[:, -1:] + 1, "use_cache": True, key: cache}
+
+    def step() -> torch.Tensor:
+        with torch.no_grad():
+            out = model(**step_inputs).logits
+        rewind_one_position(cache)
+        if int(cache.get_seq_length()) != prompt:
+            raise RuntimeError(f"rewinding the {path} cache left {int(cache.get_seq_length())} positions, not {prompt}")
+        return out
+
+    hook = SteeringHook(vectors, alpha, "generated")
+    block = decoder_layers(model)[layer]
+
+    def timed(steer: bool) -> tuple[float, torch.Tensor]:
+        handle = hook.register(block) if steer else None  # registered outside the timed region, as generate
+        try:  # registers once per call, not per token
+            with Timer(bench.device) as timer:
+                out = step()
+        finally:
+            if handle is not None:
+                handle.remove()
+        return timer.seconds, out
+
+    timed(True)  # the hook's first call counts as the prefill (not steered); every later one is a decode step
+    hook.steered_calls = 0
+    changed = bool((timed(True)[1] != timed(False)[1]).any())
+    for _ in range(warmup):
+        timed(False), timed(True)
+    ratios, plain_s, steered_s = [], [], []
+    for r in range(pairs):
+        times = {steer: timed(steer)[0] for steer in ((False, True) if r % 2 == 0 else (True, False))}
+        plain_s.append(times[False])
+        steered_s.append(times[True])
+        ratios.append(times[True] / times[False])
+    paired, iqr = paired_summary(ratios)
+    return {"value": round(100 * (paired - 1), 2), "unit": "%", "steered_over_plain_paired": round(paired, 4),
+            "pair_ratio_iqr": iqr, "step_pairs": pairs,
+            "plain_step_ms": round(1e3 * common.median(plain_s), 3), "steered_step_ms": round(1e3 * common.median(steered_s), 3),
+            "steered_steps": hook.steered_calls, "expected_steered_steps": 1 + warmup + pairs,
+            "step_logits_changed": changed, "steering_active": changed and hook.steered_calls == 1 + warmup + pairs}
+
+
+def paired_summary(ratios: list[float]) -> tuple[float, list[float]]:
+    """The median of paired time ratios and their interquartile range [q1, q3], rounded."""
+    paired = common.median(ratios)
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [paired] * 3
+    return paired, [round(quartiles[0], 4), round(quartiles[2], 4)]
+
+
+def call_order(names: list[str], repeat: int) -> list[str]:
+    """The order of the timed calls in repeat ``repeat``: two kinds alternate; three cycle through the six
+    permutations (a balanced design: each kind comes first, second and last equally often)."""
+    if len(names) == 2:
+        return names if repeat % 2 == 0 else names[::-1]
+    return list(itertools.permutations(names))[repeat % 6]
+
+
+def control_figures(times: dict[str, list[float]]) -> dict:
+    """The noise floor of the paired estimator: a second plain call timed in the same repeats (an A/A
+    comparison), summarised exactly as steered / plain is."""
+    paired, iqr = paired_summary([c / p for p, c in zip(times["plain"], times["control"])])
+    return {"control_over_plain_paired": round(paired, 4), "control_pct": round(100 * (paired - 1), 2),
+            "control_pair_ratio_iqr": iqr}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     bench = common.build(args)
@@ -135,6 +257,8 @@ def main(argv=None) -> int:
     layer = args.layer if args.layer is not None else min(15, bench.num_layers // 2)
     batch_sizes = [int(b) for b in (args.batch_sizes or ("1,16,64" if cuda else "1,8")).split(",") if b.strip()]
     default_repeats = args.repeats or (5 if cuda else 3)
+    step_pairs = args.step_pairs if args.step_pairs is not None else (100 if cuda else 200)
+    control = args.control == "on" or (args.control == "auto" and not cuda)
     records = []
     for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
         compiled = path == "static" and compile_on
@@ -168,13 +292,13 @@ def main(argv=None) -> int:
                     with Timer(bench.device) as timer:
                         call()
                     first.setdefault(name, timer.seconds)
-                times: dict[str, list[float]] = {"plain": [], "steered": []}
+                calls = {"plain": plain, "steered": steered} | ({"control": plain} if control else {})
+                times: dict[str, list[float]] = {name: [] for name in calls}
                 outputs = {}
                 for r in range(repeats):
-                    order = (("plain", plain), ("steered", steered)) if r % 2 == 0 else (("steered", steered), ("plain", plain))
-                    for name, call in order:
+                    for name in call_order(list(calls), r):
                         with Timer(bench.device) as timer:
-                            outputs[name] = call()
+                            outputs[name] = calls[name]()
                         times[name].append(timer.seconds)
             except torch.OutOfMemoryError as err:
                 common.emit({"bench": "generation", "shape": bench.name, "path": label, "batch_size": batch,
@@ -204,22 +328,35 @@ def main(argv=None) -> int:
             # the figure: median of the ratios of back-to-back (plain, steered) pairs, which cancels the machine's
             # drift between pairs; the ratio of the medians and of the minima are kept beside it
             hook_s = hook_call_seconds(bench, vectors, args.alpha, args.mode)
-            ratios = [s / p for p, s in zip(times["plain"], times["steered"])]
-            paired = common.median(ratios)
-            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [paired] * 3
+            paired, iqr = paired_summary([s / p for p, s in zip(times["plain"], times["steered"])])
             record = base | {
                 "key": f"generation/{bench.name}/{label}/bs{batch}/steering_overhead", "figure": "steering_overhead_pct",
                 "value": round(100 * (paired - 1), 2), "unit": "%", "steered_over_plain_paired": round(paired, 4),
-                "pair_ratio_iqr": [round(quartiles[0], 4), round(quartiles[2], 4)],
+                "pair_ratio_iqr": iqr,
                 "steered_over_plain": round(medians["steered"] / medians["plain"], 4),
                 "steered_over_plain_min": round(min(times["steered"]) / min(times["plain"]), 4),
                 "hook_us_per_decode_step": round(1e6 * hook_s, 1),
                 "hook_share_of_plain_pct": round(100 * hook_s * args.new_tokens / medians["plain"], 3),
+                **(control_figures(times) if control else {}),
                 "steered_changed_tokens": round(changed, 3), "steering_active": changed > 0,
                 "alpha": args.alpha, "vector_norm": args.vector_norm, "mode": args.mode, "delta_primed": prime,
             }
             records.append(record)
             common.emit(record)
+            if step_pairs > 0 and not compiled:
+                key = f"generation/{bench.name}/{label}/bs{batch}/decode_step_overhead"
+                try:
+                    step = decode_step_overhead(bench, inputs, path, layer, vectors, args.alpha, step_pairs)
+                except (RuntimeError, TypeError, ValueError) as err:  # e.g. another transformers' cache API
+                    common.emit(base | {"key": key, "error": f"{type(err).__name__}: {str(err)[:200]}"})
+                else:
+                    record = base | {"key": key, "figure": "decode_step_steering_overhead_pct", "alpha": args.alpha,
+                                     "vector_norm": args.vector_norm} | step
+                    records.append(record)
+                    common.emit(record)
+                    if not step["steering_active"]:
+                        print(f"# WARNING: the step-level run did not steer as expected on path {label}, batch {batch}: "
+                              f"{step}", file=sys.stderr)
             if changed == 0:
                 print(f"# WARNING: steering changed no token on path {label}, batch {batch}: is the hook running?", file=sys.stderr)
     common.save(records, bench, args)

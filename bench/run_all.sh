@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark for one kind of machine; figures merged into bench/results/<machine>.json.
-#   bash bench/run_all.sh cpu                     # ~10 min on 2 cores (SmolLM2 real weights + tiny shape)
+#   bash bench/run_all.sh cpu                     # ~25 min on 2 cores (SmolLM2 real weights + tiny shape; generation ~12 of it)
 #   bash bench/run_all.sh gpu                     # ~14 min on an H100 (LLaVA-1.5-7B shape, random bf16)
 #   bash bench/run_all.sh gpu extraction          # ~2.5 min of it (forward alone, eager and compiled)
 #   bash bench/run_all.sh gpu pipeline            # ~3 min of it (l2s extract end to end, loader workers)

@@ -55,7 +55,9 @@ def capture_layer_outputs(model: nn.Module, layers: list[int]) -> Iterator[dict[
             handle.remove()
 
 
-def _cache_kwarg(module: nn.Module) -> str:
+def cache_kwarg(module: nn.Module) -> str:
+    """The name under which ``module.forward`` takes its KV cache: ``cache`` (recent transformers 5.x) or
+    ``past_key_values`` (earlier releases)."""
     params = inspect.signature(module.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -110,7 +112,7 @@ def prefix_shared_features(
     L* + 1 blocks before it is repeated for the two completions.
     """
     base = model.base_model
-    cache_key = _cache_kwarg(base)
+    cache_key = cache_kwarg(base)
     steer_depth = layer_steer + 1
     separate_context = inputs.context_prefix is not None
     prefix_depth = steer_depth if separate_context else max(layer_steer, layer_context) + 1

@@ -1,0 +1,60 @@
+"""The step-level steering overhead of bench/generation.py: the cache rewind makes every timed step the same
+work, and the hook steers every step after its first (the prefill), as in ``generate``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import generation  # noqa: E402
+
+from l2s_lightning.extraction.forward import cache_kwarg  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return common.build_shape("tiny", device="cpu")
+
+
+@pytest.mark.parametrize("path", ["dynamic", "static"])
+def test_rewound_decode_step_repeats_exactly(tiny, path):
+    inputs = generation.make_inputs(tiny, 2, 8, seed=0)
+    mask = inputs["attention_mask"]
+    cache = generation.new_cache(tiny, path, mask.shape[1] + 4)
+    key = cache_kwarg(tiny.model)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = tiny.model(**inputs, position_ids=positions, use_cache=True, **{key: cache}).logits
+        step = {"input_ids": logits[:, -1:].argmax(-1), "attention_mask": torch.cat([mask, mask.new_ones(2, 1)], 1),
+                "position_ids": positions[:, -1:] + 1, "use_cache": True, key: cache}
+        first = tiny.model(**step).logits
+        generation.rewind_one_position(cache)
+        assert int(cache.get_seq_length()) == mask.shape[1]
+        again = tiny.model(**step).logits
+    torch.testing.assert_close(again, first)
+
+
+@pytest.mark.parametrize("path", ["dynamic", "static"])
+def test_decode_step_overhead_steers_every_timed_step(tiny, path):
+    inputs = generation.make_inputs(tiny, 2, 8, seed=0)
+    vectors = generation.make_vectors(tiny, 2, 10.0, seed=0)
+    result = generation.decode_step_overhead(tiny, inputs, path, 2, vectors, 1.0, pairs=3, warmup=1)
+    assert result["steered_steps"] == result["expected_steered_steps"] == 1 + 1 + 3
+    assert result["step_logits_changed"] and result["steering_active"]
+    assert result["plain_step_ms"] > 0 and result["steered_step_ms"] > 0
+
+
+def test_call_order_is_balanced():
+    names = ["plain", "steered", "control"]
+    orders = [generation.call_order(names, r) for r in range(6)]
+    for name in names:
+        assert sorted(order.index(name) for order in orders) == [0, 0, 1, 1, 2, 2]
+    assert generation.call_order(names[:2], 1) == ["steered", "plain"]
