@@ -10,6 +10,7 @@ import torch
 from l2s_lightning.data.datamodule import PromptItem
 from l2s_lightning.extraction.encoding import ContrastEncoder, EncodedBatch
 from l2s_lightning.extraction.forward import ContrastInputs, prefix_shared_features, reference_features
+from l2s_lightning.extraction.host_copy import copy_to_host
 from l2s_lightning.models.compile import compile_blocks
 from l2s_lightning.models.layers import text_config
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
@@ -128,7 +129,11 @@ class ExtractionModule(L.LightningModule):
         return torch.stack(contexts), torch.stack(steers)
 
     def predict_step(self, batch: list[PromptItem] | EncodedBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """The batch's rows: ids, categories, behaviours, splits, (B, D) ``context`` and ``steer`` on the CPU, and
+        ``ready``: None, or on CUDA the event after which those two hold their values (call
+        ``ready.synchronize()`` before reading them; :class:`HDF5FeatureWriter` does so on its writing thread)."""
         context, steer = self.features(batch)
+        host, ready = copy_to_host({"context": context, "steer": steer})
         if isinstance(batch, EncodedBatch):
             batch = batch.items
         return {
@@ -136,8 +141,8 @@ class ExtractionModule(L.LightningModule):
             "category": [item.category for item in batch],
             "behaviour": [item.behaviour for item in batch],
             "split": [item.split for item in batch],
-            "context": context.cpu(),  # a synchronous copy: the writer reads it at once
-            "steer": steer.cpu(),
+            **host,  # "context", "steer": still being copied to pinned memory when "ready" is a CUDA event
+            "ready": ready,
         }
 
 

@@ -3,7 +3,8 @@ at the end.
 
 Each batch is written to a complete file under a temporary name, closed and renamed into place: HDF5 files
 are not crash-safe while open, so a kill (even ``kill -9``) at any moment leaves only whole, readable part
-files (at most the batch in flight is lost). Resuming: ids already in `features.h5` or in any part file
+files (at most the batch in flight is lost; with the background writer used on CUDA, the batches still
+queued: ``max_pending``, 2 by default, each written within milliseconds of its copy to the host). Resuming: ids already in `features.h5` or in any part file
 left by a killed run are skipped by the data module; the merge keeps each id once. Attributes record the
 model, layers, hidden size, dataset, template set (name and content hash) and split, and a rerun against a
 file of another model, dataset, layers or templates stops before the model runs.
@@ -12,7 +13,9 @@ file of another model, dataset, layers or templates stops before the model runs.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +54,18 @@ class HDF5FeatureWriter(RankPartWriter):
 
     part_suffix = ".h5"
 
-    def __init__(self, output: str = "outputs/features.h5") -> None:
+    def __init__(self, output: str = "outputs/features.h5", async_write: bool | None = None, max_pending: int = 2) -> None:
+        """``async_write``: write parts on a background thread (None: when the features arrive with a CUDA
+        event, i.e. their copy to the host is still running; the thread waits for it, so the accelerator runs
+        the next batch meanwhile). ``max_pending``: batches queued at most before a new one waits."""
         super().__init__(output)
+        if max_pending < 1:
+            raise ValueError(f"max_pending={max_pending} must be at least 1")
         self.attrs: dict[str, Any] = {}
+        self.async_write = async_write
+        self.max_pending = max_pending
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     def check_compatible(self, attrs: Mapping[str, Any]) -> None:
         """Stop before any work if existing output was made by another model, other layers or templates."""
@@ -81,6 +93,22 @@ class HDF5FeatureWriter(RankPartWriter):
         batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int = 0,
     ) -> None:
         rows = dict(prediction)
+        ready = rows.pop("ready", None)
+        path = self.next_part_path(trainer)  # named here, in batch order, whichever thread writes it
+        if not (self.async_write if self.async_write is not None else ready is not None):
+            self._write_part(path, rows, ready)
+            return
+        self._raise_failed_writes()
+        while len(self._pending) >= self.max_pending:  # bound the host memory held by queued batches
+            self._pending.pop(0).result()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2s-hdf5-writer")
+        self._pending.append(self._executor.submit(self._write_part, path, rows, ready))
+
+    def _write_part(self, path: Path, rows: dict[str, Any], ready: Any = None) -> None:
+        """Check one batch's rows and write them as a complete part file (waiting for their copy first)."""
+        if ready is not None:
+            ready.synchronize()
         for name in ARRAY_COLUMNS:
             value = rows[name]
             rows[name] = value.float().numpy() if isinstance(value, torch.Tensor) else value
@@ -88,12 +116,45 @@ class HDF5FeatureWriter(RankPartWriter):
         if bad.any():
             ids = [i for i, b in zip(rows["sample_id"], bad) if b]
             raise FloatingPointError(f"non-finite features for samples {ids[:5]}: check dtype/model (nothing else lost)")
-        path = self.next_part_path(trainer)
         tmp = path.with_name(path.name + ".tmp")
         with h5py.File(tmp, "w") as part:
             part.attrs.update(self.attrs)
             append_rows(part, rows)
         os.replace(tmp, path)
+
+    def _raise_failed_writes(self) -> None:
+        """Re-raise, in the caller's thread, the error of the first finished background write that failed."""
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            future.result()
+
+    def wait_for_writes(self) -> None:
+        """Block until every queued batch is on disk; raises the first write error (after the others finished)."""
+        pending, self._pending = self._pending, []
+        errors = []
+        for future in pending:
+            try:
+                future.result()
+            except Exception as err:  # noqa: BLE001 - every batch gets its chance to be written first
+                errors.append(err)
+        if errors:
+            raise errors[0]
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.wait_for_writes()
+        super().on_predict_end(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        try:  # batches already computed are still written, so that a rerun resumes after them
+            self.wait_for_writes()
+        except Exception as err:  # noqa: BLE001 - the run's own exception is the one to report
+            warnings.warn(f"a queued feature batch could not be written: {err}", RuntimeWarning, stacklevel=2)
+        super().on_exception(trainer, pl_module, exception)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def merge(self) -> int:
         return merge_features(self.existing_files(), self.output, self.attrs)
