@@ -153,30 +153,21 @@ def rewind_one_position(cache) -> None:
             layer.cumulative_length.sub_(1)
 
 
-def decode_step_overhead(bench: Bench, inputs: dict[str, torch.Tensor], path: str, layer: int, vectors: torch.Tensor,
-                         alpha: float, pairs: int, warmup: int = 5) -> dict:
-    """Steering's cost per generated token on an eager path: one decode step timed with and without the
-    hook, alternated step by step. The prompt is prefilled once into a fresh cache; each step feeds one
-    token and the cache is rewound by one position afterwards, so every step does the same work. The same
-    :class:`SteeringHook` object is registered before each steered step and removed after it (outside the
-    timed region: ``generate`` registers once per call), so that the plain steps run the block's hook-free
-    fast path as an unsteered ``generate`` does; its tracker sees one prefill, then only decode steps on the
-    same cache, as in ``generate``. Returns the median of the steered / plain time ratios of the pairs (order
-    alternating), their interquartile range, the median step times, how many steps the hook steered and
-    whether it changed the step's logits."""
-    from l2s_lightning.extraction.forward import cache_kwarg
-    from l2s_lightning.models.layers import decoder_layers
-    from l2s_lightning.steering.hook import SteeringHook
+def prefilled_step(bench: Bench, inputs: dict[str, torch.Tensor], path: str):
+    """Prefill the prompt into a fresh ``path`` cache; returns ``step``, which runs one decode step (the
+    greedy next token) on that cache, rewinds the cache by one position so that every call does the same
+    work, and returns the step's logits."""
+    from l2s_lightning.extraction.forward import cache_kwarg, continuation_position_ids, prefix_position_ids
 
     model, mask = bench.model, inputs["attention_mask"]
-    batch, prompt = mask.shape
+    prompt = mask.shape[1]
     cache = new_cache(bench, path, prompt + 4)
     key = cache_kwarg(model)
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = prefix_position_ids(model, inputs)
     with torch.no_grad():
         logits = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1, **{key: cache}).logits
-    step_inputs = {"input_ids": logits[:, -1:].argmax(-1), "attention_mask": torch.cat([mask, mask.new_ones(batch, 1)], 1),
-                   "position_ids": positions[:, -1:] + 1, "use_cache": True, key: cache}
+    step_inputs = {"input_ids": logits[:, -1:].argmax(-1), "attention_mask": torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1),
+                   "position_ids": continuation_position_ids(positions, mask, 1, repeats=1), "use_cache": True, key: cache}
 
     def step() -> torch.Tensor:
         with torch.no_grad():
@@ -186,8 +177,25 @@ def decode_step_overhead(bench: Bench, inputs: dict[str, torch.Tensor], path: st
             raise RuntimeError(f"rewinding the {path} cache left {int(cache.get_seq_length())} positions, not {prompt}")
         return out
 
+    return step
+
+
+def decode_step_overhead(bench: Bench, inputs: dict[str, torch.Tensor], path: str, layer: int, vectors: torch.Tensor,
+                         alpha: float, pairs: int, warmup: int = 5) -> dict:
+    """Steering's cost per generated token on an eager path: one decode step timed with and without the
+    hook, alternated step by step, on :func:`prefilled_step` (every step does the same work). The same
+    :class:`SteeringHook` object is registered before each steered step and removed after it (outside the
+    timed region: ``generate`` registers once per call), so that the plain steps run the block's hook-free
+    fast path as an unsteered ``generate`` does; its tracker sees one prefill, then only decode steps on the
+    same cache, as in ``generate``. Returns the median of the steered / plain time ratios of the pairs (order
+    alternating), their interquartile range, the median step times, how many steps the hook steered and
+    whether it changed the step's logits."""
+    from l2s_lightning.models.layers import decoder_layers
+    from l2s_lightning.steering.hook import SteeringHook
+
+    step = prefilled_step(bench, inputs, path)
     hook = SteeringHook(vectors, alpha, "generated")
-    block = decoder_layers(model)[layer]
+    block = decoder_layers(bench.model)[layer]
 
     def timed(steer: bool) -> tuple[float, torch.Tensor]:
         handle = hook.register(block) if steer else None  # registered outside the timed region, as generate

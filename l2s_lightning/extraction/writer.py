@@ -3,11 +3,12 @@ at the end.
 
 Each batch is written to a complete file under a temporary name, closed and renamed into place: HDF5 files
 are not crash-safe while open, so a kill (even ``kill -9``) at any moment leaves only whole, readable part
-files (at most the batch in flight is lost; with the background writer used on CUDA, the batches still
-queued: ``max_pending``, 2 by default, each written within milliseconds of its copy to the host). Resuming: ids already in `features.h5` or in any part file
-left by a killed run are skipped by the data module; the merge keeps each id once. Attributes record the
-model, layers, hidden size, dataset, template set (name and content hash) and split, and a rerun against a
-file of another model, dataset, layers or templates stops before the model runs.
+files (at most the batch in flight is lost; with the background writer used on CUDA, also the batches still
+queued: ``max_pending``, 2 by default, each written within milliseconds of its copy to the host). Resuming:
+ids already in `features.h5` or in any part file left by a killed run are skipped by the data module; the
+merge keeps each id once. Attributes record the model, layers, hidden size, dataset, template set (name and
+content hash) and split, and a rerun against a file of another model, dataset, layers or templates stops
+before the model runs.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class HDF5FeatureWriter(RankPartWriter):
         rows = dict(prediction)
         ready = rows.pop("ready", None)
         path = self.next_part_path(trainer)  # named here, in batch order, whichever thread writes it
-        if not (self.async_write if self.async_write is not None else ready is not None):
+        threaded = ready is not None if self.async_write is None else self.async_write
+        if not threaded:
             self._write_part(path, rows, ready)
             return
         self._raise_failed_writes()
