@@ -215,16 +215,6 @@ def pixel_values(bench: Bench, n: int, generator: torch.Generator) -> torch.Tens
     return torch.randn(n, 3, bench.image_size, bench.image_size, generator=generator)
 
 
-def left_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(r.numel() for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - r.numel():] = r
-        mask[i, width - r.numel():] = 1
-    return ids, mask
-
-
 def to_device(tensors: dict[str, torch.Tensor], bench: Bench) -> dict[str, torch.Tensor]:
     return {
         k: v.to(bench.device, dtype=bench.dtype if v.is_floating_point() else None, non_blocking=True)

@@ -72,8 +72,10 @@ def parse_args(argv=None):
 
 
 def make_inputs(bench: Bench, batch: int, text_tokens: int, seed: int) -> dict[str, torch.Tensor]:
+    from l2s_lightning.prompts import left_pad
+
     g = torch.Generator().manual_seed(seed + batch)
-    ids, mask = common.left_pad([common.prompt_ids(bench, text_tokens, g) for _ in range(batch)], bench.pad_token_id)
+    ids, mask = left_pad([common.prompt_ids(bench, text_tokens, g) for _ in range(batch)], bench.pad_token_id)
     inputs = {"input_ids": ids, "attention_mask": mask}
     pixels = common.pixel_values(bench, batch, g)
     if pixels is not None:

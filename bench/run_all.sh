@@ -23,6 +23,8 @@ case "$kind" in
     if [[ "$part" == all || "$part" == extraction ]]; then
       run bench/extraction.py --model smollm2 --threads 1 --batch-size auto --n-samples 32 --n-reference 8
       run bench/extraction.py --shape tiny --threads 1 --batch-size auto --n-samples 32 --n-reference 8
+      # a template suffix (safety_paper style), L' = 29: the plain prompt's tail on X's cache vs a pass of its own
+      run bench/extraction.py --model smollm2 --threads 1 --batch-size 16 --n-samples 32 --n-reference 4 --text-tokens 300 --suffix-tokens 20 --layer-context 29
     fi
     if [[ "$part" == all || "$part" == pipeline ]]; then
       # preparing one LLaVA-1.5 sample (TYPO render, chat template, tokenizer, CLIP 336 px) on one core
@@ -40,6 +42,8 @@ case "$kind" in
       run bench/extraction.py --shape llava-1.5-7b --batch-size auto,16,32 --n-samples 256 --n-reference 16 --phases
       # experiment: the same with each decoder block's forward compiled (first batch pays the compile)
       run bench/extraction.py --shape llava-1.5-7b --batch-size auto --n-samples 256 --n-reference 8 --compile-layers --phases
+      # the paper's safety setting (L* = 15, L' = 30) with a 20-token template suffix: shared prompt vs separate context pass
+      run bench/extraction.py --shape llava-1.5-7b --batch-size auto --n-samples 256 --n-reference 8 --suffix-tokens 20 --layer-context 30
     fi
     if [[ "$part" == all || "$part" == pipeline ]]; then
       # l2s extract end to end: encoding in the main process, in 8 loader workers, and (earlier path) in the step

@@ -94,15 +94,42 @@ def encode_prompts(loaded: PromptCoder, texts: Sequence[str], images: Sequence[I
     return dict(encoded)
 
 
-def encode_completions(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded token ids of completions (no special tokens added) and their lengths."""
+def left_pad(rows: Sequence[Sequence[int] | torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows left-padded to one (B, W) tensor, and its attention mask."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def right_pad(rows: Sequence[Sequence[int] | torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows right-padded to one (B, W) tensor, and their lengths (B,)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return ids, torch.tensor([len(row) for row in rows], dtype=torch.long)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id (0 where it has none: padded positions are masked out anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def completion_token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each completion (no special tokens added); a ValueError names one that encodes to none."""
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     for text, row in zip(texts, ids):
         if not row:
             raise ValueError(f"completion {text!r} encodes to no tokens")
-    width = max(len(row) for row in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = torch.full((len(ids), width), pad, dtype=torch.long)
-    for i, row in enumerate(ids):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out, torch.tensor([len(row) for row in ids], dtype=torch.long)
+    return ids
+
+
+def encode_completions(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids of completions (no special tokens added) and their lengths."""
+    return right_pad(completion_token_ids(tokenizer, texts), pad_token_id(tokenizer))

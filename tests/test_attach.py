@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
 
 from l2s_lightning.models.layers import decoder_layers
+from l2s_lightning.prompts import left_pad
 from l2s_lightning.steering import ContextCapture, SteeringHook, add_steering, attach_steerer
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]
@@ -29,15 +30,8 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def left_pad(prompts):
-    width = max(map(len, prompts))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
-
-
 def generate(model, prompts, **kwargs):
-    ids, mask = left_pad(prompts)
+    ids, mask = left_pad(prompts, 0)
     out = model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0,
         output_logits=True, return_dict_in_generate=True, **kwargs,
@@ -47,7 +41,7 @@ def generate(model, prompts, **kwargs):
 
 def context_of(model, prompts, layer: int) -> torch.Tensor:
     """h at block ``layer`` of the last prompt token, from a plain forward with output_hidden_states."""
-    ids, mask = left_pad(prompts)
+    ids, mask = left_pad(prompts, 0)
     with torch.no_grad():
         states = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_hidden_states=True).hidden_states
     return states[layer + 1][:, -1]

@@ -1,5 +1,6 @@
 """`ContrastEncoder`: batches encoded as the DataLoader's collate_fn equal those encoded in the step; each
-batch's images are processed once even when a template suffix needs a second, plain prompt."""
+batch's images are processed once even when a template suffix needs a second, plain prompt, and the two
+plain prompt is encoded as its tail after the tokens it shares with the suffixed one."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from l2s_lightning.data.datamodule import PromptDataModule, collate_items
 from l2s_lightning.data.sources import JsonlSource
 from l2s_lightning.extraction.encoding import ContrastEncoder, EncodedBatch, image_processing_once
 from l2s_lightning.extraction.module import ExtractionModule
+from l2s_lightning.extraction.prompt_split import shared_positions_mask, split_context_prompt, unpadded_rows
 from l2s_lightning.models.loading import ModelSpec
 from l2s_lightning.prompts import encode_prompts, render_prompt
 from test_extraction import _items
@@ -43,7 +45,7 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
-def test_suffix_batch_processes_images_once_with_the_same_result(family, request):
+def test_suffix_batch_processes_images_once_and_keeps_only_the_plain_prompts_tail(family, request):
     module = _module(request.getfixturevalue(f"tiny_{family}_dir"))
     items = _items(with_image=True, suffix=" Is it safe?")
     processor = module.loaded.processor
@@ -51,18 +53,40 @@ def test_suffix_batch_processes_images_once_with_the_same_result(family, request
     processor.image_processor = counter
     try:
         inputs = module.encoder.encode(items)
-        assert counter.calls == 1  # the plain prompt of the context pass reused the suffixed prompt's pixels
+        assert counter.calls == 1  # the plain prompt reused the suffixed prompt's pixels
         images = [item.image for item in items]
-        separate = [
+        suffixed, plain = (
             encode_prompts(module.loaded, [render_prompt(module.loaded, item.question + extra, True) for item in items], images)
             for extra in (" Is it safe?", "")
-        ]
+        )
         assert counter.calls == 3
     finally:
         processor.image_processor = counter.inner
-    _assert_same(dict(inputs.prefix), separate[0])
-    _assert_same(dict(inputs.context_prefix), separate[1])
     assert processor.image_processor is counter.inner
+    _assert_same(dict(inputs.prefix), suffixed)  # X: the suffixed prompt, as encoded alone
+    context = inputs.context
+    for i in range(len(items)):
+        # the plain prompt is, token for token, the suffixed prompt's positions in the tail's prefix_mask
+        # (the image and the question) followed by the tail
+        shared = inputs.prefix["input_ids"][i][context.prefix_mask[i].bool()].tolist()
+        tail = context.ids[i, : context.lengths[i]].tolist()
+        assert shared + tail == unpadded_rows(plain)[i]
+        assert len(tail) < 8 < len(shared) and processor.image_token_id in shared
+        assert shared == unpadded_rows(suffixed)[i][: len(shared)]
+    assert not (context.prefix_mask.bool() & ~inputs.prefix["attention_mask"].bool()).any()  # never a padded position
+
+
+def test_context_split_refuses_an_image_token_in_the_tail():
+    prompt = {"input_ids": torch.tensor([[0, 5, 6, 9]]), "attention_mask": torch.tensor([[0, 1, 1, 1]])}
+    context = {"input_ids": torch.tensor([[5, 6, 8, 7]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    split = split_context_prompt(prompt, context)
+    assert split.shared == [2] and split.tails == [[8, 7]]
+    assert shared_positions_mask(prompt["attention_mask"], split.shared).tolist() == [[0, 1, 1, 0]]
+    with pytest.raises(ValueError, match="row 0: an image token of the context prompt lies after the tokens it shares"):
+        split_context_prompt(prompt, context, image_token_id=7)
+    # the same prompt twice still leaves the tail its last token, where h is read
+    same = split_context_prompt(prompt, prompt)
+    assert same.shared == [2] and same.tails == [[9]]
 
 
 def test_image_processing_once_is_scoped_to_the_block(tiny_llava_dir):

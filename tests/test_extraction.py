@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -55,13 +57,17 @@ def test_prefix_shared_equals_full_forwards_tiny(family, layers, request):
     _check_equal(module, _items(with_image=family != "llama"))
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
-def test_suffix_and_closed_turn_templates_tiny(family, request):
-    """A template suffix moves h to a separate pass over the plain prompt; closed turns append the end token."""
+@pytest.mark.parametrize("family", ["llama", "llava", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("layers", [(1, 2), (2, 0)])
+def test_suffix_and_closed_turn_templates_tiny(family, layers, request):
+    """With a template suffix h is read from the plain prompt (its tail run on the shared tokens' cache);
+    closed turns append the end token. One row has no suffix: its two prompts are the same."""
     folder = request.getfixturevalue(f"tiny_{family}_dir")
-    module = ExtractionModule(ModelSpec(str(folder)), layer_steer=1, layer_context=2)
+    module = ExtractionModule(ModelSpec(str(folder)), layer_steer=layers[0], layer_context=layers[1])
     module.configure_model()
-    _check_equal(module, _items(with_image=family != "llama", suffix=" Is it safe?", close_turn=True))
+    items = _items(with_image=family != "llama", suffix=" Is it safe?", close_turn=True)
+    items[1] = dataclasses.replace(items[1], suffix="")
+    _check_equal(module, items)
 
 
 def test_prefix_shared_equals_full_forwards_smollm2(smollm2_spec):
@@ -81,15 +87,16 @@ def test_truncation_is_undone_after_extraction(tiny_llama_dir):
 @pytest.mark.parametrize("suffix", ["", " Is it safe?"])
 @pytest.mark.parametrize("layers", [(0, 2), (1, 3), (2, 0), (1, 1)])
 def test_each_pass_runs_only_the_blocks_it_needs(tiny_llama_dir, layers, suffix):
-    """Blocks past max(L*, L') never run; blocks in (L*, L'] run on one prompt pass only (batch B), never on
-    the completion pass (batch 2B); blocks 0..L* run on the completion pass."""
+    """Blocks past max(L*, L') never run; the prompt runs once through 0..max(L*, L') (batch B); with a
+    suffix only the plain prompt's short tail runs again, through 0..L'; both completions run through 0..L*
+    (batch 2B)."""
     steer, context = layers
     module = ExtractionModule(ModelSpec(str(tiny_llama_dir)), layer_steer=steer, layer_context=context)
     module.configure_model()
     blocks = module.llm.model.layers
-    seen: dict[int, list[int]] = {index: [] for index in range(len(blocks))}
+    seen: dict[int, list[tuple[int, int]]] = {index: [] for index in range(len(blocks))}
     handles = [
-        block.register_forward_hook(lambda _m, args, _out, index=index: seen[index].append(int(args[0].shape[0])))
+        block.register_forward_hook(lambda _m, args, _out, index=index: seen[index].append(tuple(args[0].shape[:2])))
         for index, block in enumerate(blocks)
     ]
     items = _items(with_image=False, suffix=suffix)
@@ -98,19 +105,15 @@ def test_each_pass_runs_only_the_blocks_it_needs(tiny_llama_dir, layers, suffix)
     finally:
         for handle in handles:
             handle.remove()
-    b = len(items)
-    for index, batches in seen.items():
-        if index > max(steer, context):
-            assert batches == [], f"block {index} ran"
-        elif index > steer:
-            assert batches == [b], f"block {index} ran {batches}: only one prompt pass expected"
-        else:
-            assert batches.count(2 * b) == 1, f"block {index} ran {batches}: one completion pass expected"
-    # prompt pass (to max(L*, L'), or to L* when the suffix gives h a pass of its own), context pass, completions
+    inputs = module.encode(items)
+    b, prompt = inputs.prefix["input_ids"].shape
+    completion = inputs.completions.shape[1]
+    tail = 0 if inputs.context is None else inputs.context.ids.shape[1]
+    assert bool(tail) == bool(suffix) and tail < prompt / 3  # the plain prompt is not encoded again
     expected = {
-        index: [b] * (index <= (steer if suffix else max(steer, context)))
-        + [b] * bool(suffix and index <= context)
-        + [2 * b] * (index <= steer)
+        index: [(b, prompt)] * (index <= max(steer, context))
+        + [(b, tail)] * bool(suffix and index <= context)
+        + [(2 * b, completion)] * (index <= steer)
         for index in seen
     }
     assert seen == expected

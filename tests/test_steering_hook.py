@@ -10,6 +10,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
 
 from l2s_lightning.models.layers import decoder_layers, layer_output
+from l2s_lightning.prompts import left_pad
 from l2s_lightning.steering import POSITIONS, SteeringHook, add_steering
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
@@ -25,16 +26,9 @@ def tiny_llama(seed: int = 0, layers: int = 4) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, prompts))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
-
-
 def generate(model, prompts, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sequences, scores (B, T, V), raw logits (B, T, V)) of a greedy run of NEW tokens."""
-    ids, mask = left_pad(prompts)
+    ids, mask = left_pad(prompts, 0)
     out = model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0,
         output_scores=True, output_logits=True, return_dict_in_generate=True, **kwargs,
@@ -129,7 +123,7 @@ def test_added_at_layer_on_generated_positions_only_in_generate(model):
             out["seq"] = generate(model, PROMPTS)[0]
 
     steered = _inputs_of_next_block(model, run)
-    ids, mask = left_pad(PROMPTS)
+    ids, mask = left_pad(PROMPTS, 0)
     width = ids.shape[1]
     fed = out["seq"][:, : steered.shape[1]]  # the last generated token is never fed back
     full_mask = torch.cat([mask, torch.ones(len(PROMPTS), fed.shape[1] - width, dtype=mask.dtype)], 1)
@@ -169,7 +163,7 @@ class _null:
 def test_added_exactly_on_decode_steps_of_a_manual_loop(model):
     """Manual prefill + cached decode steps with fixed tokens: prompt positions untouched (bit-identical),
     decode positions = unsteered + alpha*v (bit-identical: blocks 0..L* cannot see the steering)."""
-    ids, mask = left_pad(PROMPTS)
+    ids, mask = left_pad(PROMPTS, 0)
     steps = torch.tensor([[20, 21, 22], [23, 24, 25], [26, 27, 28]])
     v, alpha = vectors([0, 2]), 2.0
     plain = _stepwise(model, ids, mask, steps)
@@ -224,7 +218,7 @@ def test_last_prompt_mode_steers_the_first_token_and_all_mode_every_position(mod
         _, _, last_logits = generate(model, PROMPTS)
     assert all(not torch.equal(last_logits[r, 0], plain_logits[r, 0]) for r in range(3))
     # "all" on a plain forward (no cache): every position, padding included, gets alpha*v
-    ids, mask = left_pad(PROMPTS)
+    ids, mask = left_pad(PROMPTS, 0)
     plain = _inputs_of_next_block(model, lambda: model(input_ids=ids, attention_mask=mask))
     with add_steering(model, LAYER, v, alpha=2.0, mode="all"):
         steered = _inputs_of_next_block(model, lambda: model(input_ids=ids, attention_mask=mask))

@@ -20,9 +20,17 @@ from typing import Any
 import torch
 
 from l2s_lightning.data.datamodule import PromptItem
-from l2s_lightning.extraction.forward import ContrastInputs
+from l2s_lightning.extraction.forward import ContextTail, ContrastInputs
+from l2s_lightning.extraction.prompt_split import shared_positions_mask, split_context_prompt
 from l2s_lightning.models.loading import LoadedModel, ModelSpec
-from l2s_lightning.prompts import assistant_turn_suffix, encode_completions, encode_prompts, render_prompt
+from l2s_lightning.prompts import (
+    assistant_turn_suffix,
+    encode_completions,
+    encode_prompts,
+    pad_token_id,
+    render_prompt,
+    right_pad,
+)
 
 
 class _ImageProcessingOnce:
@@ -60,18 +68,6 @@ def image_processing_once(processor: Any) -> Iterator[None]:
         processor.image_processor = inner
 
 
-def _pin(tensors: dict[str, torch.Tensor] | None, pinned: dict[int, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-    """Page-locked copies of ``tensors``; a tensor already in ``pinned`` (by identity) is not copied twice."""
-    if tensors is None:
-        return None
-    out = {}
-    for key, value in tensors.items():
-        if id(value) not in pinned:
-            pinned[id(value)] = value.pin_memory()
-        out[key] = pinned[id(value)]
-    return out
-
-
 @dataclass
 class EncodedBatch:
     """One batch as the loader hands it over: the rows (images dropped: they now live in ``inputs``) and
@@ -82,21 +78,22 @@ class EncodedBatch:
 
     def pin_memory(self) -> EncodedBatch:
         """The same batch with every tensor in page-locked memory (called by ``DataLoader(pin_memory=True)``)."""
-        pinned: dict[int, torch.Tensor] = {}  # the context pass shares the prompt's pixel values
-        inputs = ContrastInputs(
-            prefix=_pin(dict(self.inputs.prefix), pinned),
-            completions=self.inputs.completions.pin_memory(),
-            completion_lengths=self.inputs.completion_lengths.pin_memory(),
-            context_prefix=_pin(None if self.inputs.context_prefix is None else dict(self.inputs.context_prefix), pinned),
+        inputs = self.inputs
+        pinned = ContrastInputs(
+            prefix={key: value.pin_memory() for key, value in inputs.prefix.items()},
+            completions=inputs.completions.pin_memory(),
+            completion_lengths=inputs.completion_lengths.pin_memory(),
+            context=None if inputs.context is None else inputs.context.pin_memory(),
         )
-        return EncodedBatch(self.items, inputs)
+        return EncodedBatch(self.items, pinned)
 
 
 @dataclass
 class ContrastEncoder:
     """Encodes prompt rows for P2S extraction: X = prompt (+ template suffix), T+ and T- (+ the chat
-    template's end-of-turn text where the template closes the turn), and the plain prompt for h when a
-    suffix is used. Call it on a list of :class:`PromptItem` to get an :class:`EncodedBatch`."""
+    template's end-of-turn text where the template closes the turn), and, when a suffix is used, the plain
+    prompt h is read from, as the tail that follows the tokens it shares with X. Call it on a list of
+    :class:`PromptItem` to get an :class:`EncodedBatch`."""
 
     processor: Any
     tokenizer: Any
@@ -109,23 +106,28 @@ class ContrastEncoder:
 
     def encode(self, items: list[PromptItem]) -> ContrastInputs:
         """Left-padded prompts (with pixel values for MLLMs) and right-padded completions, rows 2i / 2i+1
-        the positive / negative completion of item i."""
+        the positive / negative completion of item i; with a template suffix, the plain prompt's tail."""
         images = [item.image for item in items]
         has_image = [image is not None for image in images]
         prompts = [render_prompt(self, item.question + item.suffix, h) for item, h in zip(items, has_image)]
-        context_prefix = None
+        context = None
         with image_processing_once(self.processor):
             prefix = encode_prompts(self, prompts, images)
             if any(item.suffix for item in items):
                 plain = [render_prompt(self, item.question, h) for item, h in zip(items, has_image)]
-                context_prefix = encode_prompts(self, plain, images)
+                context = self._context_tail(prefix, encode_prompts(self, plain, images))
         closing = assistant_turn_suffix(self)
         texts = []
         for item in items:
             end = closing if item.close_turn else ""
             texts += [item.positive + end, item.negative + end]
         completions, lengths = encode_completions(self.tokenizer, texts)
-        return ContrastInputs(prefix=prefix, completions=completions, completion_lengths=lengths, context_prefix=context_prefix)
+        return ContrastInputs(prefix=prefix, completions=completions, completion_lengths=lengths, context=context)
+
+    def _context_tail(self, prefix: dict[str, torch.Tensor], plain: dict[str, torch.Tensor]) -> ContextTail:
+        split = split_context_prompt(prefix, plain, getattr(self.processor, "image_token_id", None))
+        ids, lengths = right_pad(split.tails, pad_token_id(self.tokenizer))
+        return ContextTail(ids, lengths, shared_positions_mask(prefix["attention_mask"], split.shared))
 
     def __call__(self, items: list[PromptItem]) -> EncodedBatch:
         inputs = self.encode(items)

@@ -1,7 +1,9 @@
 """P2S features of a batch: h at L' (last prompt token) and z = h_L*(X+)[last] - h_L*(X-)[last].
 
 `prefix_shared_features` encodes each prompt once (up to block max(L*, L')), keeps its KV cache, and runs
-both completions of every row on that cache as one batch of 2B rows, through blocks 0..L* only.
+both completions of every row on that cache as one batch of 2B rows, through blocks 0..L* only. When a
+template suffix makes the steering prompt differ from the prompt h is read from, the two share their image
+and question tokens: only the plain prompt's short tail runs again, on the steering prompt's cache.
 `reference_features` is the plain style (batch 1, three full forwards); a test checks that the two agree.
 """
 
@@ -21,19 +23,34 @@ PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_typ
 
 
 @dataclass
+class ContextTail:
+    """The prompt h is read from, where a template suffix makes it differ from the steering prompt: the
+    ``prefix_mask`` (B, W) positions of the steering prompt it shares, then its own right-padded tokens
+    ``ids`` (B, T) of ``lengths`` (B,) (:mod:`l2s_lightning.extraction.prompt_split`)."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    prefix_mask: torch.Tensor
+
+    def pin_memory(self) -> ContextTail:
+        """The same tail in page-locked memory."""
+        return ContextTail(self.ids.pin_memory(), self.lengths.pin_memory(), self.prefix_mask.pin_memory())
+
+
+@dataclass
 class ContrastInputs:
     """Encoded inputs of one batch.
 
-    ``prefix``: left-padded prompt encodings (X), ``completions``: (2B, C) right-padded ids with rows
-    2i / 2i+1 the positive / negative completion of sample i, ``completion_lengths``: (2B,).
-    ``context_prefix``: the prompt the context h is read from when it differs from ``prefix`` (a template
-    suffix), else None.
+    ``prefix``: left-padded prompt encodings (X, with the template suffix if any), ``completions``: (2B, C)
+    right-padded ids with rows 2i / 2i+1 the positive / negative completion of sample i,
+    ``completion_lengths``: (2B,). ``context``: None when h is read at the last token of ``prefix``, else
+    where the prompt h is read from differs from it.
     """
 
     prefix: Mapping[str, torch.Tensor]
     completions: torch.Tensor
     completion_lengths: torch.Tensor
-    context_prefix: Mapping[str, torch.Tensor] | None = None
+    context: ContextTail | None = None
 
 
 @contextlib.contextmanager
@@ -101,60 +118,84 @@ def keep_cache_layers(cache: object, n_layers: int) -> None:
         del layers[n_layers:]
 
 
+def trim_cache(cache: object, length: int) -> None:
+    """Cut every layer of a dynamic KV cache back to its first ``length`` positions (what a pass appended
+    after them is dropped)."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 and layer.keys.shape[-2] > length:
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+
+
+def run_continuation(
+    model: nn.Module, cache: object, ids: torch.Tensor, lengths: torch.Tensor, prefix_positions: torch.Tensor,
+    prefix_mask: torch.Tensor, repeats: int, depth: int,
+) -> None:
+    """Run right-padded rows ``ids`` (each prompt row repeated ``repeats`` times) on the prompt's cache through
+    blocks 0..depth-1, attending to the cached positions ``prefix_mask`` holds and numbered on from the last
+    of them; read their hidden states with :func:`capture_layer_outputs`."""
+    base = model.base_model
+    width = ids.shape[1]
+    tail_mask = (torch.arange(width, device=ids.device)[None] < lengths[:, None]).to(prefix_mask.dtype)
+    full_mask = torch.cat([prefix_mask.repeat_interleave(repeats, dim=0), tail_mask], dim=1)
+    with truncated_decoder(model, depth):
+        base(
+            input_ids=ids,
+            attention_mask=full_mask,
+            position_ids=continuation_position_ids(prefix_positions, prefix_mask, width, repeats),
+            use_cache=True,
+            **{cache_kwarg(base): cache},
+        )
+
+
+def last_real(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(N, D): each row's hidden state at its last real token (rows right-padded to ``lengths``)."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+
+
 @torch.no_grad()
 def prefix_shared_features(
     model: nn.Module, inputs: ContrastInputs, layer_steer: int, layer_context: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, z), each (B, D), encoding each prompt once and running each pass only as deep as it must go.
 
-    The prompt pass runs blocks 0..max(L*, L') (0..L* when a template suffix gives h its own pass over the
-    plain prompt, which runs 0..L'); the completion pass runs blocks 0..L* on the prompt's cache, cut to
-    L* + 1 blocks before it is repeated for the two completions.
+    The prompt pass runs blocks 0..max(L*, L'). With a context tail, the tail runs next on the prompt's cache
+    through blocks 0..L', attending to the positions it shares with the prompt only (h is read at its last
+    token), and is then cut from the cache. The completion pass runs blocks 0..L* on the prompt's cache,
+    cut to L* + 1 blocks before it is repeated for the two completions.
     """
     base = model.base_model
-    cache_key = cache_kwarg(base)
     steer_depth = layer_steer + 1
-    separate_context = inputs.context_prefix is not None
-    prefix_depth = steer_depth if separate_context else max(layer_steer, layer_context) + 1
     prefix = dict(inputs.prefix)
     mask = prefix["attention_mask"]
     with capture_layer_outputs(model, [layer_steer, layer_context]) as captured:
         positions = prefix_position_ids(model, prefix)
-        with truncated_decoder(model, prefix_depth):
+        with truncated_decoder(model, max(layer_steer, layer_context) + 1):
             out = base(**prefix, position_ids=positions, use_cache=True, return_dict=True)
-        cache = out.cache if cache_key == "cache" else out.past_key_values
-        if separate_context:
-            context_inputs = dict(inputs.context_prefix)
-            with truncated_decoder(model, layer_context + 1):
-                base(**context_inputs, position_ids=prefix_position_ids(model, context_inputs), use_cache=False)
-        context = captured[layer_context][:, -1]
+        cache = out.cache if cache_kwarg(base) == "cache" else out.past_key_values
+        if inputs.context is None:
+            context = captured[layer_context][:, -1]
+        else:
+            tail = inputs.context
+            lengths, seen = tail.lengths.to(mask.device), tail.prefix_mask.to(mask.device)
+            run_continuation(model, cache, tail.ids.to(mask.device), lengths, positions, seen, 1, layer_context + 1)
+            context = last_real(captured[layer_context], lengths)
+            trim_cache(cache, mask.shape[1])
         keep_cache_layers(cache, steer_depth)
         cache.batch_repeat_interleave(2)
-        completions = inputs.completions.to(mask.device)
         lengths = inputs.completion_lengths.to(mask.device)
-        width = completions.shape[1]
-        completion_mask = (torch.arange(width, device=mask.device)[None] < lengths[:, None]).to(mask.dtype)
-        full_mask = torch.cat([mask.repeat_interleave(2, dim=0), completion_mask], dim=1)
-        with truncated_decoder(model, steer_depth):
-            base(
-                input_ids=completions,
-                attention_mask=full_mask,
-                position_ids=continuation_position_ids(positions, mask, width, repeats=2),
-                use_cache=True,
-                **{cache_key: cache},
-            )
-        hidden = captured[layer_steer]
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+        run_continuation(model, cache, inputs.completions.to(mask.device), lengths, positions, mask, 2, steer_depth)
+        last = last_real(captured[layer_steer], lengths)
     return context.float(), (last[0::2] - last[1::2]).float()
 
 
-def _append_tokens(prefix: Mapping[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+def append_tokens(prefix: Mapping[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """Inputs of one un-padded sample X with ``ids`` appended (per-token fields extended)."""
     out = dict(prefix)
     n = ids.numel()
     out["input_ids"] = torch.cat([prefix["input_ids"], ids[None].to(prefix["input_ids"].device)], dim=1)
     out["attention_mask"] = torch.ones_like(out["input_ids"])
-    for key in ("mm_token_type_ids", "token_type_ids"):
+    for key in PER_TOKEN_KEYS[2:]:
         if key in prefix:
             out[key] = torch.cat([prefix[key], prefix[key].new_zeros(1, n)], dim=1)
     return out
@@ -167,6 +208,8 @@ def reference_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain way for ONE un-padded sample: three full forwards (X, X+, X-), no cache, no truncation.
 
+    X+ / X- are ``prefix`` followed by ``positive`` / ``negative``; X is ``context_prefix`` when given (the
+    plain prompt of a template with a suffix), else ``prefix``.
     Layer outputs are read with forward hooks, not ``hidden_states``: transformers returns the last block's
     output after the final norm there, while layer L is the raw output of block L (what steering edits).
     """
@@ -176,6 +219,6 @@ def reference_features(
             model(**inputs, use_cache=False)
         return captured[layer][0, -1]
 
-    context = hidden(context_prefix if context_prefix is not None else prefix, layer_context)
-    steer = hidden(_append_tokens(prefix, positive), layer_steer) - hidden(_append_tokens(prefix, negative), layer_steer)
+    context = hidden(prefix if context_prefix is None else context_prefix, layer_context)
+    steer = hidden(append_tokens(prefix, positive), layer_steer) - hidden(append_tokens(prefix, negative), layer_steer)
     return context.float(), steer.float()

@@ -9,7 +9,13 @@ import torch
 
 from l2s_lightning.data.datamodule import PromptItem
 from l2s_lightning.extraction.encoding import ContrastEncoder, EncodedBatch
-from l2s_lightning.extraction.forward import ContrastInputs, prefix_shared_features, reference_features
+from l2s_lightning.extraction.forward import (
+    PER_TOKEN_KEYS,
+    ContrastInputs,
+    append_tokens,
+    prefix_shared_features,
+    reference_features,
+)
 from l2s_lightning.extraction.host_copy import copy_to_host
 from l2s_lightning.models.compile import compile_blocks
 from l2s_lightning.models.layers import text_config
@@ -24,7 +30,8 @@ class ExtractionModule(L.LightningModule):
         layer_steer: L*, the block whose output is steered.
         layer_context: L', the block whose output is the context h.
         forward: ``prefix_shared`` (prompt encoded once through blocks 0..max(L*, L'), completions through
-            0..L* on its cache) or ``reference``
+            0..L* on its cache; with a template suffix, the tokens the suffixed and the plain prompt share are
+            encoded once) or ``reference``
             (three full forwards per sample, batch 1 inside the step; for checks and benchmarks).
         compile: ``torch.compile`` each decoder block run (and the vision tower's blocks), shapes dynamic
             (:func:`l2s_lightning.models.compile.compile_blocks`): fuses the elementwise work around the
@@ -110,19 +117,17 @@ class ExtractionModule(L.LightningModule):
         if self.forward_style == "reference":
             return self._reference(inputs)
         inputs.prefix = self._to_device(dict(inputs.prefix))
-        inputs.context_prefix = self._to_device(inputs.context_prefix)
         return prefix_shared_features(self.llm, inputs, self.layer_steer, self.layer_context)
 
     def _reference(self, inputs: ContrastInputs) -> tuple[torch.Tensor, torch.Tensor]:
         contexts, steers = [], []
         for i in range(inputs.completions.shape[0] // 2):
             one = _unpad_row(inputs.prefix, i)
-            ctx = _unpad_row(inputs.context_prefix, i) if inputs.context_prefix is not None else None
             pos = inputs.completions[2 * i, : inputs.completion_lengths[2 * i]]
             neg = inputs.completions[2 * i + 1, : inputs.completion_lengths[2 * i + 1]]
             h, z = reference_features(
                 self.llm, self._to_device(one), pos.to(self.device), neg.to(self.device),
-                self.layer_steer, self.layer_context, self._to_device(ctx),
+                self.layer_steer, self.layer_context, self._to_device(_context_prompt(inputs, i)),
             )
             contexts.append(h)
             steers.append(z)
@@ -146,13 +151,23 @@ class ExtractionModule(L.LightningModule):
         }
 
 
+def _context_prompt(inputs: ContrastInputs, row: int) -> dict[str, torch.Tensor] | None:
+    """The whole, un-padded prompt h is read from for one sample when it differs from the steering prompt:
+    the positions it shares with it, then its own tail."""
+    if inputs.context is None:
+        return None
+    tail = inputs.context
+    shared = _unpad_row({**inputs.prefix, "attention_mask": tail.prefix_mask}, row)
+    return append_tokens(shared, tail.ids[row, : tail.lengths[row]])
+
+
 def _unpad_row(encoded: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
     """One sample of a left-padded batch encoding, padding removed (pixel tensors split per image)."""
     mask = encoded["attention_mask"][row].bool()
     out: dict[str, torch.Tensor] = {}
     batch = encoded["input_ids"].shape[0]
     for key, value in encoded.items():
-        if key in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"):
+        if key in PER_TOKEN_KEYS:
             out[key] = value[row][mask][None]
         elif key == "pixel_values" and value.shape[0] == batch and value.dim() == 4:
             out[key] = value[row : row + 1]
