@@ -121,15 +121,11 @@ def pad_token_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def completion_token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each completion (no special tokens added); a ValueError names one that encodes to none."""
+def encode_completions(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids of completions (no special tokens added) and their lengths; a ValueError names
+    a completion that encodes to no tokens."""
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     for text, row in zip(texts, ids):
         if not row:
             raise ValueError(f"completion {text!r} encodes to no tokens")
-    return ids
-
-
-def encode_completions(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded token ids of completions (no special tokens added) and their lengths."""
-    return right_pad(completion_token_ids(tokenizer, texts), pad_token_id(tokenizer))
+    return right_pad(ids, pad_token_id(tokenizer))
