@@ -1,29 +1,66 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (`device` tool), from the repository root: install the carried wheels (.whl/, made
-# here by bench/device_wheels.sh), run parts of `run_all.sh gpu`, and leave the results in $OUT.
-#   bash bench/device_run.sh extraction pipeline     # ~6 min on an H100
-#   bash bench/device_run.sh generation              # ~8 min
-# The device call names .whl in `carry`. Each part's log goes to $OUT/<part>.log; the merged figures to
-# $OUT/results/.
+# 7B-shape GPU figures on the lent machine (`device` tool, one call of at most 10 minutes; a lease is 15 minutes
+# of device time, start included). Each named run has a time cap, so one slow run cannot take the others' time;
+# its log goes to $OUT/<name>.log and the merged figures (bench/results/*.json) to $OUT.
+#   bash bench/device_run.sh                               # extract-compiled generate-static extract-suffix, ~7 min on an H200
+#   bash bench/device_run.sh extract-compiled pipeline     # chosen runs (names and caps below)
+# `pipeline` needs `datasets`, which the machine lacks: run bench/device_wheels.sh here first and carry .whl;
+# the wheels are installed when present. The whole GPU set without caps is `bash bench/run_all.sh gpu`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-for part in "${@:-extraction}"; do
-  case "$part" in extraction|pipeline|generation|all) ;; *) echo "unknown part $part: extraction, pipeline, generation or all" >&2; exit 2 ;; esac
-done
 out="${OUT:-/tmp/l2s-bench-out}"
-mkdir -p "$out/results"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python="${PYTHON:-python3}"
+shape=(--shape llava-1.5-7b)
+extract=(bench/extraction.py "${shape[@]}" --batch-size auto --n-samples 256 --n-reference 8)
+
+run_named() {  # the bench run of NAME, with its cap in seconds
+  case "$1" in
+    # compiled blocks (target >= 100 samples/s), checked against the float32 truth; the first batches compile
+    extract-compiled) capped 210 "$1" "${extract[@]}" --compile-layers ;;
+    # eager, the baseline of extract-compiled
+    extract-eager) capped 90 "$1" "${extract[@]}" ;;
+    # the paper's safety setting (L* = 15, L' = 30), 20-token template suffix: shared prompt vs a separate pass
+    extract-suffix) capped 90 "$1" "${extract[@]}" --suffix-tokens 20 --layer-context 30 --no-float32-check ;;
+    # static cache + compile, one graph per batch size, plain vs steered (targets 113 / 1210 / 2394 tok/s, <= 2 %)
+    generate-static) capped 330 "$1" bench/generation.py "${shape[@]}" --paths static --compile-dynamic off \
+      --batch-sizes 64,16,1 --new-tokens 128 --repeats 5 ;;
+    # l2s extract end to end (Trainer.predict, loader workers, HDF5 writer) against the forward alone
+    pipeline) capped 240 "$1" bench/extraction_pipeline.py "${shape[@]}" --workers 0,8 --n-samples 512 --compile ;;
+    *) echo "unknown run $1: extract-compiled, extract-eager, extract-suffix, generate-static or pipeline" >&2; return 2 ;;
+  esac
+}
+
+capped() {  # capped SECONDS NAME SCRIPT ARGS...: one bench run, killed after SECONDS; prints its figures
+  local seconds=$1 name=$2
+  shift 2
+  echo "+ $name (at most ${seconds} s): $*"
+  local start=$SECONDS
+  timeout -k 10 "$seconds" "$python" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  echo "  rc $rc after $((SECONDS - start)) s"
+  grep '^{' "$out/$name.log" | "$python" -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    if "key" in r:
+        print("  ", r["key"], r.get("figure"), r.get("value"), r.get("unit") or "", "equal" if r.get("equal") else "")' || true
+  cp bench/results/*.json "$out/" 2>/dev/null || true
+  return "$rc"
+}
+
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing .whl failed" >&2; exit 1; }
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHON="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
-"$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+"$python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 status=0
-for part in "${@:-extraction}"; do
-  bash bench/run_all.sh gpu "$part" > "$out/$part.log" 2>&1 || { status=$?; echo "part $part failed ($status)" >&2; }
-  grep '^{' "$out/$part.log" | tail -n 40 || true
-  cp bench/results/*.json "$out/results/" 2>/dev/null || true
+names=("$@")
+[[ ${#names[@]} -gt 0 ]] || names=(extract-compiled generate-static extract-suffix)
+for name in "${names[@]}"; do
+  run_named "$name" || status=$?
 done
 exit "$status"
