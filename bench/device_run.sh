@@ -10,6 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/l2s-bench-out}"
 mkdir -p "$out"
+started=$(mktemp)  # figures files written after it are copied to $out
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python="${PYTHON:-python3}"
 shape=(--shape llava-1.5-7b)
@@ -28,9 +29,15 @@ run_named() {  # the bench run of NAME, with its cap in seconds
       --batch-sizes 64,16,1 --new-tokens 128 --repeats 5 ;;
     # l2s extract end to end (Trainer.predict, loader workers, HDF5 writer) against the forward alone
     pipeline) capped 240 "$1" bench/extraction_pipeline.py "${shape[@]}" --workers 0,8 --n-samples 512 --compile ;;
-    *) echo "unknown run $1: extract-compiled, extract-eager, extract-suffix, generate-static or pipeline" >&2; return 2 ;;
+    *) return 2 ;;
   esac
 }
+runs=(extract-compiled extract-eager extract-suffix generate-static pipeline)
+names=("$@")
+[[ ${#names[@]} -gt 0 ]] || names=(extract-compiled generate-static extract-suffix)
+for name in "${names[@]}"; do  # all names checked before anything runs
+  [[ " ${runs[*]} " == *" $name "* ]] || { echo "unknown run $name: one of ${runs[*]}" >&2; exit 2; }
+done
 
 capped() {  # capped SECONDS NAME SCRIPT ARGS...: one bench run, killed after SECONDS; prints its figures
   local seconds=$1 name=$2
@@ -46,7 +53,7 @@ for line in sys.stdin:
     r = json.loads(line)
     if "key" in r:
         print("  ", r["key"], r.get("figure"), r.get("value"), r.get("unit") or "", "equal" if r.get("equal") else "")' || true
-  cp bench/results/*.json "$out/" 2>/dev/null || true
+  find bench/results -name '*.json' -newer "$started" -exec cp {} "$out/" \;  # this machine's file only
   return "$rc"
 }
 
@@ -58,8 +65,6 @@ fi
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
 "$python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 status=0
-names=("$@")
-[[ ${#names[@]} -gt 0 ]] || names=(extract-compiled generate-static extract-suffix)
 for name in "${names[@]}"; do
   run_named "$name" || status=$?
 done
