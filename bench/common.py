@@ -72,8 +72,9 @@ class Bench:
 # ----------------------------------------------------------------------------------------------- models
 
 
-def llava_config(shape: str):
-    """The LlavaConfig of a shape: the real LLaVA-1.5-7B one, or a tiny one of the same structure."""
+def llava_config(shape: str, text_layers: int | None = None):
+    """The LlavaConfig of a shape: the real LLaVA-1.5-7B one, or a tiny one of the same structure;
+    ``text_layers`` replaces the number of decoder layers (the widths stay)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     if shape == "llava-1.5-7b":
@@ -97,19 +98,25 @@ def llava_config(shape: str):
         image_token = 999
     else:
         raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
+    if text_layers is not None:
+        if text_layers < 1:
+            raise ValueError(f"text_layers={text_layers} must be at least 1")
+        text.num_hidden_layers = text_layers
     return LlavaConfig(
         text_config=text, vision_config=vision, image_token_id=image_token, vision_feature_layer=-2,
         vision_feature_select_strategy="default", projector_hidden_act="gelu", pad_token_id=text.pad_token_id,
     )
 
 
-def build_shape(shape: str, device: str | None = None, dtype: str | None = None, attn: str | None = None) -> Bench:
-    """A random-weight LLaVA of ``shape`` created directly on ``device`` in ``dtype`` (bf16 on CUDA)."""
+def build_shape(shape: str, device: str | None = None, dtype: str | None = None, attn: str | None = None,
+                text_layers: int | None = None) -> Bench:
+    """A random-weight LLaVA of ``shape`` created directly on ``device`` in ``dtype`` (bf16 on CUDA); with
+    ``text_layers``, that many decoder layers (named ``<shape>-<n>layers`` in the results)."""
     from transformers import LlavaForConditionalGeneration
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dt = _dtype(dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    config = llava_config(shape)
+    config = llava_config(shape, text_layers)
     if attn:
         config._attn_implementation = attn
         config.text_config._attn_implementation = attn
@@ -127,7 +134,8 @@ def build_shape(shape: str, device: str | None = None, dtype: str | None = None,
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     vision = config.vision_config
     return Bench(
-        name=shape, model=model, device=dev, dtype=dt, vocab_size=config.text_config.vocab_size,
+        name=shape if text_layers is None else f"{shape}-{text_layers}layers", model=model, device=dev, dtype=dt,
+        vocab_size=config.text_config.vocab_size,
         image_token_id=config.image_token_id, image_tokens=(vision.image_size // vision.patch_size) ** 2,
         image_size=vision.image_size, pad_token_id=config.text_config.pad_token_id,
         bos_token_id=config.text_config.bos_token_id,
@@ -158,7 +166,7 @@ def build(args) -> Bench:
         if args.model != "smollm2":
             raise SystemExit(f"unknown --model {args.model!r}; choose from {MODELS}")
         return load_smollm2(args.device, args.dtype)
-    return build_shape(args.shape, args.device, args.dtype, getattr(args, "attn", None))
+    return build_shape(args.shape, args.device, args.dtype, getattr(args, "attn", None), getattr(args, "text_layers", None))
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -174,6 +182,9 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; smollm2: cpu)")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--attn", default=None, help="attention implementation of the random shapes (sdpa, eager, ...)")
+    parser.add_argument("--text-layers", type=int, default=None,
+                        help="decoder layers of the random shape (default: the shape's); fewer keep its widths, e.g. "
+                             "for a CPU check of bf16 numerics at the 7B widths")
     parser.add_argument("--text-tokens", type=int, default=40, help="prompt text tokens (besides image tokens)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,

@@ -1,5 +1,6 @@
 """The step-level steering overhead of bench/generation.py: the cache rewind makes every timed step the same
-work, and the hook steers every step after its first (the prefill), as in ``generate``."""
+work, and the hook steers every step after its first (the prefill), as in ``generate``; and the random shapes
+the benches build (``--text-layers``)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,12 @@ def test_call_order_is_balanced():
     for name in names:
         assert sorted(order.index(name) for order in orders) == [0, 0, 1, 1, 2, 2]
     assert generation.call_order(names[:2], 1) == ["steered", "plain"]
+
+
+def test_text_layers_keeps_the_shape_widths():
+    cut = common.build_shape("tiny", device="cpu", text_layers=3)
+    full = common.llava_config("tiny")
+    assert cut.num_layers == 3 and cut.name == "tiny-3layers"
+    assert cut.hidden_size == full.text_config.hidden_size
+    with pytest.raises(ValueError, match="text_layers=0"):
+        common.llava_config("tiny", text_layers=0)
