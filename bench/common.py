@@ -165,6 +165,8 @@ def build(args) -> Bench:
     if getattr(args, "model", None):
         if args.model != "smollm2":
             raise SystemExit(f"unknown --model {args.model!r}; choose from {MODELS}")
+        if getattr(args, "text_layers", None) is not None:
+            raise SystemExit("--text-layers applies to the random shapes (--shape), not to --model")
         return load_smollm2(args.device, args.dtype)
     return build_shape(args.shape, args.device, args.dtype, getattr(args, "attn", None), getattr(args, "text_layers", None))
 

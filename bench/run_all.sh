@@ -50,7 +50,8 @@ case "$kind" in
       run bench/extraction_pipeline.py --shape llava-1.5-7b --workers 0,8 --n-samples 512 --compile
     fi
     if [[ "$part" == all || "$part" == generation ]]; then
-      run bench/generation.py --shape llava-1.5-7b --paths dynamic,static --batch-sizes 1,16,64 --new-tokens 128 --repeats 5 --dynamic-repeats 3
+      # static + compile with one graph per batch size, as the README's figures (bench/device_run.sh generate-static)
+      run bench/generation.py --shape llava-1.5-7b --paths dynamic,static --batch-sizes 1,16,64 --new-tokens 128 --repeats 5 --dynamic-repeats 3 --compile-dynamic off
     fi
     ;;
   *)

@@ -4,6 +4,7 @@ the benches build (``--text-layers``)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -55,3 +56,6 @@ def test_text_layers_keeps_the_shape_widths():
     assert cut.hidden_size == full.text_config.hidden_size
     with pytest.raises(ValueError, match="text_layers=0"):
         common.llava_config("tiny", text_layers=0)
+    args = argparse.Namespace(model="smollm2", text_layers=2, threads=None, device=None, dtype=None)
+    with pytest.raises(SystemExit, match="--text-layers applies to the random shapes"):
+        common.build(args)
