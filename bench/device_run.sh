@@ -29,10 +29,12 @@ run_named() {  # the bench run of NAME, with its cap in seconds
       --batch-sizes 64,16,1 --new-tokens 128 --repeats 5 ;;
     # l2s extract end to end (Trainer.predict, loader workers, HDF5 writer) against the forward alone
     pipeline) capped 240 "$1" bench/extraction_pipeline.py "${shape[@]}" --workers 0,8 --n-samples 512 --compile ;;
+    # l2s predict --model.compile true end to end, steered, batch 64: the product's cache policy vs transformers' defaults
+    generate-predict) capped 330 "$1" bench/generation_predict.py "${shape[@]}" --n-samples 384 ;;
     *) return 2 ;;
   esac
 }
-runs=(extract-compiled extract-eager extract-suffix generate-static pipeline)
+runs=(extract-compiled extract-eager extract-suffix generate-static pipeline generate-predict)
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=(extract-compiled generate-static extract-suffix)
 for name in "${names[@]}"; do  # all names checked before anything runs

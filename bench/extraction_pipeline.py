@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import product  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,46 +60,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def llava15_processor(image_size: int):
-    """(tokenizer, processor): a locally trained tokenizer inside LLaVA-1.5's processor at ``image_size``."""
-    from l2s_lightning.models.tiny import LLAVA_TEMPLATE, build_tokenizer, llava_processor
-
-    tokenizer = build_tokenizer(LLAVA_TEMPLATE, eos="</s>")
-    return tokenizer, llava_processor(tokenizer, image_size=image_size)
 
 
-def steady_rate(stamps: list[float], sizes: list[int], warmup: int) -> dict:
-    """Samples/s between the end of batch ``warmup`` and the end of the last batch (earlier batches pay
-    compilation and warm-up)."""
-    warm = min(warmup, len(stamps) - 2)
-    timed = sum(sizes[warm + 1 :])
-    return {"samples_per_s": round(timed / (stamps[-1] - stamps[warm]), 2), "timed_samples": timed, "batches": len(stamps)}
-
-
-def model_folder(bench: common.Bench, folder: Path):
-    """Save the shape's config with a real LLaVA-1.5 processor (no weights) so that ``ModelSpec(folder)``
-    resolves; point the random model's image token at the tokenizer's ``<image>``. Returns (spec, loaded)."""
-    from l2s_lightning.models.loading import LoadedModel, ModelSpec
-
-    tokenizer, processor = llava15_processor(bench.image_size)
-    config = bench.model.config
-    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    config.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    spec = ModelSpec(str(folder), dtype=str(bench.dtype).removeprefix("torch."))
-    return spec, LoadedModel(model=bench.model, processor=processor, tokenizer=tokenizer, spec=spec, is_multimodal=True)
-
-
-def make_datamodule(work: Path, n_samples: int, batch_size, workers: int):
-    from l2s_lightning.data.datamodule import PromptDataModule
-    from l2s_lightning.data.sources import MMSafetyBenchSource
-
-    per_split = max(1, math.ceil(n_samples / (13 * 2)))
-    return PromptDataModule(
-        source=MMSafetyBenchSource(root=str(common.REPO / "data" / "mm_safetybench"), question_field="Rephrased Question"),
-        templates="safety_paper", split_file=str(work / "split.json"), splits=["train", "test"],
-        limit_per_category=per_split, batch_size=batch_size, num_workers=workers,
-    )
 
 
 class BatchClock(Callback):
@@ -119,7 +81,7 @@ def run_pipeline(module, work: Path, args, workers: int, device: torch.device, e
     from l2s_lightning.data.datamodule import collate_items
     from l2s_lightning.extraction.writer import HDF5FeatureWriter, read_rows
 
-    data = make_datamodule(work, args.n_samples, args.batch_size, workers)
+    data = product.make_datamodule(work, args.n_samples, args.batch_size, workers)
     if encode_in_step:  # the loader hands over lists of rows; ExtractionModule.predict_step encodes them
         data.collate_fn = lambda: collate_items
     output = work / f"features-w{workers}{'-step' if encode_in_step else ''}.h5"
@@ -135,13 +97,13 @@ def run_pipeline(module, work: Path, args, workers: int, device: torch.device, e
     expected = len(data.rows())
     if len(rows["sample_id"]) != expected:
         raise SystemExit(f"features.h5 holds {len(rows['sample_id'])} rows, expected {expected}")
-    return steady_rate(clock.stamps, clock.sizes, args.warmup) | {"batch_size": max(clock.sizes), "samples": expected}
+    return product.steady_rate(clock.stamps, clock.sizes, args.warmup) | {"batch_size": max(clock.sizes), "samples": expected}
 
 
 def prepare(encoder, args, trainer=None) -> tuple[list, dict]:
     """The encoded batches of the data (rendered and encoded in this process, one thread) and the time
     that took per sample."""
-    data = make_datamodule(Path(tempfile.mkdtemp()), args.n_samples, args.batch_size, 0)
+    data = product.make_datamodule(Path(tempfile.mkdtemp()), args.n_samples, args.batch_size, 0)
     data.trainer = trainer  # for the auto batch size (the module's memory estimate)
     data.collate_fn = lambda: encoder
     data.rows()  # read the question files, split and templates outside the timing
@@ -162,7 +124,7 @@ def run_forward_only(module, args, device: torch.device) -> tuple[dict, dict]:
         module.features(batch)
         common.sync(device)
         stamps.append(time.perf_counter())
-    return steady_rate(stamps, [len(b.items) for b in batches], args.warmup), cost
+    return product.steady_rate(stamps, [len(b.items) for b in batches], args.warmup), cost
 
 
 def prepare_only(args) -> int:
@@ -171,7 +133,7 @@ def prepare_only(args) -> int:
     from l2s_lightning.models.loading import ModelSpec
 
     vision = common.llava_config(args.shape).vision_config
-    tokenizer, processor = llava15_processor(vision.image_size)
+    tokenizer, processor = product.llava15_processor(vision.image_size)
     encoder = ContrastEncoder(processor, tokenizer, ModelSpec("bench"))
     args.batch_size = 16 if args.batch_size == "auto" else args.batch_size
     _, cost = prepare(encoder, args)
@@ -203,7 +165,7 @@ def main(argv=None) -> int:
     from l2s_lightning.extraction.module import ExtractionModule
 
     work = Path(tempfile.mkdtemp(prefix="l2s-bench-"))
-    spec, loaded = model_folder(bench, work / "model")
+    spec, loaded = product.model_folder(bench, work / "model")
     module = ExtractionModule(spec, layer_steer=layer_steer, layer_context=layer_context, compile=args.compile)
     module.loaded = loaded  # the random model built on the device (configure_model keeps a loaded model)
     variant = "+compile" if args.compile else ""

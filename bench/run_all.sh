@@ -34,6 +34,8 @@ case "$kind" in
     fi
     if [[ "$part" == all || "$part" == generation ]]; then
       run bench/generation.py --model smollm2 --threads 1 --batch-sizes 1,8 --new-tokens 16 --paths dynamic,static --repeats 15
+      # l2s predict --model.compile true end to end on the tiny shape: the product's cache policy vs transformers' defaults
+      run bench/generation_predict.py --shape tiny --threads 1 --n-samples 120 --policies ours,per-batch,per-call
     fi
     ;;
   gpu)
@@ -52,6 +54,8 @@ case "$kind" in
     if [[ "$part" == all || "$part" == generation ]]; then
       # static + compile with one graph per batch size, as the README's figures (bench/device_run.sh generate-static)
       run bench/generation.py --shape llava-1.5-7b --paths dynamic,static --batch-sizes 1,16,64 --new-tokens 128 --repeats 5 --dynamic-repeats 3 --compile-dynamic off
+      # l2s predict --model.compile true end to end, steered: the product's cache policy vs transformers' defaults
+      run bench/generation_predict.py --shape llava-1.5-7b --n-samples 384
     fi
     ;;
   *)

@@ -1,6 +1,6 @@
 """The step-level steering overhead of bench/generation.py: the cache rewind makes every timed step the same
 work, and the hook steers every step after its first (the prefill), as in ``generate``; and the random shapes
-the benches build (``--text-layers``)."""
+the benches build (``--text-layers``); and bench/generation_predict.py's comparison of compiled-path policies."""
 
 from __future__ import annotations
 
@@ -59,3 +59,24 @@ def test_text_layers_keeps_the_shape_widths():
     args = argparse.Namespace(model="smollm2", text_layers=2, threads=None, device=None, dtype=None)
     with pytest.raises(SystemExit, match="--text-layers applies to the random shapes"):
         common.build(args)
+
+
+def test_generation_predict_bench_compares_the_cache_policies(tmp_path, capsys):
+    """bench/generation_predict.py on the tiny shape (dynamo only, 3 batches of MM-SafetyBench test questions of
+    several widths, the last one short): the product's path compiles one graph, transformers' defaults more,
+    with the same greedy responses; every question gets its row (the script checks), figures are saved."""
+    import json
+
+    import generation_predict
+
+    results = tmp_path / "figures.json"
+    assert generation_predict.main(["--shape", "tiny", "--device", "cpu", "--backend", "eager", "--n-samples", "20",
+                                    "--batch-size", "8", "--new-tokens", "3", "--workers", "0", "--results", str(results)]) == 0
+    figures = json.loads(results.read_text())["figures"]
+    ours, per_call = figures["generation_predict/tiny/ours"], figures["generation_predict/tiny/per-call"]
+    assert ours["graphs"] == 1 and per_call["graphs"] > 1 and ours["rows"] == per_call["rows"] > 16
+    assert ours["static_cache_length"] % 64 == 0 and ours["static_cache_length"] >= ours["prompt_tokens"][1] + 3
+    ratio = figures["generation_predict/tiny/ours_over_per-call"]
+    assert ratio["same_responses"] == 1.0 and ratio["value"]["graphs"] == [1, per_call["graphs"]]
+    with pytest.raises(SystemExit, match="unknown policies"):
+        generation_predict.main(["--policies", "ours,fast"])

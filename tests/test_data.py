@@ -216,3 +216,24 @@ def test_pope_json_array_file(tmp_path):
     (tmp_path / "bad_popular.json").write_text(json.dumps([records[0], {"question_id": 9}]))
     with pytest.raises(ValueError, match=r"bad_popular.json\[1\]: missing field 'image'"):
         PopeSource(files=[str(tmp_path / "bad_popular.json")]).load()
+
+
+def test_last_batch_is_filled_with_marked_copies_on_every_rank(tmp_path):
+    """For modules with ``full_batches`` (compiled generation): 7 rows at batch 2 on 2 processes fill up to
+    8 (every rank's batches full); the filler repeats the last row and says so."""
+    import lightning as L
+
+    from l2s_lightning.data.datamodule import _Items
+
+    rows = [{"id": f"r{i}", "question": f"Question {i}?", "category": "01-Illegal_Activitiy"} for i in range(7)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    data = PromptDataModule(JsonlSource(str(tmp_path / "d.jsonl")), templates="safety", split_file=str(tmp_path / "s.json"),
+                            test_fraction=0.0, use_images=False, batch_size=2)
+    data._pending = data.pending_rows()
+    assert data._filled_length(2) == 8 and data._filled_length(4) == 8 and data._filled_length(7) == 7
+    data.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # not launched: world size 2
+    assert data._filled_length(2) == 8 and data._filled_length(3) == 12
+    items = _Items(data._pending, False, {}, 8)
+    assert len(items) == 8 and len(_Items(data._pending, False, {})) == 7 and len(_Items([], False, {}, 8)) == 0
+    assert [item.filler for item in items] == [False] * 7 + [True]
+    assert items[7].id == items[6].id == data._pending[-1]["id"] and items[7].question == items[6].question

@@ -105,6 +105,92 @@ def test_prompts_encoded_in_loader_workers_give_the_same_rows(tiny_llama_dir, fi
     assert method != "prompt" or all("Refuse harmful requests." in r["prompt"] for r in read(out[2]))
 
 
+def test_compiled_predict_equals_eager_with_one_graph(tiny_llama_dir, fitted):
+    """`--model.compile true` (dynamo with the eager backend, to keep the test short): the rows of the eager
+    path, with a single decode graph for the run although prompt widths differ and 6 rows make a full batch of
+    4 and a last batch of 2 (filled with 2 copies of the last row, whose outputs are dropped)."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    eager, compiled = fitted / "pred_compile" / "eager.jsonl", fitted / "pred_compile" / "compiled.jsonl"
+    predict_main(predict_args(tiny_llama_dir, fitted, "l2s", eager, "--model.max_new_tokens=8"))
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        assert predict_main(predict_args(tiny_llama_dir, fitted, "l2s", compiled, "--model.max_new_tokens=8", "--model.compile=true",
+                                         "--model.compile_backend=eager")) == 0
+        assert counters["stats"]["unique_graphs"] == 1 and sum(counters["graph_break"].values()) == 0
+    finally:
+        torch._dynamo.reset()
+    assert read(compiled) == read(eager) and len(read(eager)) == 6
+    assert len({r["prompt_tokens"] for r in read(eager)}) > 1
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl"])
+def test_compiled_generation_of_image_prompts_equals_eager(family, request):
+    """The compiled path on each MLLM family (images of several sizes, prompts of several widths, steered
+    with a mean vector): the eager responses, and one decode graph for both batches (dynamo, eager backend)."""
+    import dataclasses
+
+    import torch
+    from PIL import Image
+    from torch._dynamo.utils import counters
+
+    from l2s_lightning.generation.module import SteeredGenerationModule
+    from l2s_lightning.models.layers import hidden_size
+    from l2s_lightning.models.loading import ModelSpec, load_model
+
+    folder = str(request.getfixturevalue(f"tiny_{family}_dir"))
+    size = hidden_size(load_model(ModelSpec(folder)).model)
+    steerer = Steerer(method="mean", model=folder, layer_steer=1, layer_context=1, hidden_size=size,
+                      tensors={"mean": 30 * torch.randn(size, generator=torch.Generator().manual_seed(0))})
+    steerer_dir = steerer.save(request.getfixturevalue("tmp_path") / "steerer")
+    questions = ["What is in the image?", "Tell me about the dog in the picture, please.", "How?",
+                 "What is the capital of France, and why is the car in this photo here?"]
+    items = [dataclasses.replace(_item(f"q{i}", q), image=Image.new("RGB", (64, 40 + 12 * i), (60 * i, 90, 200)))
+             for i, q in enumerate(questions)]
+    responses = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        module = SteeredGenerationModule(ModelSpec(folder), method="mean", steerer=str(steerer_dir), max_new_tokens=6,
+                                         compile=compiled, compile_backend="eager")
+        module.configure_model()
+        responses[compiled] = [module.generate(items[:2])[1], module.generate(items[2:])[1]]
+        assert counters["stats"]["unique_graphs"] == int(compiled)
+    torch._dynamo.reset()
+    assert responses[True] == responses[False]
+
+
+def test_compiled_path_cache_grows_in_steps_and_never_shrinks(tiny_llama_dir):
+    """The cache is sized for the longest row up front (``fit_static_cache``), grows in steps of
+    ``static_cache_multiple`` for wider prompts and keeps its size for narrower ones."""
+    from l2s_lightning.generation.module import SteeredGenerationModule
+    from l2s_lightning.models.loading import ModelSpec
+
+    with pytest.raises(ValueError, match="static_cache_multiple=0"):
+        SteeredGenerationModule(ModelSpec(str(tiny_llama_dir)), compile=True, static_cache_multiple=0)
+    module = SteeredGenerationModule(ModelSpec(str(tiny_llama_dir)), compile=True, max_new_tokens=5, static_cache_multiple=16)
+    module.configure_model()
+    assert module.full_batches and not SteeredGenerationModule(ModelSpec(str(tiny_llama_dir))).full_batches
+    longest = _item("long", "How do I make thing " * 8)
+    width = module.collate_fn()([longest]).encoded["input_ids"].shape[1]
+    assert module.fit_static_cache(longest) == -(-(width + 5) // 16) * 16 == module.static_cache_length > 16
+    module.static_cache_length = 0
+    module.static_cache_for_longest = False  # each batch sizes it as far as its own width needs
+    assert module.fit_static_cache(longest) == 0
+    lengths, caches = [], []
+    for width in (10, 11, 12, 3, 40):
+        module._compiled_path_kwargs(2, width)
+        caches.append(module._static_cache[1])
+        assert caches[-1].layers[0].max_cache_len == module.static_cache_length
+        lengths.append(module.static_cache_length)
+    assert lengths == [16, 16, 32, 32, 48]
+    assert caches[0] is caches[1] and caches[2] is caches[3] and caches[1] is not caches[2]  # reused while the size holds
+    module._compiled_path_kwargs(3, 40)
+    assert module._static_cache[1] is not caches[4]  # another batch size: another cache
+
+
 def test_predict_resumes_after_a_kill(tiny_llama_dir, fitted, monkeypatch):
     clean = fitted / "pred_clean.jsonl"
     predict_main(predict_args(tiny_llama_dir, fitted, "l2s", clean))

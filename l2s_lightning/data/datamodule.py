@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,18 +37,26 @@ class PromptItem:
     label: str = ""
     image: Image.Image | None = None
     image_path: str = ""
+    filler: bool = False  # a copy of the last row that fills the last batch (its output is dropped)
 
 
 class _Items(Dataset):
-    def __init__(self, rows: list[dict[str, Any]], use_images: bool, typo_kwargs: dict[str, Any]) -> None:
+    """The rows as items; with ``length`` above the row count, the last row is repeated as filler items."""
+
+    def __init__(self, rows: list[dict[str, Any]], use_images: bool, typo_kwargs: dict[str, Any], length: int | None = None) -> None:
         self.rows = rows
         self.use_images = use_images
         self.typo_kwargs = typo_kwargs
+        self.length = len(rows) if length is None else max(length, len(rows))
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.length if self.rows else 0
 
     def __getitem__(self, index: int) -> PromptItem:
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} of {len(self)}")
+        if index >= len(self.rows):
+            return dataclasses.replace(self[len(self.rows) - 1], filler=True)
         row = dict(self.rows[index])
         key_phrase = row.pop("key_phrase", "")
         image = None
@@ -78,6 +87,11 @@ class PromptDataModule(L.LightningDataModule):
         sort_by_length: order rows by question length so batches carry little padding.
         batch_size: rows per batch, or ``auto``: the LightningModule's ``auto_batch_size(longest_item)``
             chooses it from free accelerator memory once the model is on its device.
+
+    A LightningModule whose ``full_batches`` is True (compiled generation: one graph per batch size and
+    cache size) gets every batch full: the last one is filled with copies of the last row, marked
+    ``filler``, whose outputs the module drops; and its ``fit_static_cache(item)`` is called with the
+    longest item first, so that the cache is sized once for the run.
     """
 
     def __init__(
@@ -209,8 +223,17 @@ class PromptDataModule(L.LightningDataModule):
         module = self._module()
         if module is None or not hasattr(module, "auto_batch_size") or len(dataset) == 0:
             return 8
-        longest = max(range(len(dataset)), key=lambda i: len(self._pending[i]["question"]) + len(self._pending[i]["suffix"]))
-        return module.auto_batch_size(dataset[longest])
+        return module.auto_batch_size(self._longest_item(dataset))
+
+    def _longest_item(self, dataset: Dataset) -> PromptItem:
+        """The pending item with the longest question and suffix (in characters)."""
+        longest = max(range(len(self._pending)), key=lambda i: len(self._pending[i]["question"]) + len(self._pending[i]["suffix"]))
+        return dataset[longest]
+
+    def _filled_length(self, batch_size: int) -> int:
+        """The pending row count rounded up to whole batches on every process (batch size × world size)."""
+        step = batch_size * (self.trainer.world_size if self.trainer is not None else 1)
+        return -(-len(self._pending) // step) * step
 
     def _module(self) -> L.LightningModule | None:
         return self.trainer.lightning_module if self.trainer is not None else None
@@ -225,10 +248,15 @@ class PromptDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         self._pending = self.pending_rows()
         dataset = _Items(self._pending, self.use_images, self.typo_kwargs)
+        batch_size = self.resolved_batch_size(dataset)
+        module = self._module()
+        if getattr(module, "full_batches", False) and self._pending:
+            dataset = _Items(self._pending, self.use_images, self.typo_kwargs, self._filled_length(batch_size))
+            module.fit_static_cache(self._longest_item(dataset))
         on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,
-            batch_size=self.resolved_batch_size(dataset),
+            batch_size=batch_size,
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn(),

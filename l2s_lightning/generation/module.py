@@ -39,6 +39,19 @@ class SteeredGenerationModule(L.LightningModule):
         cache_implementation: ``dynamic`` or ``static`` KV cache.
         compile: the compiled decode path (static cache + ``torch.compile`` of each decode step, as
             transformers does on GPUs; here forced on any device; the steering hook is traced into it).
+            Each graph is specialised to its shapes, as in the benchmarks: under ``Trainer.predict`` the
+            static cache is sized for the run's longest row before the first batch (:meth:`fit_static_cache`)
+            and the last batch is filled (``full_batches``), so a run compiles one decode graph instead of
+            one per prompt width and batch size. A wider prompt grows the cache (another graph); it never
+            shrinks within a run.
+        static_cache_multiple: the compiled path's cache sizes are the prompt width plus ``max_new_tokens``
+            rounded up to a multiple of this (larger: fewer sizes, hence compilations; but every decode step
+            reads the whole cache, which at large batches costs about as much as reading the weights).
+        static_cache_for_longest: size the compiled path's cache for the run's longest row before the first
+            batch (one graph for the run). False: each batch grows it as far as its own width needs (a graph
+            per size; narrower batches, early in a run sorted by length, read a smaller cache).
+        compile_backend: the ``torch.compile`` backend of the compiled path (``eager`` traces without
+            code generation: for checking graphs quickly).
         allow_other_model: apply a steerer trained on another model of the same shape.
     """
 
@@ -56,6 +69,9 @@ class SteeredGenerationModule(L.LightningModule):
         seed: int = 0,
         cache_implementation: Literal["dynamic", "static"] = "dynamic",
         compile: bool = False,
+        static_cache_multiple: int = 64,
+        static_cache_for_longest: bool = True,
+        compile_backend: str = "inductor",
         allow_other_model: bool = False,
     ) -> None:
         super().__init__()
@@ -69,6 +85,13 @@ class SteeredGenerationModule(L.LightningModule):
         self.seed = seed
         self.cache_implementation = cache_implementation
         self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
+        if static_cache_multiple < 1:
+            raise ValueError(f"static_cache_multiple={static_cache_multiple} must be a positive number of positions")
+        self.static_cache_multiple = static_cache_multiple
+        self.static_cache_for_longest = static_cache_for_longest
+        self.compile_backend = compile_backend
+        self.static_cache_length = 0  # the compiled path's current cache size (grows, never shrinks)
+        self._static_cache: tuple[tuple[int, int], Any] | None = None  # ((batch size, length), cache) of the last batch
         self.steerer = None
         if method in STEERER_METHODS:
             self.steerer = _load_steerer(steerer, method)
@@ -84,8 +107,11 @@ class SteeredGenerationModule(L.LightningModule):
         self.encoder: PromptEncoder | None = None  # the loaded model's processor and tokenizer
 
     def configure_model(self) -> None:
+        """Load the model (a :class:`LoadedModel` set on ``loaded`` beforehand is used as it is) and check
+        the steerer's layers against it."""
         if self.loaded is None:
             self.loaded = load_model(self.spec)
+        if getattr(self, "llm", None) is not self.loaded.model:
             self.llm = self.loaded.model
             if self.steerer is not None:
                 validate_layers(self.llm, self.spec.display_name, layer_steer=self.steerer.layer_steer, layer_context=self.steerer.layer_context)
@@ -132,16 +158,12 @@ class SteeredGenerationModule(L.LightningModule):
         encoded = {k: v.to(self.device, dtype=dtype if v.is_floating_point() else None) for k, v in encoded.items()}
         tokenizer = self.loaded.tokenizer
         kwargs = dict(self.generation_kwargs, pad_token_id=tokenizer.pad_token_id)
-        if self.cache_implementation == "static" or self.use_compile:
-            kwargs["cache_implementation"] = "static"
         if self.use_compile:
-            from transformers import CompileConfig
-
-            compile_config = CompileConfig(fullgraph=True)
-            compile_config._compile_all_devices = True  # also on CPU when asked for
-            kwargs["compile_config"] = compile_config
+            kwargs |= self._compiled_path_kwargs(*encoded["input_ids"].shape)
         else:
             kwargs["disable_compile"] = True
+            if self.cache_implementation == "static":
+                kwargs["cache_implementation"] = "static"
         if kwargs["do_sample"]:
             torch.manual_seed(sampling_seed(self.seed, [item.id for item in items]))
         with self.steering(items):
@@ -159,21 +181,69 @@ class SteeredGenerationModule(L.LightningModule):
         prompt_tokens = encoded["attention_mask"].sum(1).tolist()
         return prompts, responses, prompt_tokens, counts
 
+    @property
+    def full_batches(self) -> bool:
+        """Whether the data module should fill the last batch (read by ``PromptDataModule``): on the
+        compiled path a smaller batch would compile a graph of its own."""
+        return self.use_compile
+
+    def fit_static_cache(self, longest: PromptItem) -> int:
+        """Size the compiled path's cache for ``longest`` (the run's longest row, encoded here; called by
+        ``PromptDataModule`` before the first batch): rows up to its width then share one cache size, hence one
+        decode graph. Does nothing without ``static_cache_for_longest``. Returns the cache size."""
+        assert self.encoder is not None, "configure_model() has not run"
+        if self.static_cache_for_longest:
+            self._grow_static_cache(self.collate_fn()([longest]).encoded["input_ids"].shape[1])
+        return self.static_cache_length
+
+    def _grow_static_cache(self, width: int) -> None:
+        """Grow :attr:`static_cache_length` to fit prompts ``width`` tokens wide, in steps of ``static_cache_multiple``."""
+        needed = width + self.generation_kwargs["max_new_tokens"]
+        if needed > self.static_cache_length:
+            self.static_cache_length = -(-needed // self.static_cache_multiple) * self.static_cache_multiple
+
+    def _compiled_path_kwargs(self, batch_size: int, width: int) -> dict[str, Any]:
+        """``generate`` kwargs of the compiled path for ``batch_size`` prompts ``width`` tokens wide: an empty
+        static cache of :attr:`static_cache_length` positions (grown to fit, in steps of
+        ``static_cache_multiple``; the previous batch's cache, emptied, when the size is the same) and a
+        ``CompileConfig`` that specialises each graph to its shapes."""
+        from transformers import CompileConfig, StaticCache
+
+        from l2s_lightning.extraction.forward import cache_kwarg
+
+        self._grow_static_cache(width)
+        key = (batch_size, self.static_cache_length)
+        if self._static_cache is None or self._static_cache[0] != key:
+            self._static_cache = (key, StaticCache(config=text_config(self.llm.config), max_cache_len=self.static_cache_length))
+        cache = self._static_cache[1]
+        cache.reset()  # the same tensors for every batch of a size: CUDA graphs are not recorded again
+        compile_config = CompileConfig(fullgraph=True, dynamic=False, backend=self.compile_backend)
+        compile_config._compile_all_devices = True  # also on CPU when asked for
+        return {cache_kwarg(self.llm): cache, "compile_config": compile_config}
+
+    def on_predict_end(self) -> None:
+        self._static_cache = None  # free the compiled path's KV cache
+
     def predict_step(self, batch: list[PromptItem] | PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         prompts, responses, prompt_tokens, new_tokens = self.generate(batch)
         if isinstance(batch, PromptBatch):
             batch = batch.items
         layer = self.steerer.layer_steer if self.steerer is not None else None
         return [
-            {
-                "id": item.id, "category": item.category, "behaviour": item.behaviour, "benchmark": item.benchmark,
-                "method": self.method, "alpha": self.alpha if self.steerer is not None else 0.0,
-                "prompt": prompt, "response": response, "prompt_tokens": int(n_prompt), "new_tokens": int(n_new),
-                "label": item.label, "subset": item.category if item.benchmark == "pope" else "",
-                "image": item.image_path, "layer_steer": layer, "model": self.spec.display_name,
-            }
+            self._record(item, prompt, response, n_prompt, n_new, layer)
             for item, prompt, response, n_prompt, n_new in zip(batch, prompts, responses, prompt_tokens, new_tokens)
+            if not item.filler
         ]
+
+    def _record(self, item: PromptItem, prompt: str, response: str, n_prompt: int, n_new: int, layer: int | None) -> dict[str, Any]:
+        """The output row of one sample."""
+        return {
+            "id": item.id, "category": item.category, "behaviour": item.behaviour, "benchmark": item.benchmark,
+            "method": self.method, "alpha": self.alpha if self.steerer is not None else 0.0,
+            "prompt": prompt, "response": response, "prompt_tokens": int(n_prompt), "new_tokens": int(n_new),
+            "label": item.label, "subset": item.category if item.benchmark == "pope" else "",
+            "image": item.image_path, "layer_steer": layer, "model": self.spec.display_name,
+        }
 
 
 def sampling_seed(seed: int, sample_ids: Sequence[str]) -> int:
