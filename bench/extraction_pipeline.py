@@ -37,11 +37,7 @@ import product  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=common.SHAPES, default="tiny")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--attn", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process (CPU)")
+    product.add_shape_arguments(parser)
     parser.add_argument("--n-samples", type=int, default=None, help="about this many questions (default 512 on CUDA, 64 on CPU)")
     parser.add_argument("--batch-size", default="auto", help="an int or auto (from free accelerator memory)")
     parser.add_argument("--workers", default="0,4", help="comma list of DataLoader worker counts")
@@ -54,9 +50,6 @@ def parse_args(argv=None):
     parser.add_argument("--layer-steer", type=int, default=None)
     parser.add_argument("--layer-context", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="ExtractionModule(compile=True)")
-    parser.add_argument("--machine", default=None)
-    parser.add_argument("--results", default=None)
-    parser.add_argument("--no-save", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -156,7 +149,7 @@ def main(argv=None) -> int:
     if args.prepare_only:
         args.n_samples = args.n_samples or 64
         return prepare_only(args)
-    bench = common.build_shape(args.shape, args.device, args.dtype, args.attn)
+    bench = common.build_shape(args.shape, args.device, args.dtype, args.attn, args.text_layers)
     device = bench.device
     args.n_samples = args.n_samples or (512 if device.type == "cuda" else 64)
     layer_steer = args.layer_steer if args.layer_steer is not None else min(15, bench.num_layers // 2)

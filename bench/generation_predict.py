@@ -50,12 +50,7 @@ POLICIES = ("ours", "per-batch", "per-call")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=common.SHAPES, default="tiny")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--attn", default=None)
-    parser.add_argument("--text-layers", type=int, default=None, help="the shape's widths with this many decoder layers")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    product.add_shape_arguments(parser)
     parser.add_argument("--n-samples", type=int, default=None, help="about this many questions (default 256 on CUDA, 40 on CPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per batch (default 64 on CUDA, 8 on CPU)")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per row (default 128 on CUDA, 16 on CPU)")
@@ -68,9 +63,6 @@ def parse_args(argv=None):
     parser.add_argument("--static-cache-multiple", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default 8 on CUDA, 1 on CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="batches excluded from the steady rate")
-    parser.add_argument("--machine", default=None)
-    parser.add_argument("--results", default=None)
-    parser.add_argument("--no-save", action="store_true")
     return parser.parse_args(argv)
 
 

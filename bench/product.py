@@ -10,6 +10,19 @@ from pathlib import Path
 import common
 
 
+def add_shape_arguments(parser) -> None:
+    """The arguments of a random-weight LLaVA shape run through the product, and of its results file."""
+    parser.add_argument("--shape", choices=common.SHAPES, default="tiny")
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--attn", default=None, help="attention implementation (sdpa, eager, ...)")
+    parser.add_argument("--text-layers", type=int, default=None, help="the shape's widths with this many decoder layers")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process (CPU)")
+    parser.add_argument("--machine", default=None, help="results file name (default: from the device)")
+    parser.add_argument("--results", default=None, help="results JSON path (default bench/results/<machine>.json)")
+    parser.add_argument("--no-save", action="store_true", help="print the figures only")
+
+
 def llava15_processor(image_size: int):
     """(tokenizer, processor): a locally trained tokenizer inside LLaVA-1.5's processor at ``image_size``."""
     from l2s_lightning.models.tiny import LLAVA_TEMPLATE, build_tokenizer, llava_processor
