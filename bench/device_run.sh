@@ -2,9 +2,9 @@
 # 7B-shape GPU figures on the lent machine (`device` tool, one call of at most 10 minutes; a lease is 15 minutes
 # of device time, start included). Each named run has a time cap, so one slow run cannot take the others' time;
 # its log goes to $OUT/<name>.log and the merged figures (bench/results/*.json) to $OUT.
-#   bash bench/device_run.sh                               # extract-compiled generate-static extract-suffix, ~7 min on an H200
+#   bash bench/device_run.sh                               # extract-compiled generate-predict (the runs not yet measured), at most 9 min
 #   bash bench/device_run.sh extract-compiled pipeline     # chosen runs (names and caps below)
-# `pipeline` needs `datasets`, which the machine lacks: run bench/device_wheels.sh here first and carry .whl;
+# `pipeline` and `generate-predict` need `datasets`, which the machine lacks: run bench/device_wheels.sh here first and carry .whl;
 # the wheels are installed when present. The whole GPU set without caps is `bash bench/run_all.sh gpu`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ run_named() {  # the bench run of NAME, with its cap in seconds
 }
 runs=(extract-compiled extract-eager extract-suffix generate-static pipeline generate-predict)
 names=("$@")
-[[ ${#names[@]} -gt 0 ]] || names=(extract-compiled generate-static extract-suffix)
+[[ ${#names[@]} -gt 0 ]] || names=(extract-compiled generate-predict)
 for name in "${names[@]}"; do  # all names checked before anything runs
   [[ " ${runs[*]} " == *" $name "* ]] || { echo "unknown run $name: one of ${runs[*]}" >&2; exit 2; }
 done
