@@ -53,10 +53,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-
-
-
-
 class BatchClock(Callback):
     """Wall-clock time at the end of every predict batch (no device sync: the writer's copy of the
     features to the host already waits for the batch)."""
@@ -149,7 +145,7 @@ def main(argv=None) -> int:
     if args.prepare_only:
         args.n_samples = args.n_samples or 64
         return prepare_only(args)
-    bench = common.build_shape(args.shape, args.device, args.dtype, args.attn, args.text_layers)
+    bench = common.build(args)
     device = bench.device
     args.n_samples = args.n_samples or (512 if device.type == "cuda" else 64)
     layer_steer = args.layer_steer if args.layer_steer is not None else min(15, bench.num_layers // 2)

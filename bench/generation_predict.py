@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import product  # noqa: E402
 
-from l2s_lightning.generation.module import SteeredGenerationModule  # noqa: E402
+from l2s_lightning.generation.module import SteeredGenerationModule, decode_compile_config  # noqa: E402
 
 POLICIES = ("ours", "per-batch", "per-call")
 
@@ -75,11 +75,7 @@ class PerCallCompiled(SteeredGenerationModule):
         return False
 
     def _compiled_path_kwargs(self, batch_size: int, width: int) -> dict[str, Any]:
-        from transformers import CompileConfig
-
-        config = CompileConfig(fullgraph=True, backend=self.compile_backend)
-        config._compile_all_devices = True
-        return {"cache_implementation": "static", "compile_config": config}
+        return {"cache_implementation": "static", "compile_config": decode_compile_config(self.compile_backend, dynamic=None)}
 
 
 class TokenClock(Callback):
@@ -181,13 +177,11 @@ def cold_compiler_caches():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = sorted(set(policies) - set(POLICIES))
     if unknown or not policies:
         raise SystemExit(f"unknown policies {unknown}: choose from {POLICIES}")
-    bench = common.build_shape(args.shape, args.device, args.dtype, args.attn, args.text_layers)
+    bench = common.build(args)  # also sets --threads
     device = bench.device
     cuda = device.type == "cuda"
     args.n_samples = args.n_samples or (256 if cuda else 40)

@@ -61,7 +61,7 @@ def test_text_layers_keeps_the_shape_widths():
         common.build(args)
 
 
-def test_generation_predict_bench_compares_the_cache_policies(tmp_path, capsys):
+def test_generation_predict_bench_compares_the_cache_policies(tmp_path):
     """bench/generation_predict.py on the tiny shape (dynamo only, 3 batches of MM-SafetyBench test questions of
     several widths, the last one short): the product's path compiles one graph, transformers' defaults more,
     with the same greedy responses; every question gets its row (the script checks), figures are saved."""

@@ -137,11 +137,11 @@ def test_compiled_generation_of_image_prompts_equals_eager(family, request):
     from torch._dynamo.utils import counters
 
     from l2s_lightning.generation.module import SteeredGenerationModule
-    from l2s_lightning.models.layers import hidden_size
-    from l2s_lightning.models.loading import ModelSpec, load_model
+    from l2s_lightning.models.layers import text_config
+    from l2s_lightning.models.loading import ModelSpec, load_config
 
     folder = str(request.getfixturevalue(f"tiny_{family}_dir"))
-    size = hidden_size(load_model(ModelSpec(folder)).model)
+    size = int(text_config(load_config(ModelSpec(folder))).hidden_size)
     steerer = Steerer(method="mean", model=folder, layer_steer=1, layer_context=1, hidden_size=size,
                       tensors={"mean": 30 * torch.randn(size, generator=torch.Generator().manual_seed(0))})
     steerer_dir = steerer.save(request.getfixturevalue("tmp_path") / "steerer")

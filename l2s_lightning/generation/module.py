@@ -207,7 +207,7 @@ class SteeredGenerationModule(L.LightningModule):
         static cache of :attr:`static_cache_length` positions (grown to fit, in steps of
         ``static_cache_multiple``; the previous batch's cache, emptied, when the size is the same) and a
         ``CompileConfig`` that specialises each graph to its shapes."""
-        from transformers import CompileConfig, StaticCache
+        from transformers import StaticCache
 
         from l2s_lightning.extraction.forward import cache_kwarg
 
@@ -217,9 +217,7 @@ class SteeredGenerationModule(L.LightningModule):
             self._static_cache = (key, StaticCache(config=text_config(self.llm.config), max_cache_len=self.static_cache_length))
         cache = self._static_cache[1]
         cache.reset()  # the same tensors for every batch of a size: CUDA graphs are not recorded again
-        compile_config = CompileConfig(fullgraph=True, dynamic=False, backend=self.compile_backend)
-        compile_config._compile_all_devices = True  # also on CPU when asked for
-        return {cache_kwarg(self.llm): cache, "compile_config": compile_config}
+        return {cache_kwarg(self.llm): cache, "compile_config": decode_compile_config(self.compile_backend, dynamic=False)}
 
     def on_predict_end(self) -> None:
         self._static_cache = None  # free the compiled path's KV cache
@@ -244,6 +242,16 @@ class SteeredGenerationModule(L.LightningModule):
             "label": item.label, "subset": item.category if item.benchmark == "pope" else "",
             "image": item.image_path, "layer_steer": layer, "model": self.spec.display_name,
         }
+
+
+def decode_compile_config(backend: str, dynamic: bool | None):
+    """The ``CompileConfig`` of ``generate``'s compiled decode step: no graph break allowed, on any device
+    (transformers compiles only on accelerators otherwise); ``dynamic=None``: torch's automatic dynamic shapes."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=True, dynamic=dynamic, backend=backend)
+    config._compile_all_devices = True
+    return config
 
 
 def sampling_seed(seed: int, sample_ids: Sequence[str]) -> int:
