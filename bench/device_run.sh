@@ -4,7 +4,7 @@
 # its log goes to $OUT/<name>.log and the merged figures (bench/results/*.json) to $OUT.
 #   bash bench/device_run.sh                               # extract-compiled generate-predict (the runs not yet measured), at most 9 min
 #   bash bench/device_run.sh extract-compiled pipeline     # chosen runs (names and caps below)
-# `pipeline` and `generate-predict` need `datasets`, which the machine lacks: run bench/device_wheels.sh here first and carry .whl;
+# `pipeline`, `generate-predict` and `sweep` need `datasets`, which the machine lacks: run bench/device_wheels.sh here first and carry .whl;
 # the wheels are installed when present. The whole GPU set without caps is `bash bench/run_all.sh gpu`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +31,12 @@ run_named() {  # the bench run of NAME, with its cap in seconds
     pipeline) capped 240 "$1" bench/extraction_pipeline.py "${shape[@]}" --workers 0,8 --n-samples 512 --compile ;;
     # l2s predict --model.compile true end to end, steered, batch 64: the product's cache policy vs transformers' defaults
     generate-predict) capped 330 "$1" bench/generation_predict.py "${shape[@]}" --n-samples 384 ;;
+    # l2s sweep's runs (no steering, alpha 1 / 2 / 4), compiled: each run loading the 7B model vs one ModelCache
+    sweep) capped 300 "$1" bench/sweep_runs.py "${shape[@]}" ;;
     *) return 2 ;;
   esac
 }
-runs=(extract-compiled extract-eager extract-suffix generate-static pipeline generate-predict)
+runs=(extract-compiled extract-eager extract-suffix generate-static pipeline generate-predict sweep)
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=(extract-compiled generate-predict)
 for name in "${names[@]}"; do  # all names checked before anything runs

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from l2s_lightning.cli import parse_dataclass_config
 from l2s_lightning.evaluation.config import resolve_eval_config
+from l2s_lightning.models.loading import ModelCache
 from l2s_lightning.steerer import Steerer
 
 ALL_METHODS = ["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
@@ -89,6 +90,7 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     start = time.time()
     console.rule("[bold]3/4 predict")
     predictions = []
+    models = ModelCache()  # one model for every method's predictions and the log-odds
     for method in config.methods:
         target = out / "predictions" / f"{method}.jsonl"
         args = ["--config", config.predict_config, f"--model.method={method}", f"--writer.output={target}",
@@ -97,14 +99,14 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
             args.append(f"--model.steerer={out / 'steerers' / method}")
             if config.alpha is not None:
                 args.append(f"--model.alpha={config.alpha}")
-        predict_main(args)
+        predict_main(args, models=models)
         predictions.append(str(target))
     timings["predict_s"] = time.time() - start
 
     start = time.time()
     console.rule("[bold]4/4 evaluate")
     metrics = evaluate_predictions(predictions, out_dir=out / "eval", config=eval_config)
-    logodds = run_logodds(config, out) if config.logodds_templates else {}
+    logodds = run_logodds(config, out, models) if config.logodds_templates else {}
     timings["evaluate_s"] = time.time() - start
     report = build_report(config, metrics, logodds, timings)
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -113,19 +115,20 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     return report
 
 
-def run_logodds(config: RunConfig, out: Path) -> dict[str, dict[str, float]]:
-    """Mean behaviour log-odds per method and behaviour on the test split (vectors from the stored h)."""
+def run_logodds(config: RunConfig, out: Path, models: ModelCache | None = None) -> dict[str, dict[str, float]]:
+    """Mean behaviour log-odds per method and behaviour on the test split (vectors from the stored h), with
+    the predict config's model (taken from ``models`` when given)."""
     import yaml
 
     from l2s_lightning.data.datamodule import PromptDataModule
     from l2s_lightning.features import FeatureFile
-    from l2s_lightning.models.loading import ModelSpec, load_model
+    from l2s_lightning.models.loading import ModelSpec
     from l2s_lightning.prompts import baseline_instructions
     from l2s_lightning.scoring import behaviour_log_odds
     from l2s_lightning.templates import load_templates
 
     predict_cfg = yaml.safe_load(Path(config.predict_config).read_text())
-    loaded = load_model(ModelSpec(**predict_cfg["model"]["model"]))
+    loaded = (models or ModelCache()).get(ModelSpec(**predict_cfg["model"]["model"]))
     data_cfg = dict(predict_cfg["data"])
     source_cfg = data_cfg.pop("source")
     module_name, class_name = source_cfg["class_path"].rsplit(".", 1)

@@ -76,6 +76,7 @@ def choose_alpha(points: list[dict[str, Any]], baseline_quality: float, target: 
 def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, Any]:
     from l2s_lightning.evaluation import evaluate_predictions
     from l2s_lightning.generation.cli import predict_main
+    from l2s_lightning.models.loading import ModelCache
     from l2s_lightning.steerer import Steerer
 
     console = console or Console()
@@ -93,11 +94,12 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
         common.append(f"--model.max_new_tokens={config.max_new_tokens}")
     common += config.extra_predict_args
     files = [out / "none.jsonl"]
-    predict_main([*common, "--model.method=none", f"--writer.output={files[0]}"])
+    models = ModelCache()  # one model (and compiled decode step) for every α
+    predict_main([*common, "--model.method=none", f"--writer.output={files[0]}"], models=models)
     for alpha in config.alphas:
         path = out / f"{steerer.method}_alpha{alpha:g}.jsonl"
         predict_main([*common, f"--model.method={steerer.method}", f"--model.steerer={config.steerer}",
-                      f"--model.alpha={alpha}", f"--writer.output={path}"])
+                      f"--model.alpha={alpha}", f"--writer.output={path}"], models=models)
         files.append(path)
     metrics = evaluate_predictions([str(f) for f in files], out_dir=out / "eval", config=eval_config)
     runs = next(iter(metrics["benchmarks"].values()))["runs"]

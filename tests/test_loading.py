@@ -98,3 +98,18 @@ def test_load_config_of_gguf_reads_the_cached_copy(tiny_llama_dir: Path, tmp_pat
     assert (config.num_hidden_layers, config.hidden_size) == (4, 64)
     with pytest.raises(FileNotFoundError, match="GGUF file not found"):
         load_config(ModelSpec(str(folder), gguf_file="missing.gguf", cache_dir=spec.cache_dir))
+
+
+def test_model_cache_keeps_one_model_per_spec_and_reloads_on_change(tiny_llama_dir, tiny_llava_dir):
+    """The same spec gives the kept model; another spec, or weights converted in place, load anew (one kept)."""
+    from l2s_lightning.models.loading import ModelCache
+
+    cache = ModelCache()
+    first = cache.get(ModelSpec(str(tiny_llama_dir), device="cpu"))
+    assert cache.get(ModelSpec(str(tiny_llama_dir), device="cpu")) is first and cache.loads == 1
+    first.model.to(torch.bfloat16)  # as a bf16-true Trainer would: no longer the spec's float32
+    second = cache.get(ModelSpec(str(tiny_llama_dir), device="cpu"))
+    assert second is not first and next(second.model.parameters()).dtype == torch.float32 and cache.loads == 2
+    other = cache.get(ModelSpec(str(tiny_llava_dir)))
+    assert other.is_multimodal and cache.loads == 3
+    assert cache.get(ModelSpec(str(tiny_llama_dir), device="cpu")) is not second and cache.loads == 4  # only the last is kept

@@ -126,6 +126,54 @@ def test_compiled_predict_equals_eager_with_one_graph(tiny_llama_dir, fitted):
     assert len({r["prompt_tokens"] for r in read(eager)}) > 1
 
 
+def test_runs_sharing_a_model_cache_load_once_and_give_the_rows_of_separate_runs(tiny_llama_dir, fitted):
+    """`l2s run` / `l2s sweep` pass one ModelCache to their predict runs: the model loads once, and no state
+    (steering hooks, the prompt baseline, the static cache) leaks from one run into the next."""
+    from l2s_lightning.models.loading import ModelCache
+
+    models = ModelCache()
+    runs = [("none", ()), ("l2s", ()), ("prompt", ()), ("mean", ()), ("l2s", ("--model.alpha=1.0",)), ("none", ("--model.cache_implementation=static",))]
+    for i, (method, extra) in enumerate(runs):
+        alone, shared = (fitted / "pred_shared" / f"{kind}{i}.jsonl" for kind in ("alone", "shared"))
+        predict_main(predict_args(tiny_llama_dir, fitted, method, alone, *extra))
+        predict_main(predict_args(tiny_llama_dir, fitted, method, shared, *extra), models=models)
+        assert read(shared) == read(alone) and len(read(alone)) == 6, (method, extra)
+    assert models.loads == 1
+    done = fitted / "pred_shared" / "shared0.jsonl"
+    fresh = ModelCache()
+    predict_main(predict_args(tiny_llama_dir, fitted, "none", done), models=fresh)
+    assert fresh.loads == 0  # nothing left to generate: nothing loaded
+
+
+def test_compiled_runs_sharing_a_model_cache_compile_once_per_hook_state(tiny_llama_dir, fitted):
+    """A compiled sweep (no steering, then α = 1, 2, 4) on one cached model: 2 decode graphs in all (without
+    and with the steering hook; α only scales the vectors, which enter the graph as a tensor), and the rows
+    of the eager path."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from l2s_lightning.models.loading import ModelCache
+
+    runs = [("none", None), ("l2s", 1.0), ("l2s", 2.0), ("l2s", 4.0)]
+    compiled_args = ("--model.compile=true", "--model.compile_backend=eager")
+    models = {kind: ModelCache() for kind in ("eager", "compiled")}
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        for method, alpha in runs:
+            extra = ("--model.max_new_tokens=8", *([f"--model.alpha={alpha}"] if alpha else []))
+            paths = {kind: fitted / "pred_sweep" / f"{kind}_{method}{alpha}.jsonl" for kind in models}
+            predict_main(predict_args(tiny_llama_dir, fitted, method, paths["eager"], *extra), models=models["eager"])
+            predict_main(predict_args(tiny_llama_dir, fitted, method, paths["compiled"], *extra, *compiled_args), models=models["compiled"])
+            assert read(paths["compiled"]) == read(paths["eager"]), (method, alpha)
+        assert counters["stats"]["unique_graphs"] == 2 and sum(counters["graph_break"].values()) == 0
+    finally:
+        torch._dynamo.reset()
+    assert models["compiled"].loads == 1
+    steered = [read(fitted / "pred_sweep" / f"eager_l2s{alpha}.jsonl") for alpha in (1.0, 4.0)]
+    assert any(a["response"] != b["response"] for a, b in zip(*steered))  # α reached the graph
+
+
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "qwen2_5_vl"])
 def test_compiled_generation_of_image_prompts_equals_eager(family, request):
     """The compiled path on each MLLM family (images of several sizes, prompts of several widths, steered

@@ -41,7 +41,7 @@ class _FakeSteerer:
         self.saved = path
 
 
-def _fake_predict(argv):
+def _fake_predict(argv, models=None):
     """Stands in for `l2s predict`: writes refusals for α ≥ 2, answers of no known kind otherwise."""
     import json
     from pathlib import Path

@@ -9,6 +9,7 @@ from rich.console import Console
 from l2s_lightning.data.datamodule import PromptDataModule
 from l2s_lightning.generation.module import SteeredGenerationModule
 from l2s_lightning.generation.writer import JsonlPredictionWriter
+from l2s_lightning.models.loading import ModelCache
 from l2s_lightning.writer_cli import WriterCLI, make_cli
 
 
@@ -45,8 +46,11 @@ def check_rows(module: SteeredGenerationModule, data: PromptDataModule, rows: li
             raise ValueError(f"{err}; steerer {module.hparams.steerer}: {hints[module.method]}") from None
 
 
-def run_prediction(module: SteeredGenerationModule, data: PromptDataModule, writer: JsonlPredictionWriter, trainer) -> int:
-    """Check everything, skip finished ids, generate the rest; returns the number of rows generated."""
+def run_prediction(
+    module: SteeredGenerationModule, data: PromptDataModule, writer: JsonlPredictionWriter, trainer, models: ModelCache | None = None
+) -> int:
+    """Check everything, skip finished ids, generate the rest (with the model kept in ``models``, when given);
+    returns the number of rows generated."""
     rows = data.rows()
     check_rows(module, data, rows)
     writer.check_compatible(module.method, module.alpha if module.steerer is not None else 0.0, module.spec.display_name)
@@ -60,13 +64,14 @@ def run_prediction(module: SteeredGenerationModule, data: PromptDataModule, writ
         if writer.part_files():
             writer.merge_and_clean()
         return 0
+    if models is not None:
+        module.loaded = models.get(module.spec)
     trainer.predict(module, datamodule=data, return_predictions=False)
     return pending
 
 
-def predict_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``l2s predict``."""
+def predict_main(argv: list[str] | None = None, models: ModelCache | None = None) -> int:
+    """Entry point of ``l2s predict``; ``models``: a cache shared by the runs of one process (``l2s run``, ``l2s sweep``)."""
     cli = make_cli(PredictCLI, SteeredGenerationModule, PromptDataModule, argv)
-    writer = cli.writer
-    run_prediction(cli.model, cli.datamodule, writer, cli.trainer)
+    run_prediction(cli.model, cli.datamodule, cli.writer, cli.trainer, models)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -182,6 +182,33 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     if spec.device:
         model.to(spec.device)
     return LoadedModel(model=model, processor=processor, tokenizer=tokenizer, spec=spec, is_multimodal=kind == "image-text")
+
+
+class ModelCache:
+    """The last model loaded, kept for the next command of the same process: ``l2s run`` predicts every
+    method (and scores the log-odds) and ``l2s sweep`` every α with one model, loaded once instead of once per
+    run. Holds one model at a time: asking for another spec drops it. (Compiled decode graphs are reused by
+    the runs of a process either way: dynamo keys them on the model's class, not on the instance.)
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._loaded: LoadedModel | None = None
+        self.loads = 0  # how many times a model was loaded
+
+    def get(self, spec: ModelSpec) -> LoadedModel:
+        """The model of ``spec``: the one kept when the spec is equal and its weights are still in the spec's
+        dtype (a ``bf16-true`` Trainer converts them in place), on ``spec.device`` when one is set; else freshly
+        loaded (the previous one freed first)."""
+        key = astuple(spec)
+        kept = self._loaded is not None and key == self._key
+        if not kept or next(self._loaded.model.parameters()).dtype != torch_dtype(spec.dtype):
+            self._key, self._loaded = None, None
+            self._loaded, self._key = load_model(spec), key
+            self.loads += 1
+        elif spec.device:  # a Trainer moves its module back to the CPU when it ends
+            self._loaded.model.to(spec.device)
+        return self._loaded
 
 
 def load_config(spec: ModelSpec):
