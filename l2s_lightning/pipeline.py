@@ -105,8 +105,9 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
 
     start = time.time()
     console.rule("[bold]4/4 evaluate")
-    metrics = evaluate_predictions(predictions, out_dir=out / "eval", config=eval_config)
     logodds = run_logodds(config, out, models) if config.logodds_templates else {}
+    models.clear()  # before the judge loads
+    metrics = evaluate_predictions(predictions, out_dir=out / "eval", config=eval_config)
     timings["evaluate_s"] = time.time() - start
     report = build_report(config, metrics, logodds, timings)
     (out / "report.json").write_text(json.dumps(report, indent=1))

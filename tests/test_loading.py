@@ -102,6 +102,8 @@ def test_load_config_of_gguf_reads_the_cached_copy(tiny_llama_dir: Path, tmp_pat
 
 def test_model_cache_keeps_one_model_per_spec_and_reloads_on_change(tiny_llama_dir, tiny_llava_dir):
     """The same spec gives the kept model; another spec, or weights converted in place, load anew (one kept)."""
+    import weakref
+
     from l2s_lightning.models.loading import ModelCache
 
     cache = ModelCache()
@@ -113,3 +115,6 @@ def test_model_cache_keeps_one_model_per_spec_and_reloads_on_change(tiny_llama_d
     other = cache.get(ModelSpec(str(tiny_llava_dir)))
     assert other.is_multimodal and cache.loads == 3
     assert cache.get(ModelSpec(str(tiny_llama_dir), device="cpu")) is not second and cache.loads == 4  # only the last is kept
+    kept = weakref.ref(cache.get(ModelSpec(str(tiny_llama_dir), device="cpu")).model)
+    cache.clear()
+    assert kept() is None  # freed, not only forgotten

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import os
@@ -203,12 +204,19 @@ class ModelCache:
         key = astuple(spec)
         kept = self._loaded is not None and key == self._key
         if not kept or next(self._loaded.model.parameters()).dtype != torch_dtype(spec.dtype):
-            self._key, self._loaded = None, None
+            self.clear()
             self._loaded, self._key = load_model(spec), key
             self.loads += 1
         elif spec.device:  # a Trainer moves its module back to the CPU when it ends
             self._loaded.model.to(spec.device)
         return self._loaded
+
+    def clear(self) -> None:
+        """Drop the kept model and free its memory (before another large model loads, e.g. a judge)."""
+        self._key, self._loaded = None, None
+        gc.collect()  # a finished Trainer and its module may still hold the model in reference cycles
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def load_config(spec: ModelSpec):
