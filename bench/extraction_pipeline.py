@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     records.append(base | {"key": f"extraction_pipeline/{bench.name}{variant}/pipeline_over_forward", "figure": "pipeline_over_forward",
                            "value": ratios, "unit": "ratio"})
     common.emit(records[-1])
-    common.save(records, bench, argparse.Namespace(no_save=args.no_save, machine=args.machine, results=args.results))
+    common.save(records, bench, args)
     print(json.dumps({"pipeline_samples_per_s": pipeline, "forward_only": forward["samples_per_s"], "ratios": ratios}), file=sys.stderr)
     return 0
 

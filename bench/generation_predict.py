@@ -28,7 +28,6 @@ Greedy responses are compared between the policies (``same_responses``: the shar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -215,9 +214,7 @@ def main(argv=None) -> int:
                                          "graphs": [ours["graphs"], them["graphs"]]},
                                "unit": "ratio (above 1: ours faster)", "same_responses": round(same, 3)})
         common.emit(records[-1])
-    common.save(records, bench, argparse.Namespace(no_save=args.no_save, machine=args.machine, results=args.results))
-    print(json.dumps({r["key"]: r["value"] for r in records}), file=sys.stderr)
-    return 0
+    return product.save_and_summarise(records, bench, args)
 
 
 if __name__ == "__main__":

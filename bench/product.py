@@ -4,7 +4,9 @@ MM-SafetyBench data module, and steady rates from per-batch time stamps."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 
 import common
@@ -65,3 +67,11 @@ def make_datamodule(work: Path, n_samples: int, batch_size, workers: int, splits
         templates="safety_paper", split_file=str(work / "split.json"), splits=list(splits),
         limit_per_category=per_split, batch_size=batch_size, num_workers=workers,
     )
+
+
+def save_and_summarise(records: list[dict], bench: common.Bench, args) -> int:
+    """Merge the records into the results file (unless ``--no-save``), print ``{key: value}`` of each on
+    stderr, and return the script's exit status (0)."""
+    common.save(records, bench, args)
+    print(json.dumps({r["key"]: r["value"] for r in records}), file=sys.stderr)
+    return 0

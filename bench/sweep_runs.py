@@ -148,9 +148,7 @@ def main(argv=None) -> int:
                                "unit": "ratio (above 1: shared faster)", "same_responses": same,
                                **{name: [shared[name], separate[name]] for name in ("loads", "load_s", "graphs")}})
         common.emit(records[-1])
-    common.save(records, bench, argparse.Namespace(no_save=args.no_save, machine=args.machine, results=args.results))
-    print(json.dumps({r["key"]: r["value"] for r in records}), file=sys.stderr)
-    return 0
+    return product.save_and_summarise(records, bench, args)
 
 
 if __name__ == "__main__":

@@ -80,3 +80,24 @@ def test_generation_predict_bench_compares_the_cache_policies(tmp_path):
     assert ratio["same_responses"] == 1.0 and ratio["value"]["graphs"] == [1, per_call["graphs"]]
     with pytest.raises(SystemExit, match="unknown policies"):
         generation_predict.main(["--policies", "ours,fast"])
+
+
+def test_sweep_runs_bench_loads_once_with_the_shared_cache(tmp_path):
+    """bench/sweep_runs.py on the tiny shape (dynamo only; no steering then α = 1 and 2, one batch each): every
+    run loads the model without the cache and the shared cache loads it once, with the same responses and the
+    same 2 decode graphs (unsteered, steered) either way; figures are saved."""
+    import json
+
+    import sweep_runs
+
+    results = tmp_path / "figures.json"
+    assert sweep_runs.main(["--shape", "tiny", "--device", "cpu", "--backend", "eager", "--alphas", "1,2", "--n-samples", "13",
+                            "--batch-size", "16", "--new-tokens", "2", "--results", str(results)]) == 0
+    figures = json.loads(results.read_text())["figures"]
+    separate, shared = (figures[f"sweep_runs/tiny/compiled/{mode}"] for mode in ("separate", "shared"))
+    assert separate["loads"] == 3 and shared["loads"] == 1 and separate["graphs"] == shared["graphs"] == 2
+    assert list(shared["run_s"]) == ["none", "alpha1", "alpha2"] and shared["rows"] == 13
+    ratio = figures["sweep_runs/tiny/compiled/shared_over_separate"]
+    assert ratio["same_responses"] is True and ratio["loads"] == [1, 3] and ratio["value"] > 0
+    with pytest.raises(SystemExit, match="choose from"):
+        sweep_runs.main(["--modes", "shared,fast"])
