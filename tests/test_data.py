@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from l2s_lightning.data.datamodule import PromptDataModule
-from l2s_lightning.data.images import render_typo_image
+from l2s_lightning.data.images import render_typo_image, typo_image_size
 from l2s_lightning.data.sources import JsonlSource, MMSafetyBenchSource, PopeSource
 from l2s_lightning.data.split import load_or_make_split, make_split
 from l2s_lightning.templates import load_templates
@@ -61,6 +61,12 @@ def test_mm_safetybench_renders_typo_images_when_absent(tmp_path):
     assert item.category == "03-Malware_Generation" and item.behaviour == "refuse"
     image = render_typo_image("bomb making")
     assert image.getpixel((0, 0)) == (255, 255, 255) and min(image.convert("L").getdata()) < 50
+    for phrase in ("", "bomb making", "a much longer key phrase that wraps over three lines", "x" * 80):
+        assert render_typo_image(phrase, font_size=40).size == typo_image_size(phrase, font_size=40)
+    # the widest-item search reads image sizes without decoding: a TYPO render's from its phrase, 0 for no image
+    rows = data.pending_rows()
+    areas = data._image_areas([rows[0], {**rows[0], "key_phrase": ""}, {**rows[0], "image_path": str(tmp_path / "missing.png")}])
+    assert areas == [1024 * typo_image_size(rows[0]["key_phrase"])[1], 0, 0]
 
 
 def test_split_is_seeded_stratified_and_saved(tmp_path):

@@ -210,6 +210,53 @@ def test_compiled_generation_of_image_prompts_equals_eager(family, request):
     assert responses[True] == responses[False]
 
 
+def test_compiled_qwen_run_sizes_its_cache_for_the_widest_image(tiny_qwen2_vl_dir, tmp_path):
+    """Qwen2-VL gives some images more tokens than others, so no row among the 4 longest questions is the
+    widest. The data module finds the widest among the longest questions and the largest images, and a compiled
+    run sized for it (``static_cache_multiple=1``: no rounding hides a miss) compiles one decode graph for its
+    batches and gives the eager rows."""
+    import torch
+    from PIL import Image
+    from torch._dynamo.utils import counters
+
+    from l2s_lightning.data.datamodule import PromptDataModule
+    from l2s_lightning.data.sources import JsonlSource
+    from l2s_lightning.generation.module import SteeredGenerationModule
+    from l2s_lightning.models.loading import ModelSpec
+
+    questions = {f"q{i}": (f"What is shown in picture number {i} here?", (20, 20)) for i in range(5)}
+    questions |= {"q5": ("What is shown in it?", (1000, 60)), "q6": ("What is that?", (300, 200))}
+    for name, (_, size) in questions.items():
+        Image.new("RGB", size, "white").save(tmp_path / f"{name}.png")
+    rows = [{"id": name, "question": question, "image": f"{name}.png", "category": "harm"} for name, (question, _) in questions.items()]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "templates.yaml").write_text(templates())
+    data = PromptDataModule(JsonlSource(path=str(tmp_path / "data.jsonl")), templates=str(tmp_path / "templates.yaml"),
+                            split_file=str(tmp_path / "split.json"), splits=["train", "test"], batch_size=2)
+    module = SteeredGenerationModule(ModelSpec(str(tiny_qwen2_vl_dir)), max_new_tokens=3)
+    module.configure_model()
+    dataset = data.predict_dataloader().dataset
+    widths = {item.id: module.prompt_width(item) for item in dataset}
+    assert max(widths, key=widths.get) == "q5" and widths["q5"] > max(widths[f"q{i}"] for i in range(5))  # nor among the 4 longest
+    assert data.widest_item(dataset, module).id == "q5"
+
+    args = ["--data.source=l2s_lightning.data.sources.JsonlSource", f"--data.source.path={tmp_path / 'data.jsonl'}",
+            f"--data.templates={tmp_path / 'templates.yaml'}", f"--data.split_file={tmp_path / 'split.json'}",
+            "--data.splits=[train, test]", "--data.batch_size=2", f"--model.model.name_or_path={tiny_qwen2_vl_dir}",
+            "--model.max_new_tokens=3", "--trainer.enable_progress_bar=false"]
+    eager, compiled = tmp_path / "eager.jsonl", tmp_path / "compiled.jsonl"
+    predict_main([*args, f"--writer.output={eager}"])
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        predict_main([*args, f"--writer.output={compiled}", "--model.compile=true", "--model.compile_backend=eager",
+                      "--model.static_cache_multiple=1"])
+        assert counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()
+    assert read(compiled) == read(eager) and len(read(eager)) == 7
+
+
 def test_compiled_path_cache_grows_in_steps_and_never_shrinks(tiny_llama_dir):
     """The cache is sized for the longest row up front (``fit_static_cache``), grows in steps of
     ``static_cache_multiple`` for wider prompts and keeps its size for narrower ones."""

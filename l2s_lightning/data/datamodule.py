@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -13,10 +14,13 @@ import lightning as L
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from l2s_lightning.data.images import check_image, load_image, render_typo_image
+from l2s_lightning.data.images import check_image, load_image, render_typo_image, typo_image_size
 from l2s_lightning.data.sources import PromptSource
 from l2s_lightning.data.split import load_or_make_split
 from l2s_lightning.templates import TemplateSet, load_templates
+
+
+WIDEST_CANDIDATES = 4  # rows encoded per kind (longest text, largest image) to find a run's widest item
 
 
 @dataclass
@@ -85,13 +89,13 @@ class PromptDataModule(L.LightningDataModule):
             such as ``{train: 40, test: 8}`` gives each split its own N.
         use_images: False for text-only models (no image is loaded or rendered).
         sort_by_length: order rows by question length so batches carry little padding.
-        batch_size: rows per batch, or ``auto``: the LightningModule's ``auto_batch_size(longest_item)``
-            chooses it from free accelerator memory once the model is on its device.
+        batch_size: rows per batch, or ``auto``: the LightningModule's ``auto_batch_size(widest_item)``
+            (see :meth:`widest_item`) chooses it from free accelerator memory once the model is on its device.
 
     A LightningModule whose ``full_batches`` is True (compiled generation: one graph per batch size and
     cache size) gets every batch full: the last one is filled with copies of the last row, marked
     ``filler``, whose outputs the module drops; and its ``fit_static_cache(item)`` is called with the
-    longest item first, so that the cache is sized once for the run.
+    widest item first, so that the cache is sized once for the run.
     """
 
     def __init__(
@@ -216,19 +220,52 @@ class PromptDataModule(L.LightningDataModule):
     def pending_rows(self) -> list[dict[str, Any]]:
         return [row for row in self.rows() if row["id"] not in self.exclude_ids]
 
-    def resolved_batch_size(self, dataset: Dataset) -> int:
-        """The configured batch size, or the module's choice for ``auto`` (8 when it cannot choose)."""
+    def resolved_batch_size(self, widest: PromptItem | None) -> int:
+        """The configured batch size, or the module's choice for ``auto`` from the run's widest item (8 when
+        it cannot choose)."""
         if self.batch_size != "auto":
             return int(self.batch_size)
         module = self._module()
-        if module is None or not hasattr(module, "auto_batch_size") or len(dataset) == 0:
+        if module is None or not hasattr(module, "auto_batch_size") or widest is None:
             return 8
-        return module.auto_batch_size(self._longest_item(dataset))
+        return module.auto_batch_size(widest)
 
-    def _longest_item(self, dataset: Dataset) -> PromptItem:
-        """The pending item with the longest question and suffix (in characters)."""
-        longest = max(range(len(self._pending)), key=lambda i: len(self._pending[i]["question"]) + len(self._pending[i]["suffix"]))
-        return dataset[longest]
+    def widest_item(self, dataset: _Items, module: L.LightningModule | None) -> PromptItem:
+        """The pending item whose inputs are widest (it sizes the batches and the compiled path's cache): among
+        the ``WIDEST_CANDIDATES`` rows with the longest text and, with images, those with the largest images
+        (Qwen2-VL-style processors give a large image more tokens), the widest by the module's
+        ``prompt_width`` (each candidate encoded once), or by text length when the module has none."""
+        rows = dataset.rows
+        text = [len(row["question"]) + len(row["suffix"]) for row in rows]
+        candidates = set(heapq.nlargest(WIDEST_CANDIDATES, range(len(rows)), key=text.__getitem__))
+        if self.use_images:
+            areas = self._image_areas(rows)
+            candidates |= set(heapq.nlargest(WIDEST_CANDIDATES, range(len(rows)), key=areas.__getitem__))
+        items = {i: dataset[i] for i in sorted(candidates)}
+        width = getattr(module, "prompt_width", None)
+        return items[max(items, key=lambda i: width(items[i]) if width is not None else text[i])]
+
+    def _image_areas(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Each row's image size in pixels, without decoding it: an image file's header (0 when it cannot be
+        read: the loader reports that file), a TYPO render's size from its key phrase, 0 without an image."""
+        by_path: dict[str, int] = {}
+        areas = []
+        for row in rows:
+            path = row["image_path"]
+            if path and path not in by_path:
+                try:
+                    with Image.open(path) as image:
+                        by_path[path] = image.width * image.height
+                except OSError:
+                    by_path[path] = 0
+            if path:
+                areas.append(by_path[path])
+            elif row["key_phrase"]:
+                w, h = typo_image_size(row["key_phrase"], **self.typo_kwargs)
+                areas.append(w * h)
+            else:
+                areas.append(0)
+        return areas
 
     def _filled_length(self, batch_size: int) -> int:
         """The pending row count rounded up to whole batches on every process (batch size × world size)."""
@@ -248,11 +285,13 @@ class PromptDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         self._pending = self.pending_rows()
         dataset = _Items(self._pending, self.use_images, self.typo_kwargs)
-        batch_size = self.resolved_batch_size(dataset)
         module = self._module()
-        if getattr(module, "full_batches", False) and self._pending:
+        fill = bool(getattr(module, "full_batches", False) and self._pending)
+        widest = self.widest_item(dataset, module) if self._pending and (self.batch_size == "auto" or fill) else None
+        batch_size = self.resolved_batch_size(widest)
+        if fill:
             dataset = _Items(self._pending, self.use_images, self.typo_kwargs, self._filled_length(batch_size))
-            module.fit_static_cache(self._longest_item(dataset))
+            module.fit_static_cache(widest)
         on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,

@@ -43,13 +43,22 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+def _typo_lines(phrase: str, chars_per_line: int) -> list[str]:
+    return textwrap.wrap(phrase, width=chars_per_line) or [""]
+
+
+def typo_image_size(phrase: str, width: int = 1024, font_size: int = 90, chars_per_line: int = 18) -> tuple[int, int]:
+    """(width, height) of :func:`render_typo_image`'s image of ``phrase``, without drawing it."""
+    line_height = int(font_size * 1.25)
+    return width, max(line_height * len(_typo_lines(phrase, chars_per_line)) + font_size // 2, font_size * 2)
+
+
 def render_typo_image(phrase: str, width: int = 1024, font_size: int = 90, chars_per_line: int = 18) -> Image.Image:
     """Black text on white, as MM-SafetyBench's TYPO images (the key phrase, wrapped, left-aligned)."""
-    lines = textwrap.wrap(phrase, width=chars_per_line) or [""]
+    lines = _typo_lines(phrase, chars_per_line)
     font = _font(font_size)
     line_height = int(font_size * 1.25)
-    height = max(line_height * len(lines) + font_size // 2, font_size * 2)
-    image = Image.new("RGB", (width, height), "white")
+    image = Image.new("RGB", typo_image_size(phrase, width, font_size, chars_per_line), "white")
     draw = ImageDraw.Draw(image)
     for i, line in enumerate(lines):
         draw.text((font_size // 4, font_size // 4 + i * line_height), line, fill="black", font=font)

@@ -89,11 +89,17 @@ class ExtractionModule(L.LightningModule):
         """Encode prompts (with template suffixes) and both completions of every item."""
         return self.collate_fn().encode(items)
 
-    def auto_batch_size(self, longest: PromptItem) -> int:
-        """The batch size that fits free accelerator memory for prompts up to ``longest``'s length."""
+    def prompt_width(self, item: PromptItem) -> int:
+        """The tokens of ``item``'s prompt (template suffix and image tokens included) plus its longer
+        completion: what ``PromptDataModule`` compares to find a run's widest item."""
+        inputs = self.encode([item])
+        return int(inputs.prefix["input_ids"].shape[1] + inputs.completion_lengths.max())
+
+    def auto_batch_size(self, widest: PromptItem) -> int:
+        """The batch size that fits free accelerator memory for items up to ``widest``'s width."""
         from l2s_lightning.extraction.batch_size import auto_batch_size
 
-        inputs = self.encode([longest])
+        inputs = self.encode([widest])
         return auto_batch_size(
             self.llm,
             prompt_tokens=int(inputs.prefix["input_ids"].shape[1]),

@@ -40,14 +40,14 @@ class SteeredGenerationModule(L.LightningModule):
         compile: the compiled decode path (static cache + ``torch.compile`` of each decode step, as
             transformers does on GPUs; here forced on any device; the steering hook is traced into it).
             Each graph is specialised to its shapes, as in the benchmarks: under ``Trainer.predict`` the
-            static cache is sized for the run's longest row before the first batch (:meth:`fit_static_cache`)
+            static cache is sized for the run's widest row before the first batch (:meth:`fit_static_cache`)
             and the last batch is filled (``full_batches``), so a run compiles one decode graph instead of
             one per prompt width and batch size. A wider prompt grows the cache (another graph); it never
             shrinks within a run.
         static_cache_multiple: the compiled path's cache sizes are the prompt width plus ``max_new_tokens``
             rounded up to a multiple of this (larger: fewer sizes, hence compilations; but every decode step
             reads the whole cache, which at large batches costs about as much as reading the weights).
-        static_cache_for_longest: size the compiled path's cache for the run's longest row before the first
+        static_cache_for_longest: size the compiled path's cache for the run's widest row before the first
             batch (one graph for the run). False: each batch grows it as far as its own width needs (a graph
             per size; narrower batches, early in a run sorted by length, read a smaller cache).
         compile_backend: the ``torch.compile`` backend of the compiled path (``eager`` traces without
@@ -187,13 +187,18 @@ class SteeredGenerationModule(L.LightningModule):
         compiled path a smaller batch would compile a graph of its own."""
         return self.use_compile
 
-    def fit_static_cache(self, longest: PromptItem) -> int:
-        """Size the compiled path's cache for ``longest`` (the run's longest row, encoded here; called by
+    def prompt_width(self, item: PromptItem) -> int:
+        """The tokens of ``item``'s encoded prompt (image tokens included): what ``PromptDataModule`` compares
+        to find a run's widest item."""
+        assert self.encoder is not None, "configure_model() has not run"
+        return int(self.collate_fn()([item]).encoded["input_ids"].shape[1])
+
+    def fit_static_cache(self, widest: PromptItem) -> int:
+        """Size the compiled path's cache for ``widest`` (the run's widest row, encoded here; called by
         ``PromptDataModule`` before the first batch): rows up to its width then share one cache size, hence one
         decode graph. Does nothing without ``static_cache_for_longest``. Returns the cache size."""
-        assert self.encoder is not None, "configure_model() has not run"
         if self.static_cache_for_longest:
-            self._grow_static_cache(self.collate_fn()([longest]).encoded["input_ids"].shape[1])
+            self._grow_static_cache(self.prompt_width(widest))
         return self.static_cache_length
 
     def _grow_static_cache(self, width: int) -> None:
