@@ -13,7 +13,7 @@ mkdir -p "$out"
 started=$(mktemp)  # figures files written after it are copied to $out
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python="${PYTHON:-python3}"
-shape=(--shape llava-1.5-7b)
+shape=(--shape "${BENCH_SHAPE:-llava-1.5-7b}")  # BENCH_SHAPE=tiny: a quick check of this script on a CPU
 extract=(bench/extraction.py "${shape[@]}" --batch-size auto --n-samples 256 --n-reference 8)
 
 run_named() {  # the bench run of NAME, with its cap in seconds
