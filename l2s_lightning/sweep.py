@@ -94,13 +94,14 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
         common.append(f"--model.max_new_tokens={config.max_new_tokens}")
     common += config.extra_predict_args
     files = [out / "none.jsonl"]
-    models = ModelCache()  # one model (and compiled decode step) for every α
+    models = ModelCache()  # one model loaded for every α
     predict_main([*common, "--model.method=none", f"--writer.output={files[0]}"], models=models)
     for alpha in config.alphas:
         path = out / f"{steerer.method}_alpha{alpha:g}.jsonl"
         predict_main([*common, f"--model.method={steerer.method}", f"--model.steerer={config.steerer}",
                       f"--model.alpha={alpha}", f"--writer.output={path}"], models=models)
         files.append(path)
+    models.clear()  # before the judge loads
     metrics = evaluate_predictions([str(f) for f in files], out_dir=out / "eval", config=eval_config)
     runs = next(iter(metrics["benchmarks"].values()))["runs"]
     baseline = next(r for r in runs if r["method"] == "none")["summary"]
