@@ -178,3 +178,28 @@ def test_quality_proxy():
     assert heuristic_quality("the cat " * 30) < 3.0
     assert heuristic_quality("\u00a4\u00a5\u00a6\u00a7\u00a8\u00a9 " * 5 + "ok this is a normal sentence here") < 6.0
     assert KeywordJudge().quality(["q"], [good]) == [10.0]
+
+
+def test_group_bars_leave_out_a_group_a_run_has_no_rows_of(tmp_path, monkeypatch):
+    """A scenario a run has no rows of gets no bar: a bar of 0 would read as a perfect unsafe score."""
+    import matplotlib.axes
+
+    from l2s_lightning.evaluation.plots import plot_groups
+
+    drawn: list[tuple[str, list[float], list[float]]] = []
+    real_bar = matplotlib.axes.Axes.bar
+
+    def recording_bar(self, x, height, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(x), list(height)))
+        return real_bar(self, x, height, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", recording_bar)
+    runs = [
+        {"label": "none", "per_scenario": {"01": {"unsafe@0.5": 0.9}, "02": {"unsafe@0.5": 0.7}}},
+        {"label": "l2s α=1", "per_scenario": {"01": {"unsafe@0.5": 0.4}}},
+    ]
+    assert plot_groups("mm_safetybench", runs, "unsafe@0.5", tmp_path / "bars.png").is_file()
+    heights = {label: h for label, _, h in drawn}
+    assert heights == {"none": [0.9, 0.7], "l2s α=1": [0.4]}
+    positions = {label: x for label, x, _ in drawn}
+    assert positions["l2s α=1"][0] > positions["none"][0] and positions["l2s α=1"][0] < 1  # its own slot in group 01

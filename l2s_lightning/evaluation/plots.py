@@ -69,8 +69,10 @@ def plot_groups(benchmark: str, runs: list[dict], metric: str, path: Path) -> Pa
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(groups) * max(1, len(runs)) ** 0.5 + 2), 3.8))
     for i, run in enumerate(runs):
         values = [((run.get(key) or {}).get(g) or {}).get(metric) for g in groups]
-        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(groups))]
-        ax.bar(xs, [v if v is not None else 0.0 for v in values], width=width, label=run["label"])
+        # a group the run has no rows of gets no bar (a 0 bar would read as a perfect score)
+        present = [(j, v) for j, v in enumerate(values) if v is not None]
+        xs = [j + (i - (len(runs) - 1) / 2) * width for j, _ in present]
+        ax.bar(xs, [v for _, v in present], width=width, label=run["label"])
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(metric)

@@ -11,7 +11,9 @@ response alone (as the release does) and ends after the assistant header, so the
 
 Quality: the quality template is read the same way; the rating is the probability-weighted mean of the
 integers 1-10 over those of their tokens (with or without a leading space) that are single tokens,
-renormalised over that set (a G-Eval-style expected score in [1, 10]).
+renormalised over that set (a G-Eval-style expected score in [1, 10]). Where the tokenizer spells 10 as "1"
+then "0" (tokenizers that split numbers into digits), a second forward after "1" splits that token's mass
+into 10 (followed by "0") and 1 (anything else).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class CausalLMJudge:
         self.safe_id = self._first_token(safe_token)
         if vocab == "pair" and self.unsafe_id == self.safe_id:
             raise ValueError(f"{unsafe_token!r} and {safe_token!r} start with the same token: vocab='pair' cannot tell them apart")
-        self.digit_ids = self._digit_tokens()
+        self.digit_ids, self.ten_splits = self._digit_tokens()
 
     def _first_token(self, word: str) -> int:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
@@ -86,17 +88,22 @@ class CausalLMJudge:
             warnings.warn(f"judge verdict {word!r} is {len(ids)} tokens; reading its first token", stacklevel=3)
         return ids[0]
 
-    def _digit_tokens(self) -> dict[int, int]:
-        """token id -> rating for each single-token spelling of 1..10 (bare or with a leading space)."""
+    def _digit_tokens(self) -> tuple[dict[int, int], list[tuple[int, int]]]:
+        """(token id -> rating for each single-token spelling of 1..10, bare or with a leading space; the
+        (first, second) token ids of each spelling of 10 that takes two tokens, the first being a spelling of
+        1: tokenizers that split numbers into digits)."""
         found: dict[int, int] = {}
+        tens: list[tuple[int, int]] = []
         for k in range(1, 11):
             for text in (str(k), f" {k}"):
                 ids = self.tokenizer.encode(text, add_special_tokens=False)
                 if len(ids) == 1:
                     found.setdefault(ids[0], k)
+                elif k == 10 and len(ids) == 2 and (ids[0], ids[1]) not in tens:
+                    tens.append((ids[0], ids[1]))
         if not found:
             raise ValueError("the judge tokenizer has no single-token digits 1-9")
-        return found
+        return found, [(a, b) for a, b in tens if found.get(a) == 1]
 
     def build_prompt(self, template: str, prompt: str, response: str) -> str:
         """The text fed to the model for one item."""
@@ -108,8 +115,9 @@ class CausalLMJudge:
         return text + self.answer_prefix
 
     @torch.no_grad()
-    def next_token_probs(self, texts: Sequence[str]) -> torch.Tensor:
-        """Softmax over the full vocabulary at the first generated position, (N, V) float32."""
+    def next_token_probs(self, texts: Sequence[str], then: int | None = None) -> torch.Tensor:
+        """Softmax over the full vocabulary at the first generated position, (N, V) float32; ``then``: at the
+        second one, after the token ``then``."""
         out = []
         device = next(self.model.parameters()).device
         for start in range(0, len(texts), self.batch_size):
@@ -117,9 +125,12 @@ class CausalLMJudge:
                 list(texts[start : start + self.batch_size]), return_tensors="pt", padding=True,
                 add_special_tokens=not self.use_chat_template,
             ).to(device)
-            mask = batch["attention_mask"]
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            if then is not None:  # left padding: the token goes after every row's last one
+                ids = torch.cat([ids, torch.full_like(ids[:, :1], then)], dim=1)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions).logits[:, -1]
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
             out.append(torch.softmax(logits.float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -135,10 +146,18 @@ class CausalLMJudge:
     def quality(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         if not responses:
             return []
-        probs = self.next_token_probs([self.build_prompt(self.quality_template, p, r) for p, r in zip(prompts, responses)])
-        ids = torch.tensor(list(self.digit_ids))
-        ratings = torch.tensor([float(self.digit_ids[i]) for i in ids.tolist()])
+        texts = [self.build_prompt(self.quality_template, p, r) for p, r in zip(prompts, responses)]
+        probs = self.next_token_probs(texts)
+        ids = list(self.digit_ids)
+        ratings = torch.tensor([float(self.digit_ids[i]) for i in ids] + [10.0] * len(self.ten_splits))
         weights = probs[:, ids]
+        tens = []
+        for first, second in self.ten_splits:  # "1" then "0" is a 10: split the mass of "1" by what follows it
+            p_zero = self.next_token_probs(texts, then=first)[:, second]
+            column = ids.index(first)
+            tens.append(weights[:, column] * p_zero)
+            weights[:, column] = weights[:, column] * (1 - p_zero)
+        weights = torch.cat([weights, *(t[:, None] for t in tens)], dim=1)
         scores = (weights * ratings).sum(-1) / weights.sum(-1).clamp(min=1e-30)
         return check_scores(scores.clamp(1.0, 10.0).tolist(), len(responses), 1.0, 10.0, "quality")
 

@@ -91,6 +91,7 @@ class HttpJudge:
         self.timeout, self.max_retries, self.backoff = float(timeout), int(max_retries), float(backoff)
         self.workers, self.max_response_chars = max(1, int(workers)), int(max_response_chars)
         self._logprobs_ok = use_logprobs
+        self.verdicts_from = {"logprobs": 0, "text": 0}  # where each p(unsafe) came from (metrics.json)
         self._lock = threading.Lock()
         self._unavailable: str | None = None  # set once a request gives up: the other workers stop too
         self.requests_sent = 0
@@ -133,7 +134,7 @@ class HttpJudge:
         try:
             reply = self._post(body)
         except _HttpStatus as err:
-            if err.code != 400 or "logprobs" not in body:
+            if err.code not in _LOGPROBS_REJECTED or "logprobs" not in body:
                 raise JudgeError(f"http judge {self.url}: HTTP {err.code}: {err.detail}") from None
             self._logprobs_ok = False  # the server does not do logprobs: ask without from now on
             body.pop("logprobs"), body.pop("top_logprobs")
@@ -168,11 +169,10 @@ class HttpJudge:
         return None
 
     def _parse_text(self, content: str, where: int) -> float:
-        word = content.strip().lower()
-        if word.startswith(self.unsafe_token):
-            return 1.0
-        if word.startswith(self.safe_token):
-            return 0.0
+        answer = content.strip().lower()
+        for token, p in ((self.unsafe_token, 1.0), (self.safe_token, 0.0)):
+            if re.match(rf"{re.escape(token)}(?!\w)", answer):  # the verdict as a whole word: "safety: ..." is neither
+                return p
         if self.on_unparsed == "error":
             raise JudgeError(f"http judge: answer {content[:100]!r} to response {where} is neither {self.safe_token!r} nor {self.unsafe_token!r}")
         return 1.0 if self.on_unparsed == "unsafe" else 0.0
@@ -186,6 +186,8 @@ class HttpJudge:
     def _one_unsafe(self, index: int, prompt: str, response: str) -> float:
         content, logprobs = self._complete(self._messages(self.template, prompt, response))
         mass = self._verdict_mass(logprobs) if logprobs else None
+        with self._lock:
+            self.verdicts_from["text" if mass is None else "logprobs"] += 1
         if mass is None:
             return self._parse_text(content, index)
         p_unsafe, p_safe = mass
@@ -226,8 +228,13 @@ class HttpJudge:
         return {
             "name": "http", "base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env,
             "template": self.template_name, "quality_template": self.quality_template_name, "messages": self.messages,
-            "vocab": self.vocab, "logprobs_used": self._logprobs_ok, "on_unparsed": self.on_unparsed,
+            "vocab": self.vocab, "on_unparsed": self.on_unparsed,
+            # filled in by the scoring: verdicts read from logprobs (a probability) vs from the text (0 or 1)
+            "verdicts_from": dict(self.verdicts_from),
         }
+
+
+_LOGPROBS_REJECTED = (400, 422)  # a server that does not do logprobs answers one of these: ask again without
 
 
 class _HttpStatus(Exception):
