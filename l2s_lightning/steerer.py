@@ -13,6 +13,7 @@ Vectors are unscaled: α is applied by the steering hook. No Lightning is needed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -63,6 +64,7 @@ class Steerer:
             raise ValueError(f"{self.method} steerer needs tensor(s) {missing}")
         self.tensors = {name: t.detach().float().cpu().contiguous() for name, t in self.tensors.items()}
         self._on_device: dict[str, Tensor] = {}
+        self._digest = ""  # computed on first use (the tensors do not change after this)
         for name, tensor in self.tensors.items():
             if not name.startswith("mlp.") and tensor.shape[-1] != self.hidden_size:
                 raise ValueError(f"tensor {name!r} has shape {tuple(tensor.shape)}, hidden_size is {self.hidden_size}")
@@ -169,6 +171,23 @@ class Steerer:
         else:
             rows = [self._oracle_index[s] for s in sample_ids]
         return table[torch.tensor(rows, dtype=torch.long, device=device)]
+
+    @property
+    def digest(self) -> str:
+        """A short hash of what the vectors depend on (method, layers, MLP config, every tensor's bytes,
+        behaviours, oracle ids), not of ``default_alpha`` or the sweep: predictions record it, so that a file
+        made with another steerer (e.g. one retrained with other settings) is never resumed."""
+        if self._digest:
+            return self._digest
+        h = hashlib.sha256(json.dumps(
+            [self.method, self.layer_steer, self.layer_context, self.hidden_size, self.mlp, self.input_norm,
+             self.behaviours, self.oracle_ids], sort_keys=True).encode())
+        for name in sorted(self.tensors):
+            tensor = self.tensors[name]
+            h.update(f"{name}:{tuple(tensor.shape)}".encode())
+            h.update(tensor.numpy().tobytes())
+        self._digest = h.hexdigest()[:16]
+        return self._digest
 
     def norm_stats(self) -> dict[str, float]:
         """Norm statistics recorded at fit (``z_norm_mean``, ``z_norm_std``, ``h_norm_mean``, ``n_rows``) plus

@@ -268,10 +268,10 @@ def encode(loaded, questions: list[str]) -> dict[str, torch.Tensor]:
     return encode_prompts(loaded, [render_prompt(loaded, q, False) for q in questions], [None] * len(questions))
 
 
-def generate_text(loaded, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_text(loaded, inputs: dict[str, torch.Tensor], **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     out = loaded.model.generate(
         **inputs, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id,
-        output_logits=True, return_dict_in_generate=True, disable_compile=True,
+        output_logits=True, return_dict_in_generate=True, disable_compile=True, **kwargs,
     )
     return out.sequences, torch.stack(out.logits, 1)
 
@@ -405,3 +405,27 @@ def test_readme_python_api_example(tiny_llama_dir, l2s, tmp_path, capsys):
     with add_steering(loaded.model, steerer.layer_steer, v, mode=mode):
         by_hand = loaded.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     assert torch.equal(out, by_hand)
+
+
+@pytest.mark.parametrize("method", ["l2s", "mean_ba"])
+@pytest.mark.parametrize("expand", [{"num_beams": 2}, {"num_beams": 2, "num_return_sequences": 2}])
+def test_generate_that_expands_each_input_steers_its_rows_with_its_vector(loaded, l2s, features, method, expand):
+    """Beam search / num_return_sequences run k rows per input: each input's vector (from its own h, its
+    behaviour, its (B,) α) goes to its k rows, as add_steering does with the vectors of the inputs."""
+    from l2s_lightning.training.baselines import build_baseline
+
+    steerer = l2s if method == "l2s" else build_baseline("mean_ba", features)
+    inputs = encode(loaded, QUESTIONS)
+    behaviours = [steerer.behaviours[i % len(steerer.behaviours)] for i in range(3)] if method == "mean_ba" else None
+    alpha = torch.tensor([1.0, 2.0, 3.0])
+    with steerer.attach(loaded.model, alpha=alpha, behaviours=behaviours, sample_ids=["a", "b", "c"]) as capture:
+        seq, logits = generate_text(loaded, inputs, **expand)
+    assert capture.context.shape == (3, 64)
+    torch.testing.assert_close(capture.context, last_token_h(loaded, inputs, L_STEER if method == "mean_ba" else L_CONTEXT),
+                               atol=1e-5, rtol=1e-5)
+    vectors = steerer.vectors(capture.context, behaviours=behaviours)
+    with add_steering(loaded.model, L_STEER, vectors, alpha=alpha):
+        expected, expected_logits = generate_text(loaded, inputs, **expand)
+    assert seq.shape[0] == 3 * expand.get("num_return_sequences", 1)
+    assert torch.equal(seq, expected)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)

@@ -304,6 +304,38 @@ def test_predict_resumes_after_a_kill(tiny_llama_dir, fitted, monkeypatch):
     assert read(out) == read(clean)
 
 
+def test_a_file_of_another_steerer_or_settings_is_never_resumed(tiny_llama_dir, fitted, tmp_path):
+    """Rows record the steerer's digest, where it steers and the generation settings; a run with other ones
+    stops before generating (a retrained steerer's answers never pass for the old one's), while a steerer
+    whose α default alone changed (``l2s sweep`` writes it) resumes the file."""
+    out = tmp_path / "l2s.jsonl"
+    args = [a for a in predict_args(tiny_llama_dir, fitted, "l2s", out) if not a.startswith("--model.steerer")] + ["--model.alpha=4"]
+    predict_main([*args, f"--model.steerer={fitted / 'steerers' / 'l2s'}"])
+    written = out.read_text()
+    rows = read(out)
+    assert {r["steerer_digest"] for r in rows} == {Steerer.load(fitted / "steerers" / "l2s").digest}
+    assert rows[0]["positions"] == "generated" and rows[0]["generation"] == {"max_new_tokens": 5, "do_sample": False}
+    questions = {r["id"]: r["question"] for r in map(json.loads, (fitted / "data.jsonl").read_text().splitlines())}
+    assert all(r["question"] == questions[r["id"]] for r in rows)
+
+    original = Steerer.load(fitted / "steerers" / "l2s")
+    retrained = _copy_steerer(fitted, "l2s", tmp_path / "retrained",
+                              tensors={k: v * 1.01 if k == "mlp.2.weight" else v for k, v in original.tensors.items()})
+    with pytest.raises(ValueError, match=r"steerer_digest='\w+', this run has steerer_digest='\w+' \(another steerer"):
+        predict_main([*args, f"--model.steerer={retrained}"])
+    same = _copy_steerer(fitted, "l2s", tmp_path / "same", default_alpha=2.5, sweep={"chosen_alpha": 2.5})
+    for extra, field in ((["--model.max_new_tokens=6"], "generation"), (["--model.positions=all"], "positions")):
+        with pytest.raises(ValueError, match=rf"holds predictions with {field}="):
+            predict_main([*args, f"--model.steerer={same}", *extra])
+    assert out.read_text() == written  # nothing appended by the refused runs
+    assert predict_main([*args, f"--model.steerer={same}"]) == 0 and out.read_text() == written  # all done: resumed
+
+    plain = tmp_path / "none.jsonl"  # no steerer: where it would steer does not matter
+    predict_main(predict_args(tiny_llama_dir, fitted, "none", plain))
+    predict_main(predict_args(tiny_llama_dir, fitted, "none", plain, "--model.positions=all"))
+    assert read(plain)[0]["steerer_digest"] is None and read(plain)[0]["positions"] is None
+
+
 def test_bad_input_stops_before_generation(tiny_llama_dir, fitted, tmp_path):
     out = tmp_path / "p.jsonl"
     from l2s_lightning.generation.module import SteeredGenerationModule

@@ -39,7 +39,7 @@ def judge_runs(runs: Sequence[Run], judge: Judge, quality: bool) -> dict[tuple[s
     One call per judge method over all distinct pairs (so identical answers are judged once). Empty
     responses are not sent. Any judge failure propagates: no partial scores.
     """
-    pairs = sorted({(row.prompt, row.response) for run in runs for row in run.rows if not row.is_empty})
+    pairs = sorted({(row.judged_prompt, row.response) for run in runs for row in run.rows if not row.is_empty})
     if not pairs:
         return {}
     prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
@@ -119,16 +119,16 @@ def evaluate_predictions(
     scores: dict[tuple[str, str], tuple[float, float | None]] = {}
     if judged_runs:
         judge_obj = build_judge(judge if judge is not None else cfg.judge)
-        results["judge"] = describe_judge(judge_obj)
         scores = judge_runs(judged_runs, judge_obj, cfg.safety.quality)
+        results["judge"] = describe_judge(judge_obj)  # after the scoring: it records how the verdicts were read
 
     for run in runs:
         entry = _run_header(run)
         if run.benchmark in _JUDGED:
-            p = [0.0 if row.is_empty else scores[(row.prompt, row.response)][0] for row in run.rows]
+            p = [0.0 if row.is_empty else scores[(row.judged_prompt, row.response)][0] for row in run.rows]
             q = None
             if cfg.safety.quality:
-                q = [1.0 if row.is_empty else scores[(row.prompt, row.response)][1] for row in run.rows]
+                q = [1.0 if row.is_empty else scores[(row.judged_prompt, row.response)][1] for row in run.rows]
             strict = run.benchmark == "mm_safetybench"
             summary, groups, per_row = safety_metrics(run.rows, p, q, cfg.safety, strict_scenarios=strict)
             entry.update(summary=summary, **{"per_scenario" if strict else "per_category": groups})

@@ -39,6 +39,7 @@ class Prediction:
     alpha: float | None
     response: str
     prompt: str = ""
+    question: str = ""  # the question alone (predict writes it; ``prompt`` is the rendered chat text)
     category: str = ""
     label: str = ""
     subset: str = ""
@@ -51,6 +52,13 @@ class Prediction:
     @property
     def is_empty(self) -> bool:
         return not self.response.strip()
+
+    @property
+    def judged_prompt(self) -> str:
+        """What a judge sees as the request: the question alone when the row has it, else ``prompt``. Without
+        the generating model's chat markup or the prompt baseline's instruction, every method's answer to a
+        question is judged against the same request."""
+        return self.question or self.prompt
 
 
 @dataclass
@@ -106,7 +114,7 @@ def _parse_row(item: Any, where: str) -> Prediction:
     if benchmark == "pope" and label not in {"yes", "no"}:
         raise PredictionFormatError(f"{where}: POPE label {item.get('label')!r} is not 'yes' or 'no'")
     layer = item.get("layer_steer")
-    known = {"id", "benchmark", "method", "alpha", "response", "prompt", "category", "label", "subset", "image", "model", "layer_steer"}
+    known = {"id", "benchmark", "method", "alpha", "response", "prompt", "question", "category", "label", "subset", "image", "model", "layer_steer"}
     return Prediction(
         id=str(item["id"]),
         benchmark=benchmark,
@@ -114,6 +122,7 @@ def _parse_row(item: Any, where: str) -> Prediction:
         alpha=_alpha(item["alpha"], where),
         response=item["response"],
         prompt=str(item.get("prompt") or ""),
+        question=str(item.get("question") or ""),
         category=str(item.get("category") or ""),
         label=label,
         subset=str(item.get("subset") or ""),

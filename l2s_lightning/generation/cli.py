@@ -53,7 +53,7 @@ def run_prediction(
     returns the number of rows generated."""
     rows = data.rows()
     check_rows(module, data, rows)
-    writer.check_compatible(module.method, module.alpha if module.steerer is not None else 0.0, module.spec.display_name)
+    writer.check_compatible(module.settings())
     data.exclude(writer.done_ids())
     pending = len(data.pending_rows())
     if trainer.is_global_zero:

@@ -224,6 +224,20 @@ class SteeredGenerationModule(L.LightningModule):
         cache.reset()  # the same tensors for every batch of a size: CUDA graphs are not recorded again
         return {cache_kwarg(self.llm): cache, "compile_config": decode_compile_config(self.compile_backend, dynamic=False)}
 
+    def settings(self) -> dict[str, Any]:
+        """What a prediction row's answer depends on besides its prompt: method, α, model, the steerer (its
+        digest), where it steers and the generation settings. Recorded in every row; a run never appends to a
+        file made with other settings (:meth:`JsonlPredictionWriter.check_compatible`)."""
+        steered = self.steerer is not None
+        generation = dict(self.generation_kwargs)
+        if generation["do_sample"]:
+            generation["seed"] = self.seed
+        return {
+            "method": self.method, "alpha": self.alpha if steered else 0.0, "model": self.spec.display_name,
+            "steerer_digest": self.steerer.digest if steered else None, "positions": self.positions if steered else None,
+            "generation": generation,
+        }
+
     def on_predict_end(self) -> None:
         self._static_cache = None  # free the compiled path's KV cache
 
@@ -232,20 +246,22 @@ class SteeredGenerationModule(L.LightningModule):
         if isinstance(batch, PromptBatch):
             batch = batch.items
         layer = self.steerer.layer_steer if self.steerer is not None else None
+        settings = self.settings()
         return [
-            self._record(item, prompt, response, n_prompt, n_new, layer)
+            self._record(item, prompt, response, n_prompt, n_new, layer, settings)
             for item, prompt, response, n_prompt, n_new in zip(batch, prompts, responses, prompt_tokens, new_tokens)
             if not item.filler
         ]
 
-    def _record(self, item: PromptItem, prompt: str, response: str, n_prompt: int, n_new: int, layer: int | None) -> dict[str, Any]:
+    def _record(
+        self, item: PromptItem, prompt: str, response: str, n_prompt: int, n_new: int, layer: int | None, settings: dict[str, Any]
+    ) -> dict[str, Any]:
         """The output row of one sample."""
         return {
             "id": item.id, "category": item.category, "behaviour": item.behaviour, "benchmark": item.benchmark,
-            "method": self.method, "alpha": self.alpha if self.steerer is not None else 0.0,
-            "prompt": prompt, "response": response, "prompt_tokens": int(n_prompt), "new_tokens": int(n_new),
-            "label": item.label, "subset": item.category if item.benchmark == "pope" else "",
-            "image": item.image_path, "layer_steer": layer, "model": self.spec.display_name,
+            "question": item.question, "prompt": prompt, "response": response, "prompt_tokens": int(n_prompt),
+            "new_tokens": int(n_new), "label": item.label, "subset": item.category if item.benchmark == "pope" else "",
+            "image": item.image_path, "layer_steer": layer, **settings,
         }
 
 

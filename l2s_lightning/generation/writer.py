@@ -20,6 +20,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in iter_jsonl(path, torn_tail_ok=True)]
 
 
+_HINTS = {"steerer_digest": " (another steerer, e.g. one trained again with other settings)"}
+
+
 class JsonlPredictionWriter(RankPartWriter):
     """Appends each batch's rows to ``<output>.parts/rank<R>-<k>.jsonl`` (flushed per batch); rank 0 merges
     everything into ``output`` sorted by id, each id once."""
@@ -32,15 +35,17 @@ class JsonlPredictionWriter(RankPartWriter):
     def done_ids(self) -> set[str]:
         return {row["id"] for path in self.existing_files() for row in read_jsonl(path)}
 
-    def check_compatible(self, method: str, alpha: float, model: str) -> None:
-        """An output file of another method, α or model is never appended to."""
+    def check_compatible(self, settings: Mapping[str, Any]) -> None:
+        """An output file made with other settings (method, α, model, steerer digest, positions, generation
+        settings: :meth:`SteeredGenerationModule.settings`) is never appended to. A setting a file's rows do
+        not record (files of earlier versions) is not compared."""
         for path in self.existing_files():
             for row in read_jsonl(path)[:1]:
-                for key, value in (("method", method), ("alpha", alpha), ("model", model)):
-                    if row.get(key) != value:
+                for key, value in settings.items():
+                    if key in row and row[key] != value:
                         raise ValueError(
-                            f"{path} holds predictions with {key}={row.get(key)!r}, this run has {key}={value!r}: "
-                            "choose another output path (nothing was overwritten)"
+                            f"{path} holds predictions with {key}={row[key]!r}, this run has {key}={value!r}"
+                            f"{_HINTS.get(key, '')}: choose another output path or delete the file (nothing was overwritten)"
                         )
 
     def _open(self, path: Path):

@@ -38,7 +38,9 @@ class ContextCapture:
     """Forward hook on block L': at each prefill, h = output[:, -1] -> v = steerer.vectors(h) -> the steering hook.
 
     After a generate call, ``context`` (B, D) and ``vectors`` (B, D) hold the last prefill's h and v and
-    ``prefills`` counts the prefills seen.
+    ``prefills`` counts the prefills seen. When ``generate`` expands each of the B inputs to k rows (beam
+    search, ``num_return_sequences``) and B is known (behaviours, sample ids or a (B,) α), h is read once per
+    input and the steering hook gives each input's vector to its k rows.
     """
 
     def __init__(self, steerer: Any, hook: SteeringHook, behaviours: list[str] | None = None, sample_ids: list[str] | None = None) -> None:
@@ -49,11 +51,27 @@ class ContextCapture:
         self.vectors: torch.Tensor | None = None
         self.prefills = 0
 
+    def _inputs(self) -> int | None:
+        """How many inputs the batch holds, where known: one behaviour / sample id / α per input."""
+        for given in (self.behaviours, self.sample_ids):
+            if given is not None:
+                return len(given)
+        alpha = self.hook.alpha
+        return int(alpha.numel()) if isinstance(alpha, torch.Tensor) and alpha.ndim else None
+
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: object) -> None:
         hidden = layer_output(output)
         if not self.tracker.is_prefill(hidden, kwargs):
             return None
-        self.context = hidden[:, -1].detach()
+        context = hidden[:, -1].detach()
+        inputs = self._inputs()
+        if inputs and context.shape[0] != inputs:
+            if context.shape[0] % inputs:
+                raise ValueError(f"the prefill has {context.shape[0]} rows for {inputs} inputs (behaviours, sample ids or α)")
+            # generate expanded each input to k rows (beams, num_return_sequences), k at a time: one h per input;
+            # the steering hook gives row j the vector j // k
+            context = context[:: context.shape[0] // inputs]
+        self.context = context
         with torch.no_grad():
             vectors = self.steerer.vectors(self.context, behaviours=self.behaviours, sample_ids=self.sample_ids)
         if vectors.shape != self.context.shape:
