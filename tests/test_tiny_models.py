@@ -4,6 +4,7 @@ and the no-torchvision processor workaround."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,11 @@ def test_load_processor_qwen_without_torchvision(tiny_qwen2_vl_dir: Path, tiny_q
         out = processor(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (56, 56))], return_tensors="pt")
         assert int((out["input_ids"] == processor.image_token_id).sum()) == 4
         assert out["mm_token_type_ids"].sum() == 4
+        # spawned loader workers get it pickled (the collate_fn holds it)
+        copy = pickle.loads(pickle.dumps(processor))
+        assert type(copy) is type(processor) and copy.chat_template == processor.chat_template
+        again = copy(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (56, 56))], return_tensors="pt")
+        assert all(torch.equal(again[k], out[k]) for k in out)
 
 
 def test_workaround_not_used_with_working_torchvision(tiny_qwen2_vl_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,9 +34,20 @@ def image_only(processor_class: type) -> type:
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs: Any) -> None:
             processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
+        def __reduce__(self):
+            # a class made here cannot be pickled by name: rebuild it from the base class (spawned loader workers,
+            # ddp_spawn get the processor pickled)
+            return _new_image_only, (processor_class,), self.__dict__.copy()
+
     ImageOnlyProcessor.__name__ = f"{processor_class.__name__}ImageOnly"
     ImageOnlyProcessor.__qualname__ = ImageOnlyProcessor.__name__
     return ImageOnlyProcessor
+
+
+def _new_image_only(processor_class: type) -> Any:
+    """An empty instance of ``image_only(processor_class)``: unpickling fills its attributes."""
+    cls = image_only(processor_class)
+    return cls.__new__(cls)
 
 
 def _processor_class_name(folder: Path) -> str | None:
