@@ -117,3 +117,31 @@ def test_each_pass_runs_only_the_blocks_it_needs(tiny_llama_dir, layers, suffix)
         for index in seen
     }
     assert seen == expected
+
+
+@pytest.mark.parametrize("window", [8, 4096])
+def test_sliding_window_model_with_a_suffix_equals_full_forwards(tiny_llama_dir, tmp_path, window):
+    """Models with sliding-window layers (Mistral v0.1, Gemma 2/3): the context tail's pass evicts positions
+    and counts them, so the cache is restored to the prompt's afterwards, not cut (a window shorter than the
+    prompts, and one longer)."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
+                           max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    module = ExtractionModule(ModelSpec(str(tmp_path)), layer_steer=1, layer_context=2)
+    module.configure_model()
+    items = _items(with_image=False, suffix=" Is it safe?")
+    items[1] = dataclasses.replace(items[1], suffix="")
+    _check_equal(module, items)
+    from l2s_lightning.extraction.forward import prefix_shared_features, tail_shares_cache
+
+    inputs = module.encode(items)
+    assert tail_shares_cache(module.llm, inputs) == (window == 4096)  # window 8: h from the plain prompt's own pass
+    if window == 8:
+        with pytest.raises(ValueError, match="sliding window of 8 positions"):
+            prefix_shared_features(module.llm, inputs, 1, 2)

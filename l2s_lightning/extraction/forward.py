@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from l2s_lightning.models.layers import decoder_layers, layer_output, truncated_decoder
+from l2s_lightning.models.layers import decoder_layers, layer_output, text_config, truncated_decoder
 
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
@@ -118,13 +118,40 @@ def keep_cache_layers(cache: object, n_layers: int) -> None:
         del layers[n_layers:]
 
 
-def trim_cache(cache: object, length: int) -> None:
-    """Cut every layer of a dynamic KV cache back to its first ``length`` positions (what a pass appended
-    after them is dropped)."""
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 and layer.keys.shape[-2] > length:
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
+def sliding_window(model: nn.Module) -> int | None:
+    """The attention window of the model's sliding-window layers (Mistral v0.1, Gemma 2/3), None when every
+    layer attends to all earlier positions."""
+    config = text_config(model.config)
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    types = getattr(config, "layer_types", None)
+    return int(window) if types is None or "sliding_attention" in types else None
+
+
+def tail_shares_cache(model: nn.Module, inputs: ContrastInputs) -> bool:
+    """Whether the context tail can run on the steering prompt's cache exactly: always, unless the model has
+    sliding-window layers whose window is shorter than the prompt and tail together (those layers would count
+    the suffix's masked positions into the window, and evict shared positions the tail needs)."""
+    window = sliding_window(model)
+    if inputs.context is None or window is None:
+        return True
+    return inputs.prefix["input_ids"].shape[1] + inputs.context.ids.shape[1] < window
+
+
+def cache_snapshot(cache: object) -> list[dict]:
+    """The state of each layer of a dynamic KV cache (a shallow copy of its attributes): a dynamic layer
+    replaces its tensors when a pass appends to them and never writes into them, so :func:`restore_cache`
+    undoes everything run after this, including what a sliding-window layer evicted and its position count."""
+    return [dict(vars(layer)) for layer in cache.layers]
+
+
+def restore_cache(cache: object, snapshot: list[dict]) -> None:
+    """Put every layer back as :func:`cache_snapshot` found it (layers added since are dropped)."""
+    del cache.layers[len(snapshot):]
+    for layer, state in zip(cache.layers, snapshot):
+        vars(layer).clear()
+        vars(layer).update(state)
 
 
 def run_continuation(
@@ -161,9 +188,14 @@ def prefix_shared_features(
 
     The prompt pass runs blocks 0..max(L*, L'). With a context tail, the tail runs next on the prompt's cache
     through blocks 0..L', attending to the positions it shares with the prompt only (h is read at its last
-    token), and is then cut from the cache. The completion pass runs blocks 0..L* on the prompt's cache,
+    token), and the cache is then restored to the prompt's. The completion pass runs blocks 0..L* on the prompt's cache,
     cut to L* + 1 blocks before it is repeated for the two completions.
     """
+    if not tail_shares_cache(model, inputs):
+        raise ValueError(
+            f"the context tail cannot share the prompt's cache within the sliding window of {sliding_window(model)} "
+            "positions: read h with its own pass (ExtractionModule does)"
+        )
     base = model.base_model
     steer_depth = layer_steer + 1
     prefix = dict(inputs.prefix)
@@ -178,9 +210,10 @@ def prefix_shared_features(
         else:
             tail = inputs.context
             lengths, seen = tail.lengths.to(mask.device), tail.prefix_mask.to(mask.device)
+            snapshot = cache_snapshot(cache)
             run_continuation(model, cache, tail.ids.to(mask.device), lengths, positions, seen, 1, layer_context + 1)
             context = last_real(captured[layer_context], lengths)
-            trim_cache(cache, mask.shape[1])
+            restore_cache(cache, snapshot)  # the tail is not part of the prompt the completions follow
         keep_cache_layers(cache, steer_depth)
         cache.batch_repeat_interleave(2)
         lengths = inputs.completion_lengths.to(mask.device)
@@ -214,11 +247,15 @@ def reference_features(
     output after the final norm there, while layer L is the raw output of block L (what steering edits).
     """
 
-    def hidden(inputs: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
-        with capture_layer_outputs(model, [layer]) as captured:
-            model(**inputs, use_cache=False)
-        return captured[layer][0, -1]
-
-    context = hidden(prefix if context_prefix is None else context_prefix, layer_context)
-    steer = hidden(append_tokens(prefix, positive), layer_steer) - hidden(append_tokens(prefix, negative), layer_steer)
+    context = last_token_state(model, prefix if context_prefix is None else context_prefix, layer_context)
+    steer = last_token_state(model, append_tokens(prefix, positive), layer_steer) - last_token_state(
+        model, append_tokens(prefix, negative), layer_steer
+    )
     return context.float(), steer.float()
+
+
+def last_token_state(model: nn.Module, inputs: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """(D,): the output of block ``layer`` at the last token of ONE un-padded sample (a full forward, no cache)."""
+    with capture_layer_outputs(model, [layer]) as captured:
+        model(**inputs, use_cache=False)
+    return captured[layer][0, -1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import lightning as L
@@ -13,8 +14,10 @@ from l2s_lightning.extraction.forward import (
     PER_TOKEN_KEYS,
     ContrastInputs,
     append_tokens,
+    last_token_state,
     prefix_shared_features,
     reference_features,
+    tail_shares_cache,
 )
 from l2s_lightning.extraction.host_copy import copy_to_host
 from l2s_lightning.models.compile import compile_blocks
@@ -123,6 +126,13 @@ class ExtractionModule(L.LightningModule):
         if self.forward_style == "reference":
             return self._reference(inputs)
         inputs.prefix = self._to_device(dict(inputs.prefix))
+        if not tail_shares_cache(self.llm, inputs):  # a sliding window shorter than the prompts: h from its own pass
+            context = torch.stack([
+                last_token_state(self.llm, self._to_device(_context_prompt(inputs, i)), self.layer_context).float()
+                for i in range(inputs.prefix["input_ids"].shape[0])
+            ])
+            _, steer = prefix_shared_features(self.llm, dataclasses.replace(inputs, context=None), self.layer_steer, self.layer_context)
+            return context, steer
         return prefix_shared_features(self.llm, inputs, self.layer_steer, self.layer_context)
 
     def _reference(self, inputs: ContrastInputs) -> tuple[torch.Tensor, torch.Tensor]:
