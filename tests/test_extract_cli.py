@@ -126,6 +126,33 @@ def test_extract_resumes_after_a_kill(tiny_llama_dir, workdir, monkeypatch):
     assert out.stat().st_mtime_ns == before
 
 
+def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(tiny_llama_dir, workdir, monkeypatch):
+    """Every batch written, killed before the merge: the next run has nothing to extract and merges the parts,
+    on rank 0 only (torchrun / SLURM start every rank: two merges raced on the same files)."""
+    import lightning as L
+
+    out = workdir / "features.h5"
+    original = writer_module.HDF5FeatureWriter.write_on_batch_end
+    calls = {"n": 0}
+
+    def crash_after_last(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:  # 10 rows in batches of 3
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(writer_module.HDF5FeatureWriter, "write_on_batch_end", crash_after_last)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        extract_main(_args(tiny_llama_dir, workdir, out))
+    monkeypatch.setattr(writer_module.HDF5FeatureWriter, "write_on_batch_end", original)
+    assert _part_rows(out) == 10 and not out.exists()
+    with mock.patch.object(L.Trainer, "is_global_zero", new_callable=mock.PropertyMock, return_value=False):
+        assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0  # another rank: leaves the parts alone
+    assert _part_rows(out) == 10 and not out.exists()
+    assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0
+    assert _read(out)["ids"] == sorted(f"q{i:02d}" for i in range(10)) and _part_rows(out) == 0
+
+
 class PauseBeforeSecondBatch(Callback):
     """Sleeps before predict batch 1 (batch 0 is written by then), so that a SIGKILL lands mid-run."""
 
@@ -187,6 +214,16 @@ def test_extract_ddp_two_cpu_processes(tiny_llama_dir, workdir):
     ddp, reference = _read(out), _read(single)
     assert ddp["ids"] == reference["ids"]
     np.testing.assert_allclose(ddp["steer"], reference["steer"], atol=2e-4)
+    # fewer rows to do than ranks (a small dataset, or the end of a resume): the idle rank gets a filler copy
+    (workdir / "one").mkdir()
+    _jsonl(workdir / "one" / "data.jsonl", n=1)
+    one = workdir / "one" / "out.h5"
+    args = [*cmd, f"--data.source.path={workdir / 'one' / 'data.jsonl'}", f"--data.split_file={workdir / 'one' / 'split.json'}",
+            f"--writer.output={one}", "--data.test_fraction=0"]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _read(one)["ids"] == ["q00"]
+    np.testing.assert_allclose(_read(one)["steer"], reference["steer"][:1], atol=2e-4)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -304,6 +304,34 @@ def test_predict_resumes_after_a_kill(tiny_llama_dir, fitted, monkeypatch):
     assert read(out) == read(clean)
 
 
+def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(tiny_llama_dir, fitted, tmp_path, monkeypatch):
+    from unittest import mock
+
+    import lightning as L
+
+    out = tmp_path / "none.jsonl"
+    original = writer_module.JsonlPredictionWriter.write_on_batch_end
+    calls = {"n": 0}
+
+    def crash_after_last(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # 6 test rows in batches of 4
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(writer_module.JsonlPredictionWriter, "write_on_batch_end", crash_after_last)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        predict_main(predict_args(tiny_llama_dir, fitted, "none", out))
+    monkeypatch.setattr(writer_module.JsonlPredictionWriter, "write_on_batch_end", original)
+    parts = out.with_name(out.name + ".parts")
+    assert len(list(parts.glob("*.jsonl"))) == 1 and not out.exists()
+    with mock.patch.object(L.Trainer, "is_global_zero", new_callable=mock.PropertyMock, return_value=False):
+        predict_main(predict_args(tiny_llama_dir, fitted, "none", out))  # another rank: leaves the parts alone
+    assert len(list(parts.glob("*.jsonl"))) == 1 and not out.exists()
+    predict_main(predict_args(tiny_llama_dir, fitted, "none", out))
+    assert len(read(out)) == 6 and not parts.exists()
+
+
 def test_a_file_of_another_steerer_or_settings_is_never_resumed(tiny_llama_dir, fitted, tmp_path):
     """Rows record the steerer's digest, where it steers and the generation settings; a run with other ones
     stops before generating (a retrained steerer's answers never pass for the old one's), while a steerer

@@ -289,9 +289,12 @@ class PromptDataModule(L.LightningDataModule):
         fill = bool(getattr(module, "full_batches", False) and self._pending)
         widest = self.widest_item(dataset, module) if self._pending and (self.batch_size == "auto" or fill) else None
         batch_size = self.resolved_batch_size(widest)
+        world_size = self.trainer.world_size if self.trainer is not None else 1
         if fill:
             dataset = _Items(self._pending, self.use_images, self.typo_kwargs, self._filled_length(batch_size))
             module.fit_static_cache(widest)
+        elif 0 < len(self._pending) < world_size:  # every rank needs a row (else it never reaches the merge)
+            dataset = _Items(self._pending, self.use_images, self.typo_kwargs, world_size)
         on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,

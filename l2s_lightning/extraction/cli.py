@@ -66,7 +66,7 @@ def extract_main(argv: list[str] | None = None) -> int:
     if cli.trainer.is_global_zero:
         console.print(f"[bold]extract[/]: {total} samples, {total - pending} already in {writer.output}, {pending} to do")
     if pending == 0:
-        if writer.part_files():
+        if writer.part_files() and cli.trainer.is_global_zero:  # one merge (torchrun / SLURM start every rank)
             writer.merge_and_clean()
         return 0
     cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)

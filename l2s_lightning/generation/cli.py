@@ -61,7 +61,7 @@ def run_prediction(
             f"[bold]predict[/] {module.method} α={module.alpha:g}: {len(rows)} samples, {len(rows) - pending} done, {pending} to do"
         )
     if pending == 0:
-        if writer.part_files():
+        if writer.part_files() and trainer.is_global_zero:  # one merge (torchrun / SLURM start every rank)
             writer.merge_and_clean()
         return 0
     if models is not None:
