@@ -67,7 +67,8 @@ class FeatureMeta:
         splits = values.pop("splits", "")
         splits = tuple(s for s in (splits.split(",") if isinstance(splits, str) else splits) if s)
         for key in ("layer_steer", "layer_context", "hidden_size", "format_version"):
-            known[key] = int(known[key])
+            if key in known:  # format_version may be absent (an attribute absent is not compared)
+                known[key] = int(known[key])
         known["model"] = str(known["model"])
         if int(known.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
             raise ValueError(f"{source}: format_version {known['format_version']} is newer than this reader ({FORMAT_VERSION})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -131,6 +132,17 @@ class TemplateSet:
         )
 
 
+def _check_format(text: str, where: str) -> None:
+    """A template text must be a format string with named fields only (``{field}``; ``{{`` / ``}}`` for braces)."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+    except ValueError as err:
+        raise ValueError(f"{where} {text!r}: {err} (write {{{{ and }}}} for literal braces)") from None
+    positional = [field for field in fields if field == "" or field.isdigit()]
+    if positional:
+        raise ValueError(f"{where} {text!r} has a field without a name ({{{positional[0]}}}): name it, or write {{{{ and }}}} for literal braces")
+
+
 def template_path(name_or_path: str) -> Path:
     """A template YAML by path, or by name from ``configs/templates/``."""
     path = Path(name_or_path)
@@ -150,6 +162,8 @@ def load_templates(name_or_path: str) -> TemplateSet:
     where = str(path)
     behaviours: dict[str, Behaviour] = {}
     for name, spec in (raw.get("behaviours") or {}).items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: behaviour {name!r} must be a mapping with positive and negative, got {spec!r}")
         missing = [key for key in ("positive", "negative") if spec.get(key) in (None, "")]
         if missing:
             raise ValueError(f"{where}: behaviour {name!r} lacks {missing}")
@@ -161,11 +175,19 @@ def load_templates(name_or_path: str) -> TemplateSet:
         unknown = set(spec) - {"positive", "negative", "instruction", "suffix", "close_turn", "fields"}
         if unknown:
             raise ValueError(f"{where}: behaviour {name!r} has unknown keys {sorted(unknown)}")
+        if not isinstance(spec.get("close_turn", False), bool):
+            raise ValueError(f"{where}: behaviour {name!r} close_turn is {spec['close_turn']!r}, not true or false (unquoted)")
+        if not isinstance(spec.get("fields", {}), dict):
+            raise ValueError(f"{where}: behaviour {name!r} fields must be a mapping, got {spec['fields']!r}")
+        for key in ("positive", "negative", "suffix"):
+            _check_format(spec.get(key) or "", f"{where}: behaviour {name!r} {key}")
         behaviours[name] = Behaviour(name=name, **spec)
     if not behaviours:
         raise ValueError(f"{where}: no behaviours defined")
     categories: dict[str, tuple[str, Mapping[str, str]]] = {}
     for category, target in (raw.get("categories") or {}).items():
+        if not isinstance(target, str) and not (isinstance(target, dict) and isinstance(target.get("behaviour"), str)):
+            raise ValueError(f"{where}: category {category!r} must map to a behaviour name or to {{behaviour: ..., fields: {{...}}}}, got {target!r}")
         name, fields = (target, {}) if isinstance(target, str) else (target["behaviour"], target.get("fields", {}))
         if name not in behaviours:
             raise ValueError(f"{where}: category {category!r} maps to unknown behaviour {name!r}")

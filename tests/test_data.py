@@ -51,6 +51,24 @@ def test_bad_template_files(tmp_path):
         load_templates("no_such_templates")
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ("behaviours:\n  a:\ncategories: {c: a}\n", "t.yaml: behaviour 'a' must be a mapping"),
+    ("behaviours:\n  a: {positive: x, negative: y}\ncategories:\n  c: {fields: {k: v}}\n", "t.yaml: category 'c' must map to a behaviour"),
+    ("behaviours:\n  a: {positive: x, negative: y, close_turn: 'false'}\n", "t.yaml: behaviour 'a' close_turn is 'false'"),
+    ("behaviours:\n  a: {positive: x, negative: y, suffix: ' Answer {} only'}\n", "t.yaml: behaviour 'a' suffix .* without a name"),
+    ("behaviours:\n  a: {positive: 'x {', negative: y}\n", "t.yaml: behaviour 'a' positive .*literal braces"),
+    ("behaviours:\n  a: {positive: x, negative: y, fields: [k]}\n", "t.yaml: behaviour 'a' fields must be a mapping"),
+])
+def test_malformed_template_files_name_the_file_and_the_entry(tmp_path, body, message):
+    """Checked when the file loads, before any model: a misshapen entry, a quoted boolean, a brace that is not a field."""
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\n" + body)
+    with pytest.raises(ValueError, match=message):
+        load_templates(str(path))
+    path.write_text("name: t\nbehaviours:\n  a: {positive: 'x {{literal}} {field}', negative: y, fields: {field: f}}\ncategories: {c: a}\n")
+    assert load_templates(str(path)).resolve("c", "s1").positive == "x {literal} f"
+
+
 def test_mm_safetybench_renders_typo_images_when_absent(tmp_path):
     data = PromptDataModule(
         MMSafetyBenchSource(str(MMSB), scenarios=["03"]), templates="safety", split_file=str(tmp_path / "s.json"),
@@ -99,6 +117,11 @@ def test_pope_files_and_jsonl(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1: missing field 'question'"):
         JsonlSource(str(tmp_path / "bad.jsonl")).load()
+    (tmp_path / "zero.jsonl").write_text('{"id": 0, "question": "q"}\n{"id": 1, "question": "r"}\n')  # numbered from 0
+    assert JsonlSource(str(tmp_path / "zero.jsonl")).load()["id"] == ["0", "1"]
+    (tmp_path / "empty_id.jsonl").write_text('{"id": "", "question": "q"}\n')
+    with pytest.raises(ValueError, match="empty_id.jsonl:1: missing field 'id'"):
+        JsonlSource(str(tmp_path / "empty_id.jsonl")).load()
     (tmp_path / "dup.jsonl").write_text('{"id": "x", "question": "q"}\n{"id": "x", "question": "r"}\n')
     with pytest.raises(ValueError, match="duplicate sample ids"):
         JsonlSource(str(tmp_path / "dup.jsonl")).load()

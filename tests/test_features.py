@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from l2s_lightning.features import FeatureFile, FeatureMeta, check_compatible, write_features
+from l2s_lightning.features import FORMAT_VERSION, FeatureFile, FeatureMeta, check_compatible, write_features
 from l2s_lightning.training.synthetic import make_synthetic_features
 
 ATTRS = {"model": "m", "layer_steer": 3, "layer_context": 5, "template_set": "t", "split_seed": 0, "test_fraction": 0.5}
@@ -114,3 +114,11 @@ def test_dataset_and_template_hash_are_identity(tmp_path):
         with pytest.raises(ValueError, match=f"cannot append, {key} is"):
             _write(new, n=2, start=20, append=True, **{key: value})
     assert len(FeatureFile(new)) == 6
+
+
+def test_a_file_without_format_version_reads_as_the_current_one(tmp_path):
+    path = _write(tmp_path / "f.h5")
+    with h5py.File(path, "a") as raw:
+        del raw.attrs["format_version"]
+    meta = FeatureFile(path).meta
+    assert meta.format_version == FORMAT_VERSION and meta.layer_steer == 3

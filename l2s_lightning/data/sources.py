@@ -228,7 +228,7 @@ class JsonlSource(PromptSource):
         rows = []
         for where, item in _json_records(path):
             for key in ("id", "question"):
-                if not item.get(key):
+                if item.get(key) in (None, ""):  # an id of 0 is an id
                     raise ValueError(f"{where}: missing field {key!r}")
             image = item.get("image") or ""
             if image:

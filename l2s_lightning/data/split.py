@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -54,7 +55,7 @@ def load_or_make_split(
         "train": sorted(i for i, s in split.items() if s == "train"),
         "test": sorted(i for i, s in split.items() if s == "test"),
     }
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: every rank of a torchrun job may write it
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(path)
     return split
