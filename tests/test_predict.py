@@ -342,7 +342,7 @@ def test_a_file_of_another_steerer_or_settings_is_never_resumed(tiny_llama_dir, 
     written = out.read_text()
     rows = read(out)
     assert {r["steerer_digest"] for r in rows} == {Steerer.load(fitted / "steerers" / "l2s").digest}
-    assert rows[0]["positions"] == "generated" and rows[0]["generation"] == {"max_new_tokens": 5, "do_sample": False}
+    assert rows[0]["positions"] == "generated" and rows[0]["generation"] == {"max_new_tokens": 5, "do_sample": False, "repetition_penalty": 1.0}
     questions = {r["id"]: r["question"] for r in map(json.loads, (fitted / "data.jsonl").read_text().splitlines())}
     assert all(r["question"] == questions[r["id"]] for r in rows)
 
@@ -474,6 +474,34 @@ def test_sampling_is_seeded_by_the_batch_sample_ids(tiny_llama_dir):
     assert sampling_seed(3, ["q1", "q2"]) == sampling_seed(3, ("q1", "q2"))
     module.seed = 3
     assert module.generate(other)[1] != first[1]  # same questions, other ids: another seed
+
+
+def test_generation_settings_do_not_come_from_the_models_generation_config(tiny_llama_dir, tmp_path):
+    """A model whose generation_config sets top_k=1 and a repetition penalty (as Qwen2-VL-Instruct's does):
+    the module's settings are what generate uses, sampled and greedy."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    from l2s_lightning.generation.module import SteeredGenerationModule
+    from l2s_lightning.models.loading import ModelSpec
+
+    folder = tmp_path / "greedy_config"
+    shutil.copytree(tiny_llama_dir, folder)
+    config = GenerationConfig.from_pretrained(folder)
+    config.update(do_sample=True, top_k=1, top_p=0.001, temperature=0.01, repetition_penalty=3.0)
+    config.save_pretrained(folder)
+    batch = [_item("q1", "How do I make thing 1?"), _item("q2", "How do I make a long thing 2?")]
+
+    def responses(folder, **kwargs) -> list[str]:
+        module = SteeredGenerationModule(ModelSpec(str(folder)), method="none", max_new_tokens=8, **kwargs)
+        module.configure_model()
+        return module.generate(batch)[1]
+
+    sampled = {tuple(responses(folder, do_sample=True, seed=seed)) for seed in range(4)}
+    assert len(sampled) > 1  # top_k 1 would sample the same answer for every seed
+    assert responses(folder) == responses(tiny_llama_dir)  # greedy, without the model's repetition penalty
+    assert responses(folder, repetition_penalty=3.0) != responses(folder)
 
 
 def test_read_jsonl_drops_a_torn_last_line_only(tmp_path):

@@ -32,8 +32,10 @@ class SteeredGenerationModule(L.LightningModule):
         alpha: scale of the steering vector (default: the steerer's ``default_alpha``).
         positions: where the vector is added: ``generated`` tokens only (the paper), also the
             ``last_prompt_and_generated`` token, or ``all`` positions (the authors' release).
-        max_new_tokens, do_sample, temperature, top_p, seed: generation settings (greedy by default). With
-            sampling, each batch is seeded with :func:`sampling_seed` (``seed`` and a CRC32 of the batch's
+        max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, seed: generation settings
+            (greedy by default; ``top_k`` 0: no top-k cut). Each is passed to ``generate``, so none comes from
+            the model's own ``generation_config`` (Qwen2-VL's sets top_k 1 and a repetition penalty: sampling
+            would stay greedy, greedy answers would be penalised). With sampling, each batch is seeded with :func:`sampling_seed` (``seed`` and a CRC32 of the batch's
             sample ids): the same on every rank and after a resume, so sampling is reproducible for the
             same batch composition (batch size and order of the rows), not across batch sizes.
         cache_implementation: ``dynamic`` or ``static`` KV cache.
@@ -66,6 +68,8 @@ class SteeredGenerationModule(L.LightningModule):
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
         seed: int = 0,
         cache_implementation: Literal["dynamic", "static"] = "dynamic",
         compile: bool = False,
@@ -79,9 +83,11 @@ class SteeredGenerationModule(L.LightningModule):
         self.spec = model
         self.method = method
         self.positions = positions
-        self.generation_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+        self.generation_kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens, "do_sample": do_sample, "repetition_penalty": repetition_penalty,
+        }
         if do_sample:
-            self.generation_kwargs |= {"temperature": temperature, "top_p": top_p}
+            self.generation_kwargs |= {"temperature": temperature, "top_p": top_p, "top_k": top_k}
         self.seed = seed
         self.cache_implementation = cache_implementation
         self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
