@@ -31,7 +31,8 @@ class SweepConfig:
         alphas: the grid.
         target: the metric to optimise, from the evaluation summary (``unsafe@0.5``, ``ed_score``, ...).
         quality_budget: the largest relative quality drop against no steering (0.1 = 10 %).
-        out_dir: predictions, metrics and the plot go here.
+        out_dir: predictions, metrics and the plot go here (default: ``<steerer>/sweep``, so that sweeps of
+            different steerers never share prediction files).
         evaluate_config: an ``l2s evaluate`` YAML (judge, safety, ...; examples in ``configs/evaluate/``);
             None: the defaults (keyword judge). Quality ratings must stay on (the budget needs them).
         judge: the judge on top of it, as ``l2s evaluate --judge``: a name (``keyword`` is offline) or
@@ -46,7 +47,7 @@ class SweepConfig:
     alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
     target: str = "unsafe@0.5"
     quality_budget: float = 0.1
-    out_dir: str = "outputs/sweep_alpha"
+    out_dir: str | None = None
     evaluate_config: str | None = None
     judge: str | dict[str, Any] | None = None
     split_file: str | None = None
@@ -84,7 +85,7 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
     if not eval_config.safety.quality:
         raise ValueError("l2s sweep: the quality budget needs quality ratings; set safety.quality: true in evaluate_config")
     steerer = Steerer.load(config.steerer)
-    out = Path(config.out_dir)
+    out = Path(config.out_dir) if config.out_dir else Path(config.steerer) / "sweep"
     common = ["--config", config.predict_config, "--trainer.enable_progress_bar=false"]
     if config.split_file:
         common.append(f"--data.split_file={config.split_file}")

@@ -78,3 +78,17 @@ def test_sweep_passes_the_judge_config_to_the_evaluation(tmp_path, monkeypatch):
     no_quality.write_text("safety: {quality: false}\n")
     with pytest.raises(ValueError, match="quality budget needs quality ratings"):
         run_sweep(SweepConfig(steerer="s", out_dir=str(tmp_path / "x"), evaluate_config=str(no_quality)))
+
+
+def test_sweep_writes_beside_its_steerer_by_default(tmp_path, monkeypatch):
+    """Without out_dir a sweep's files go to <steerer>/sweep: sweeps of two steerers never share predictions."""
+    import l2s_lightning.generation.cli as generation_cli
+    from l2s_lightning.steerer import Steerer
+    from l2s_lightning.sweep import SweepConfig, run_sweep
+
+    monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: _FakeSteerer()))
+    monkeypatch.setattr(generation_cli, "predict_main", _fake_predict)
+    for name in ("a", "b"):
+        run_sweep(SweepConfig(steerer=str(tmp_path / name), alphas=[1.0, 2.0], quality_budget=0.5))
+        assert sorted(p.name for p in (tmp_path / name / "sweep").glob("*.jsonl")) == ["l2s_alpha1.jsonl", "l2s_alpha2.jsonl", "none.jsonl"]
+        assert (tmp_path / name / "sweep" / "sweep.json").is_file()
