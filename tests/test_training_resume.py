@@ -91,6 +91,22 @@ def test_cli_crash_mid_epoch_then_resume_equals_uninterrupted(features, uninterr
     assert lr_full == lr_resumed
 
 
+def test_crash_in_an_epoch_without_validation_resumes_from_the_epoch_before(features, tmp_path):
+    """With validation every 2nd epoch, last.ckpt is still written at every epoch's end: a crash in epoch 3
+    loses epoch 3 only, and the resumed run ends at the uninterrupted run's weights."""
+    every_2 = ["--trainer.check_val_every_n_epoch", "2"]
+    full = tmp_path / "full"
+    assert fit_main([*_argv(features, full, EPOCHS), *every_2]) == 0
+    out = tmp_path / "crashed"
+    crash = json.dumps([{"class_path": f"{__name__}.CrashAfter", "init_args": {"epoch": 3, "batches": 3}}])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_main([*_argv(features, out, EPOCHS), *every_2, "--trainer.callbacks", crash])
+    checkpoint = torch.load(out / "runs" / "l2s" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["epoch"] == 2  # an epoch that did not validate
+    assert fit_main([*_argv(features, out, EPOCHS), *every_2, "--ckpt_path", "last"]) == 0
+    _assert_same_steerer(full, out)
+
+
 class KillAt(L.Callback):
     """Simulates a kill in the middle of an epoch."""
 

@@ -76,7 +76,9 @@ def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
         dirpath=dirpath, filename="best-epoch{epoch:03d}", monitor="val/mse", mode="min", save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
-    last = ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    # at every epoch's end (after its validation, if any): not only in epochs that validate
+    last = ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
+                           save_on_train_epoch_end=True)
     return [best, last]
 
 
