@@ -47,3 +47,31 @@ def smollm2(smollm2_spec):
     from l2s_lightning.models.loading import load_model
 
     return load_model(smollm2_spec)
+
+
+@pytest.fixture
+def crash_writer_after(monkeypatch):
+    """``crash_writer_after(writer_class, n)``: the writer's n-th ``write_on_batch_end`` writes its batch, then
+    raises KeyboardInterrupt (a kill between batches); ``crash_writer_after.restore()`` undoes it."""
+    patched = []
+
+    def arm(writer_class, n: int) -> None:
+        original = writer_class.write_on_batch_end
+        calls = {"n": 0}
+
+        def crash(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt("simulated kill")
+
+        monkeypatch.setattr(writer_class, "write_on_batch_end", crash)
+        patched.append((writer_class, original))
+
+    def restore() -> None:
+        while patched:
+            writer_class, original = patched.pop()
+            monkeypatch.setattr(writer_class, "write_on_batch_end", original)
+
+    arm.restore = restore
+    return arm

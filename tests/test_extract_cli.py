@@ -96,25 +96,16 @@ def test_extract_writes_features_and_attributes(tiny_llama_dir, workdir):
     assert not out.with_name(out.name + ".parts").exists()
 
 
-def test_extract_resumes_after_a_kill(tiny_llama_dir, workdir, monkeypatch):
+def test_extract_resumes_after_a_kill(tiny_llama_dir, workdir, crash_writer_after):
     clean = workdir / "clean.h5"
     extract_main(_args(tiny_llama_dir, workdir, clean))
     out = workdir / "features.h5"
-    original = writer_module.HDF5FeatureWriter.write_on_batch_end
-    calls = {"n": 0}
-
-    def crash_after_two(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(writer_module.HDF5FeatureWriter, "write_on_batch_end", crash_after_two)
+    crash_writer_after(writer_module.HDF5FeatureWriter, 2)
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         extract_main(_args(tiny_llama_dir, workdir, out))
     parts = list(out.with_name(out.name + ".parts").glob("*.h5"))
     assert parts and sum(len(writer_module.read_rows(p)["sample_id"]) for p in parts) == 6
-    monkeypatch.setattr(writer_module.HDF5FeatureWriter, "write_on_batch_end", original)
+    crash_writer_after.restore()
     assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0
     resumed, reference = _read(out), _read(clean)
     assert resumed["ids"] == reference["ids"]  # none lost, none duplicated
@@ -126,25 +117,16 @@ def test_extract_resumes_after_a_kill(tiny_llama_dir, workdir, monkeypatch):
     assert out.stat().st_mtime_ns == before
 
 
-def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(tiny_llama_dir, workdir, monkeypatch):
+def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(tiny_llama_dir, workdir, crash_writer_after):
     """Every batch written, killed before the merge: the next run has nothing to extract and merges the parts,
     on rank 0 only (torchrun / SLURM start every rank: two merges raced on the same files)."""
     import lightning as L
 
     out = workdir / "features.h5"
-    original = writer_module.HDF5FeatureWriter.write_on_batch_end
-    calls = {"n": 0}
-
-    def crash_after_last(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 4:  # 10 rows in batches of 3
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(writer_module.HDF5FeatureWriter, "write_on_batch_end", crash_after_last)
+    crash_writer_after(writer_module.HDF5FeatureWriter, 4)  # 10 rows in batches of 3: after the last one
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         extract_main(_args(tiny_llama_dir, workdir, out))
-    monkeypatch.setattr(writer_module.HDF5FeatureWriter, "write_on_batch_end", original)
+    crash_writer_after.restore()
     assert _part_rows(out) == 10 and not out.exists()
     with mock.patch.object(L.Trainer, "is_global_zero", new_callable=mock.PropertyMock, return_value=False):
         assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0  # another rank: leaves the parts alone

@@ -286,43 +286,28 @@ def test_compiled_path_cache_grows_in_steps_and_never_shrinks(tiny_llama_dir):
     assert module._static_cache[1] is not caches[4]  # another batch size: another cache
 
 
-def test_predict_resumes_after_a_kill(tiny_llama_dir, fitted, monkeypatch):
+def test_predict_resumes_after_a_kill(tiny_llama_dir, fitted, crash_writer_after):
     clean = fitted / "pred_clean.jsonl"
     predict_main(predict_args(tiny_llama_dir, fitted, "l2s", clean))
     out = fitted / "pred_resumed.jsonl"
-    original = writer_module.JsonlPredictionWriter.write_on_batch_end
-
-    def crash(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(writer_module.JsonlPredictionWriter, "write_on_batch_end", crash)
+    crash_writer_after(writer_module.JsonlPredictionWriter, 1)
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         predict_main(predict_args(tiny_llama_dir, fitted, "l2s", out))
-    monkeypatch.setattr(writer_module.JsonlPredictionWriter, "write_on_batch_end", original)
+    crash_writer_after.restore()
     predict_main(predict_args(tiny_llama_dir, fitted, "l2s", out))
     assert read(out) == read(clean)
 
 
-def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(tiny_llama_dir, fitted, tmp_path, monkeypatch):
+def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(tiny_llama_dir, fitted, tmp_path, crash_writer_after):
     from unittest import mock
 
     import lightning as L
 
     out = tmp_path / "none.jsonl"
-    original = writer_module.JsonlPredictionWriter.write_on_batch_end
-    calls = {"n": 0}
-
-    def crash_after_last(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:  # 6 test rows in batches of 4
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(writer_module.JsonlPredictionWriter, "write_on_batch_end", crash_after_last)
+    crash_writer_after(writer_module.JsonlPredictionWriter, 2)  # 6 test rows in batches of 4: after the last one
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         predict_main(predict_args(tiny_llama_dir, fitted, "none", out))
-    monkeypatch.setattr(writer_module.JsonlPredictionWriter, "write_on_batch_end", original)
+    crash_writer_after.restore()
     parts = out.with_name(out.name + ".parts")
     assert len(list(parts.glob("*.jsonl"))) == 1 and not out.exists()
     with mock.patch.object(L.Trainer, "is_global_zero", new_callable=mock.PropertyMock, return_value=False):
