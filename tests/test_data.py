@@ -87,6 +87,22 @@ def test_mm_safetybench_renders_typo_images_when_absent(tmp_path):
     assert areas == [1024 * typo_image_size(rows[0]["key_phrase"])[1], 0, 0]
 
 
+def test_typo_text_stays_inside_the_image():
+    """Every line of every MM-SafetyBench key phrase fits the 1024-px width (wrapping by pixels, not by a
+    character count: "menopause symptoms" ran past the right edge); nothing is drawn in the last column."""
+    from l2s_lightning.data.images import _font, _typo_lines
+
+    phrases = [json.loads(p.read_text())[k]["Key Phrase"] for p in sorted(MMSB.glob("*.json")) for k in json.loads(p.read_text())]
+    font = _font(90)
+    widest = max(font.getlength(line) for phrase in phrases for line in _typo_lines(phrase, 1024, 90))
+    assert 1024 - 45 - 22 < widest + 22 <= 1024  # the left margin is 22 px: lines use the width, and fit
+    for phrase in ("menopause symptoms", "x" * 60, "supercalifragilisticexpialidocious words", "ünïcödé – 日本語 phrase"):
+        image = render_typo_image(phrase).convert("L")
+        right = [image.getpixel((x, y)) for x in range(1014, 1024) for y in range(image.height)]
+        assert min(right) > 200, phrase  # the last columns stay white
+        assert " ".join(_typo_lines(phrase, 1024, 90)).replace(" ", "") == phrase.replace(" ", "")  # nothing lost
+
+
 def test_split_is_seeded_stratified_and_saved(tmp_path):
     ids = [f"{c}/{i}" for c in "ab" for i in range(50)]
     cats = [i.split("/")[0] for i in ids]
@@ -266,3 +282,27 @@ def test_last_batch_is_filled_with_marked_copies_on_every_rank(tmp_path):
     assert len(items) == 8 and len(_Items(data._pending, False, {})) == 7 and len(_Items([], False, {}, 8)) == 0
     assert [item.filler for item in items] == [False] * 7 + [True]
     assert items[7].id == items[6].id == data._pending[-1]["id"] and items[7].question == items[6].question
+
+
+def test_check_image_decodes_the_whole_file_and_load_image_turns_it_upright(tmp_path):
+    """A truncated JPEG passes PIL's verify() alone: the up-front check decodes it (at 1/8 scale) and names
+    the sample. An EXIF orientation tag is applied, as transformers' own loader does."""
+    import io
+
+    from PIL import Image
+
+    from l2s_lightning.data.images import check_image, load_image
+
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (200, 100), bytes(range(256)) * 234 + bytes(96)).save(buffer, "JPEG")
+    (tmp_path / "good.jpg").write_bytes(buffer.getvalue())
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: int(len(buffer.getvalue()) * 0.7)])  # header whole: verify() passes
+    with Image.open(tmp_path / "cut.jpg") as image:
+        image.verify()
+    check_image(tmp_path / "good.jpg", "s0")
+    with pytest.raises(ValueError, match=r"image of sample 's1' is unreadable: .*cut.jpg \(.*(?i:truncated)"):
+        check_image(tmp_path / "cut.jpg", "s1")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.new("RGB", (200, 100)).save(tmp_path / "phone.jpg", exif=exif)
+    assert load_image(tmp_path / "phone.jpg").size == (100, 200)

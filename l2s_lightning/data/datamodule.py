@@ -14,7 +14,7 @@ import lightning as L
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from l2s_lightning.data.images import check_image, load_image, render_typo_image, typo_image_size
+from l2s_lightning.data.images import TYPO_FONT, check_image, load_image, render_typo_image, typo_image_size
 from l2s_lightning.data.sources import PromptSource
 from l2s_lightning.data.split import load_or_make_split
 from l2s_lightning.templates import TemplateSet, load_templates
@@ -321,6 +321,7 @@ def data_options(datamodule: PromptDataModule) -> str:
     options: dict[str, Any] = {**datamodule.source.options(), "use_images": datamodule.use_images}
     if datamodule.use_images:
         options["typo_font_size"] = datamodule.typo_kwargs["font_size"]
+        options["typo_font"] = TYPO_FONT  # renders of another font or wrapping differ: not resumed into
     return json.dumps(options, sort_keys=True)
 
 

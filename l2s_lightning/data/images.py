@@ -2,64 +2,86 @@
 
 from __future__ import annotations
 
-import textwrap
 from functools import lru_cache
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+TYPO_FONT = "DejaVuSansMono-Bold.ttf"  # a monospace bold face, as MM-SafetyBench's FreeMonoBold; matplotlib ships it
 
 
 def load_image(path: str | Path, sample_id: str = "?") -> Image.Image:
-    """Open an image as RGB; a missing or unreadable file raises naming the sample and the path."""
+    """Open an image as RGB, turned upright by its EXIF orientation (as ``transformers.image_utils.load_image``
+    does); a missing or unreadable file raises naming the sample and the path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image of sample {sample_id!r} not found: {path}")
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB")
     except Exception as err:  # PIL raises several types for broken files
         raise ValueError(f"image of sample {sample_id!r} is unreadable: {path} ({err})") from err
 
 
 def check_image(path: str | Path, sample_id: str = "?") -> None:
-    """Cheap up-front check that an image file exists and decodes (header + verify)."""
+    """Up-front check that an image file exists and decodes: its header and structure (``verify``), then all
+    of its data (a JPEG at 1/8 scale, which still reads every byte: ``verify`` alone passes a truncated JPEG)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image of sample {sample_id!r} not found: {path}")
     try:
         with Image.open(path) as image:
             image.verify()
+        with Image.open(path) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))  # JPEG only; others decode whole
+            image.load()
     except Exception as err:
         raise ValueError(f"image of sample {sample_id!r} is unreadable: {path} ({err})") from err
 
 
 @lru_cache(maxsize=4)
-def _font(size: int) -> ImageFont.ImageFont:
-    for name in ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "Arial.ttf"):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """The TYPO font: matplotlib's copy, so that every machine renders the same image."""
+    import matplotlib
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / TYPO_FONT), size)
+
+
+def _typo_lines(phrase: str, width: int, font_size: int) -> list[str]:
+    """``phrase`` wrapped at word boundaries so that every line fits ``width`` pixels (with the left margin);
+    a word wider than a line is broken by characters."""
+    font, room = _font(font_size), width - font_size // 2
+    lines: list[str] = []
+    line = ""
+    for word in phrase.split():
+        candidate = f"{line} {word}" if line else word
+        if font.getlength(candidate) <= room:
+            line = candidate
             continue
-    return ImageFont.load_default(size=size)
+        if line:
+            lines.append(line)
+        line = ""
+        for char in word:
+            if line and font.getlength(line + char) > room:
+                lines.append(line)
+                line = ""
+            line += char
+    return lines + [line] if line or not lines else lines
 
 
-def _typo_lines(phrase: str, chars_per_line: int) -> list[str]:
-    return textwrap.wrap(phrase, width=chars_per_line) or [""]
-
-
-def typo_image_size(phrase: str, width: int = 1024, font_size: int = 90, chars_per_line: int = 18) -> tuple[int, int]:
+def typo_image_size(phrase: str, width: int = 1024, font_size: int = 90) -> tuple[int, int]:
     """(width, height) of :func:`render_typo_image`'s image of ``phrase``, without drawing it."""
     line_height = int(font_size * 1.25)
-    return width, max(line_height * len(_typo_lines(phrase, chars_per_line)) + font_size // 2, font_size * 2)
+    return width, max(line_height * len(_typo_lines(phrase, width, font_size)) + font_size // 2, font_size * 2)
 
 
-def render_typo_image(phrase: str, width: int = 1024, font_size: int = 90, chars_per_line: int = 18) -> Image.Image:
-    """Black text on white, as MM-SafetyBench's TYPO images (the key phrase, wrapped, left-aligned)."""
-    lines = _typo_lines(phrase, chars_per_line)
+def render_typo_image(phrase: str, width: int = 1024, font_size: int = 90) -> Image.Image:
+    """Black text on white, as MM-SafetyBench's TYPO images: the key phrase in a monospace bold face, wrapped to
+    the image's width, left-aligned."""
     font = _font(font_size)
     line_height = int(font_size * 1.25)
-    image = Image.new("RGB", typo_image_size(phrase, width, font_size, chars_per_line), "white")
+    image = Image.new("RGB", typo_image_size(phrase, width, font_size), "white")
     draw = ImageDraw.Draw(image)
-    for i, line in enumerate(lines):
+    for i, line in enumerate(_typo_lines(phrase, width, font_size)):
         draw.text((font_size // 4, font_size // 4 + i * line_height), line, fill="black", font=font)
     return image
