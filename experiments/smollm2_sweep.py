@@ -3,9 +3,11 @@
 For each template set and layer pair: extract (h, z) on a seeded subset of MM-SafetyBench (train + test),
 build mean / Mean-S(BA) / L2S / P2S-oracle vectors, and score every test prompt's log-odds
 (refuse vs comply on harmful scenarios, consult an expert vs answer on 10-12) with the vector scaled to
-alpha_rel * mean ||h_L*|| (alpha relative to the residual stream's norm). Prints a table and writes JSON.
+alpha_rel * mean ||h_L*|| (alpha relative to the residual stream's norm). Prints a JSON line per row and writes
+sweep.json and sweep.md. The grid of experiments/results/smollm2_sweep.{json,md} was two runs:
 
-    python experiments/smollm2_sweep.py --out outputs/sweep
+    python experiments/smollm2_sweep.py --templates safety --layers 10,10 15,15 10,20 --out outputs/sweep_safety
+    python experiments/smollm2_sweep.py --templates safety_paper --layers 10,10 15,15 --out outputs/sweep_paper
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/sweep")
     parser.add_argument("--root", default="data/mm_safetybench")
     parser.add_argument("--templates", nargs="+", default=["safety", "safety_paper"])
-    parser.add_argument("--layers", nargs="+", default=["6,6", "10,10", "15,15", "10,20", "20,20"])
-    parser.add_argument("--alphas", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.4])
+    parser.add_argument("--layers", nargs="+", default=["10,10", "15,15", "10,20"])
+    parser.add_argument("--alphas", nargs="+", type=float, default=[0.25, 0.5, 1.0])
     parser.add_argument("--train_per_category", type=int, default=30)
     parser.add_argument("--test_per_category", type=int, default=8)
     args = parser.parse_args()
@@ -121,6 +123,17 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
             print(f"# {template} L*={ls} L'={lc}: {time.time() - start:.0f}s, base " + ", ".join(f"{b}={base[m].mean():.2f}" for b, m in groups.items()), flush=True)
     (out / "sweep.json").write_text(json.dumps(results, indent=1))
+    (out / "sweep.md").write_text(markdown_table(results))
+
+
+def markdown_table(results: list[dict]) -> str:
+    """The rows as the markdown table of experiments/results/smollm2_sweep.md."""
+    lines = ["| template | L* | L' | method | α/‖h‖ rel. | α | cos(v, z) | Δ log-odds refuse | Δ log-odds consult |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['template']} | {r['layer_steer']} | {r['layer_context']} | {r['method']} | {r['alpha_rel']} | "
+                     f"{r['alpha']:.2f} | {r['cos_to_z']:.2f} | {r['delta_refuse']:+.2f} | {r['delta_consult_expert']:+.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

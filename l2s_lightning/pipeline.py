@@ -95,7 +95,9 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
         target = out / "predictions" / f"{method}.jsonl"
         args = ["--config", config.predict_config, f"--model.method={method}", f"--writer.output={target}",
                 f"--model.max_new_tokens={config.max_new_tokens}", *common, *config.extra_predict_args]
-        if method not in {"none", "prompt"}:
+        if method in {"none", "prompt"}:
+            args.append("--model.steerer=null")  # whatever the predict config names
+        else:
             args.append(f"--model.steerer={out / 'steerers' / method}")
             if config.alpha is not None:
                 args.append(f"--model.alpha={config.alpha}")

@@ -96,7 +96,8 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
     common += config.extra_predict_args
     files = [out / "none.jsonl"]
     models = ModelCache()  # one model loaded for every α
-    predict_main([*common, "--model.method=none", f"--writer.output={files[0]}"], models=models)
+    # no steerer, whatever the predict config names (the paper configs name theirs)
+    predict_main([*common, "--model.method=none", "--model.steerer=null", f"--writer.output={files[0]}"], models=models)
     for alpha in config.alphas:
         path = out / f"{steerer.method}_alpha{alpha:g}.jsonl"
         predict_main([*common, f"--model.method={steerer.method}", f"--model.steerer={config.steerer}",

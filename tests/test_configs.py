@@ -88,4 +88,5 @@ def test_extract_fit_predict_configs_chain(name, capsys):
         assert data["hidden_size"] == dim and max(data["layer_steer"], data["layer_context"]) < n_layers
         assert (fit["model"]["hidden"], fit["model"]["activation"], fit["model"]["lr"]) == (100, "tanh", lr)
         assert fit["trainer"]["max_epochs"] == 100 and fit["model"]["cosine"] and fit["model"]["plateau_factor"] < 1
-        assert fit["default_alpha"] == predict["model"]["alpha"] == alpha
+        # predict takes the steerer's default_alpha: fit's paper α, or what `l2s sweep` chose
+        assert fit["default_alpha"] == alpha and predict["model"]["alpha"] is None

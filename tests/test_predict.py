@@ -344,7 +344,9 @@ def test_a_file_of_another_steerer_or_settings_is_never_resumed(tiny_llama_dir, 
     assert predict_main([*args, f"--model.steerer={same}"]) == 0 and out.read_text() == written  # all done: resumed
 
     plain = tmp_path / "none.jsonl"  # no steerer: where it would steer does not matter
-    predict_main(predict_args(tiny_llama_dir, fitted, "none", plain))
+    # (a config naming a steerer, as the paper configs do, is run unsteered with --model.steerer=null: l2s run / sweep)
+    predict_main([*predict_args(tiny_llama_dir, fitted, "none", plain), f"--model.steerer={fitted / 'steerers' / 'l2s'}",
+                  "--model.steerer=null"])
     predict_main(predict_args(tiny_llama_dir, fitted, "none", plain, "--model.positions=all"))
     assert read(plain)[0]["steerer_digest"] is None and read(plain)[0]["positions"] is None
 

@@ -47,6 +47,8 @@ def _fake_predict(argv, models=None):
     from pathlib import Path
 
     args = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    if args["--model.method"] == "none":  # a predict config may name a steerer: the unsteered run drops it
+        assert args["--model.steerer"] == "null"
     alpha = float(args.get("--model.alpha", 0))
     response = "I'm sorry, but I can't help with that request at all." if alpha >= 2 else "The weather is mild and the sky is blue today."
     rows = [{"id": f"01-Illegal_Activitiy/{i}", "category": "01-Illegal_Activitiy", "benchmark": "mm_safetybench",
