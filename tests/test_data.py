@@ -173,6 +173,16 @@ def test_pope_from_a_datasets_folder(tmp_path):
     rows = PopeSource(hf_dataset=str(folder), hf_split="test", image_cache=str(tmp_path / "cache")).load()
     assert rows["id"] == ["random/1", "popular/2"] and rows["label"] == ["yes", "no"]
     assert Path(rows[1]["image"]).is_file()
+    # another dataset numbering its questions alike gets its own images from the shared cache
+    other = tmp_path / "pope_hf_other"
+    other.mkdir()
+    data.cast_column("image", datasets.Image()).map(lambda row: {"image": Image.new("RGB", (8, 8), (0, 0, 255))}).to_parquet(
+        str(other / "test.parquet"))
+    rows_other = PopeSource(hf_dataset=str(other), hf_split="test", image_cache=str(tmp_path / "cache")).load()
+    assert rows_other["id"] == rows["id"] and rows_other[1]["image"] != rows[1]["image"]
+    with Image.open(rows_other[1]["image"]) as image, Image.open(rows[1]["image"]) as first:
+        assert image.getpixel((0, 0)) == (0, 0, 255) and first.getpixel((0, 0)) == (255, 0, 0)
+    assert not list((tmp_path / "cache").rglob("*.tmp.png"))
 
 
 def test_rows_with_their_own_completions_need_no_template(tmp_path):
@@ -249,6 +259,34 @@ def test_mm_safetybench_image_root_without_any_image_is_refused(tmp_path):
         data = source.load()
     images = dict(zip(data["id"], data["image"]))
     assert images["03-Malware_Generation/5"] == str(folder / "5.jpg") and images["03-Malware_Generation/0"] == ""
+
+
+def test_mm_safetybench_scenarios_and_question_fields(tmp_path):
+    """Scenarios by id, name or file stem (an unknown one is an error); the question field defaults to the one
+    that goes with the images, and a question about an image no model sees is refused."""
+    by = {tuple(s): MMSafetyBenchSource(str(MMSB), scenarios=s).load() for s in (["01"], ["Illegal_Activitiy"], ["01-Illegal_Activitiy"])}
+    assert {len(d) for d in by.values()} == {97} and len({tuple(d["id"]) for d in by.values()}) == 1
+    assert len(MMSafetyBenchSource(str(MMSB), scenarios=["01", "HateSpeech"]).load()) == 97 + 163
+    with pytest.raises(ValueError, match=r"scenario 'Hate_Speech' is not one of \['01-Illegal_Activitiy'"):
+        MMSafetyBenchSource(str(MMSB), scenarios=["01", "Hate_Speech"]).load()
+    raw = json.loads((MMSB / "03-Malware_Generation.json").read_text())["0"]
+
+    def first(**kwargs) -> str:
+        return MMSafetyBenchSource(str(MMSB), scenarios=["03"], **kwargs).load()["question"][0]
+
+    assert first() == raw["Rephrased Question"]  # rendered TYPO images
+    from PIL import Image
+
+    (tmp_path / "03-Malware_Generation" / "SD").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "03-Malware_Generation" / "SD" / "0.jpg")
+    with pytest.warns(UserWarning, match="43 of 44"):
+        assert first(image_type="SD", image_root=str(tmp_path)) == raw["Rephrased Question(SD)"]
+    assert first(use_images=False) == raw["Changed Question"]
+    with pytest.raises(ValueError, match="'Rephrased Question' asks about an image, but no image is used"):
+        first(use_images=False, question_field="Rephrased Question")
+    # a text-only data module makes its MM-SafetyBench source text-only too
+    data = PromptDataModule(MMSafetyBenchSource(str(MMSB), scenarios=["03"]), use_images=False, split_file=str(tmp_path / "s.json"))
+    assert data.rows()[0]["question"] in {item["Changed Question"] for item in json.loads((MMSB / "03-Malware_Generation.json").read_text()).values()}
 
 
 def test_pope_json_array_file(tmp_path):

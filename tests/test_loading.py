@@ -118,3 +118,30 @@ def test_model_cache_keeps_one_model_per_spec_and_reloads_on_change(tiny_llama_d
     kept = weakref.ref(cache.get(ModelSpec(str(tiny_llama_dir), device="cpu")).model)
     cache.clear()
     assert kept() is None  # freed, not only forgotten
+
+
+def test_gguf_copy_made_by_another_process_meanwhile_is_kept(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes dequantising the same GGUF file (DDP ranks, two jobs): each writes its own temporary
+    folder; the one that finishes second keeps the first one's copy instead of failing on the rename."""
+    import transformers
+
+    from l2s_lightning.models.loading import dequantized_gguf_folder
+
+    folder = tmp_path / "gguf_model"
+    folder.mkdir()
+    (folder / "model.Q4.gguf").write_bytes(b"GGUF not really")
+    target = gguf_cache_folder(str(folder), "model.Q4.gguf", str(tmp_path / "cache"))
+    real_model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+    def other_process_finishes_first(*_args, **_kwargs):
+        target.mkdir(parents=True)
+        shutil.copy(tiny_llama_dir / "config.json", target / "config.json")
+        (target / "model.safetensors").write_bytes(b"theirs")
+        return real_model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", other_process_finishes_first)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: real_tokenizer)
+    assert dequantized_gguf_folder(str(folder), "model.Q4.gguf", str(tmp_path / "cache")) == target
+    assert (target / "model.safetensors").read_bytes() == b"theirs"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary folder left

@@ -87,7 +87,8 @@ class PromptDataModule(L.LightningDataModule):
         splits: which splits to serve (``["train", "test"]`` for extraction of both).
         limit_per_category: keep only the first N rows of each category and split (quick runs); a mapping
             such as ``{train: 40, test: 8}`` gives each split its own N.
-        use_images: False for text-only models (no image is loaded or rendered).
+        use_images: False for text-only models (no image is loaded or rendered; a source with a
+            ``use_images`` of its own, MM-SafetyBench's, is set to False too).
         sort_by_length: order rows by question length so batches carry little padding.
         batch_size: rows per batch, or ``auto``: the LightningModule's ``auto_batch_size(widest_item)``
             (see :meth:`widest_item`) chooses it from free accelerator memory once the model is on its device.
@@ -115,6 +116,8 @@ class PromptDataModule(L.LightningDataModule):
         typo_font_size: int = 90,
     ) -> None:
         super().__init__()
+        if not use_images and getattr(source, "use_images", None) is True:
+            source.use_images = False  # a text-only run: the source then reads the questions that need no image
         self.source = source
         self.template_name = templates
         self.split_file = split_file

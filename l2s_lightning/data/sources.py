@@ -7,7 +7,9 @@ Every row has the columns of :data:`COLUMNS`: ``id``, ``question``, ``category``
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -58,46 +60,83 @@ class MMSafetyBenchSource(PromptSource):
 
     Args:
         root: folder with ``01-Illegal_Activitiy.json`` … ``13-Gov_Decision.json``.
-        question_field: ``Rephrased Question`` (pairs with SD_TYPO/TYPO images), ``Changed Question`` or
-            ``Question`` (for text-only models).
+        question_field: ``Rephrased Question`` (pairs with SD_TYPO / TYPO images: "The bottom of the image
+            shows a phrase of ..."), ``Rephrased Question(SD)`` (SD images), ``Changed Question`` or ``Question``
+            (text only). None: the one that goes with the images (``Changed Question`` without images). A
+            question about an image the model is not shown is refused.
         image_root: optional folder laid out as upstream ``imgs/<scenario>/<image_type>/<index>.jpg``;
             without it (or when a file is absent and ``render_missing``) a TYPO image of the Key Phrase is
             rendered. A root where no question finds its image is refused (a mistyped path); a partial miss
             warns.
-        use_images: False for text-only models.
-        scenarios: restrict to these scenario ids ("01", "10", ...) or names.
+        use_images: False for text-only models (a data module with ``use_images: false`` sets it).
+        scenarios: restrict to these scenario ids ("01", "10", ...), names ("Illegal_Activitiy") or file stems
+            ("01-Illegal_Activitiy"); an entry that matches no scenario is an error.
     """
 
     root: str
-    question_field: str = "Rephrased Question"
+    question_field: str | None = None
     image_root: str | None = None
     image_type: str = "SD_TYPO"
     use_images: bool = True
     render_missing: bool = True
     scenarios: list[str] | None = None
 
+    @property
+    def images(self) -> str:
+        """Which images the questions come with: ``none``, ``TYPO`` (rendered) or the upstream ``image_type``."""
+        return "none" if not self.use_images else self.image_type if self.image_root else "TYPO"
+
+    @property
+    def question_key(self) -> str:
+        """The question field read: ``question_field``, else the one that goes with :attr:`images`."""
+        if self.question_field:
+            return self.question_field
+        return {"none": "Changed Question", "SD": "Rephrased Question(SD)"}.get(self.images, "Rephrased Question")
+
     def options(self) -> dict[str, Any]:
-        images = "none" if not self.use_images else self.image_type if self.image_root else "TYPO"
-        return {"question_field": self.question_field, "images": images}
+        return {"question_field": self.question_key, "images": self.images}
+
+    def _selected(self, files: list[Path]) -> list[Path]:
+        """The question files of ``scenarios`` (all without it); an entry matching none is an error."""
+        if not self.scenarios:
+            return files
+        chosen = []
+        for wanted in self.scenarios:
+            found = [f for f in files if wanted in (f.stem, f.stem[:2], f.stem[3:])]
+            if not found:
+                raise ValueError(f"MM-SafetyBench scenario {wanted!r} is not one of {[f.stem for f in files]} (an id, a name or both)")
+            chosen += found
+        return [f for f in files if f in chosen]
+
+    def _check_question_field(self) -> None:
+        key, images = self.question_key, self.images
+        if images == "none" and key.startswith("Rephrased Question"):
+            raise ValueError(
+                f"MM-SafetyBench question_field {key!r} asks about an image, but no image is used (use_images false): "
+                "use 'Changed Question' or 'Question', or leave question_field unset"
+            )
+        expected = "Rephrased Question(SD)" if images == "SD" else "Rephrased Question"
+        if images != "none" and key.startswith("Rephrased Question") and key != expected:
+            warnings.warn(f"MM-SafetyBench question_field {key!r} is the one of other images; {images} images go with {expected!r}", stacklevel=3)
 
     def load(self) -> datasets.Dataset:
         root = Path(self.root)
         files = sorted(root.glob("[0-9][0-9]-*.json"))
         if not files:
             raise FileNotFoundError(f"no MM-SafetyBench question files (NN-Scenario.json) in {root}")
+        self._check_question_field()
+        question_key = self.question_key
         rows = []
         looked, missing = 0, []
-        for file in files:
+        for file in self._selected(files):
             scenario = file.stem
-            if self.scenarios and not any(scenario == s or scenario.startswith(f"{s}-") for s in self.scenarios):
-                continue
             try:
                 items = json.loads(file.read_text())
             except json.JSONDecodeError as err:
                 raise ValueError(f"{file}: not valid JSON ({err})") from err
             for key, item in items.items():
-                if self.question_field not in item:
-                    raise ValueError(f"{file} item {key}: no field {self.question_field!r} (has {sorted(item)})")
+                if question_key not in item:
+                    raise ValueError(f"{file} item {key}: no field {question_key!r} (has {sorted(item)})")
                 image = ""
                 if self.use_images and self.image_root:
                     candidate = Path(self.image_root) / scenario / self.image_type / f"{key}.jpg"
@@ -110,7 +149,7 @@ class MMSafetyBenchSource(PromptSource):
                 rows.append(
                     _row(
                         id=f"{scenario}/{key}",
-                        question=item[self.question_field],
+                        question=item[question_key],
                         category=scenario,
                         image=image,
                         key_phrase=item.get("Key Phrase", "") if self.use_images else "",
@@ -175,15 +214,20 @@ class PopeSource(PromptSource):
 
     def _load_hf(self) -> datasets.Dataset:
         data = datasets.load_dataset(self.hf_dataset, split=self.hf_split)
-        cache = Path(self.image_cache or Path.home() / ".cache" / "l2s_lightning" / "pope_images")
+        base = Path(self.image_cache or Path.home() / ".cache" / "l2s_lightning" / "pope_images")
+        # one folder per dataset and split: two datasets number their questions alike
+        key = hashlib.sha256(f"{self.hf_dataset}\x1f{self.hf_split}".encode()).hexdigest()[:12]
+        cache = base / f"{Path(self.hf_dataset).name}-{self.hf_split}-{key}"
         cache.mkdir(parents=True, exist_ok=True)
         rows = []
         for index, item in enumerate(data):
             subset = item.get("category", "pope")
             sample_id = f"{subset}/{item.get('question_id', index)}"
             image_path = cache / f"{sample_id.replace('/', '_')}.png"
-            if not image_path.is_file():
-                item["image"].convert("RGB").save(image_path)
+            if not image_path.is_file():  # written whole or not at all: a kill mid-write leaves no broken file
+                tmp = image_path.with_name(f"{image_path.stem}.{os.getpid()}.tmp.png")
+                item["image"].convert("RGB").save(tmp)
+                os.replace(tmp, image_path)
             rows.append(_pope_row(sample_id, item["question"], subset, str(image_path), item["answer"]))
         return _dataset(rows, self.hf_dataset)
 

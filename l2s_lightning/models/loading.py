@@ -6,6 +6,8 @@ import gc
 import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -129,10 +131,16 @@ def dequantized_gguf_folder(folder: str, gguf_file: str, cache_dir: str | None =
         del model.config.quantization_config
     if hasattr(model, "is_quantized"):
         model.is_quantized = False
-    tmp = target.with_name(target.name + ".tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))  # one per process
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(target)
+    try:
+        tmp.replace(target)
+    except OSError:  # another process (a DDP rank, a second job) made it first: theirs is complete, keep it
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
     return target
 
 
