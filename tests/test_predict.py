@@ -139,6 +139,15 @@ def test_runs_sharing_a_model_cache_load_once_and_give_the_rows_of_separate_runs
         predict_main(predict_args(tiny_llama_dir, fitted, method, shared, *extra), models=models)
         assert read(shared) == read(alone) and len(read(alone)) == 6, (method, extra)
     assert models.loads == 1
+    # the Trainer's teardown moves its module to the CPU; the shared model is released first, so nothing moves it
+    # (on a GPU: no copy of the weights off the device and back between runs)
+    model = models.get(models._loaded.spec).model
+    applied = []
+    model._apply = lambda fn, *args, **kwargs: applied.append(fn.__qualname__)  # Module.cpu() / .to() go through _apply
+    predict_main(predict_args(tiny_llama_dir, fitted, "none", fitted / "pred_shared" / "moved.jsonl"), models=models)
+    del model._apply
+    assert applied == ["Module.to.<locals>.convert"]  # to the Trainer's device at the start; no Module.cpu() at the end
+    assert len(read(fitted / "pred_shared" / "moved.jsonl")) == 6
     done = fitted / "pred_shared" / "shared0.jsonl"
     fresh = ModelCache()
     predict_main(predict_args(tiny_llama_dir, fitted, "none", done), models=fresh)

@@ -66,6 +66,7 @@ def run_prediction(
         return 0
     if models is not None:
         module.loaded = models.get(module.spec)
+        module.shared_model = True
     trainer.predict(module, datamodule=data, return_predictions=False)
     return pending
 

@@ -111,6 +111,7 @@ class SteeredGenerationModule(L.LightningModule):
             raise ValueError(f"alpha={alpha!r} must be a finite number")
         self.loaded: LoadedModel | None = None
         self.encoder: PromptEncoder | None = None  # the loaded model's processor and tokenizer
+        self.shared_model = False  # the model is kept for later runs (a ModelCache): released, not moved, at the end
 
     def configure_model(self) -> None:
         """Load the model (a :class:`LoadedModel` set on ``loaded`` beforehand is used as it is) and check
@@ -246,6 +247,10 @@ class SteeredGenerationModule(L.LightningModule):
 
     def on_predict_end(self) -> None:
         self._static_cache = None  # free the compiled path's KV cache
+        if self.shared_model:
+            # the Trainer's teardown, next, moves its module to the CPU: a model kept for the next run (the 7B
+            # weights) stays on its device instead of being copied off and back
+            del self.llm
 
     def predict_step(self, batch: list[PromptItem] | PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         prompts, responses, prompt_tokens, new_tokens = self.generate(batch)
