@@ -35,9 +35,10 @@ class SteeredGenerationModule(L.LightningModule):
         max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, seed: generation settings
             (greedy by default; ``top_k`` 0: no top-k cut). Each is passed to ``generate``, so none comes from
             the model's own ``generation_config`` (Qwen2-VL's sets top_k 1 and a repetition penalty: sampling
-            would stay greedy, greedy answers would be penalised). With sampling, each batch is seeded with :func:`sampling_seed` (``seed`` and a CRC32 of the batch's
-            sample ids): the same on every rank and after a resume, so sampling is reproducible for the
-            same batch composition (batch size and order of the rows), not across batch sizes.
+            would stay greedy, greedy answers would be penalised). With sampling, each batch is seeded with
+            :func:`sampling_seed` (``seed`` and a CRC32 of the batch's sample ids): the same on every rank and
+            after a resume, so sampling is reproducible for the same batch composition (batch size and order of
+            the rows), not across batch sizes.
         cache_implementation: ``dynamic`` or ``static`` KV cache.
         compile: the compiled decode path (static cache + ``torch.compile`` of each decode step, as
             transformers does on GPUs; here forced on any device; the steering hook is traced into it).
