@@ -284,9 +284,11 @@ def test_mm_safetybench_scenarios_and_question_fields(tmp_path):
     assert first(use_images=False) == raw["Changed Question"]
     with pytest.raises(ValueError, match="'Rephrased Question' asks about an image, but no image is used"):
         first(use_images=False, question_field="Rephrased Question")
-    # a text-only data module makes its MM-SafetyBench source text-only too
-    data = PromptDataModule(MMSafetyBenchSource(str(MMSB), scenarios=["03"]), use_images=False, split_file=str(tmp_path / "s.json"))
+    # a text-only data module makes its MM-SafetyBench source text-only too (a copy: the one passed stays as it is)
+    source = MMSafetyBenchSource(str(MMSB), scenarios=["03"])
+    data = PromptDataModule(source, use_images=False, split_file=str(tmp_path / "s.json"))
     assert data.rows()[0]["question"] in {item["Changed Question"] for item in json.loads((MMSB / "03-Malware_Generation.json").read_text()).values()}
+    assert source.use_images and PromptDataModule(source, split_file=str(tmp_path / "s.json")).rows()[0]["key_phrase"]
 
 
 def test_pope_json_array_file(tmp_path):

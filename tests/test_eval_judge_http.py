@@ -125,8 +125,9 @@ def test_verdict_sources_are_counted(status):
     """metrics.json says how each p(unsafe) was read: a probability from logprobs or a 0/1 from the text."""
     with FakeJudgeServer("logprobs") as server:
         judge = build_judge("http", base_url=server.url, model="m", workers=2, timeout=5)
-        judge.p_unsafe(PROMPTS, RESPONSES)
-        assert judge.describe()["verdicts_from"] == {"logprobs": 2, "text": 0}
+        for _ in range(2):  # one judge object, two evaluations: each records its own
+            judge.p_unsafe(PROMPTS, RESPONSES)
+            assert judge.describe()["verdicts_from"] == {"logprobs": 2, "text": 0}
     with FakeJudgeServer("reject_logprobs") as server:
         server.reject_status = status  # FastAPI-style servers answer 422 to a field they do not know
         judge = build_judge("http", base_url=server.url, model="m", workers=1, timeout=5)

@@ -145,3 +145,20 @@ def test_sliding_window_model_with_a_suffix_equals_full_forwards(tiny_llama_dir,
     if window == 8:
         with pytest.raises(ValueError, match="sliding window of 8 positions"):
             prefix_shared_features(module.llm, inputs, 1, 2)
+
+
+def test_only_attention_layers_share_the_cache_with_a_context_tail():
+    """Layers with a recurrent state (linear attention in hybrid models) update it in place and cannot skip the
+    suffix: h is then read with the plain prompt's own pass. Attention layers share the cache (a sliding window
+    longer than prompt + tail)."""
+    from types import SimpleNamespace
+
+    from l2s_lightning.extraction.forward import ContextTail, ContrastInputs, tail_shares_cache
+
+    ids = torch.zeros(2, 10, dtype=torch.long)
+    tail = ContextTail(torch.zeros(2, 2, dtype=torch.long), torch.ones(2, dtype=torch.long), torch.ones(2, 10))
+    inputs = ContrastInputs({"input_ids": ids}, torch.zeros(4, 3, dtype=torch.long), torch.ones(4, dtype=torch.long), tail)
+    hybrid = SimpleNamespace(config=SimpleNamespace(layer_types=["linear_attention", "full_attention"], sliding_window=None))
+    attention = SimpleNamespace(config=SimpleNamespace(layer_types=["full_attention", "sliding_attention"], sliding_window=64))
+    assert not tail_shares_cache(hybrid, inputs) and tail_shares_cache(attention, inputs)
+    assert tail_shares_cache(hybrid, dataclasses.replace(inputs, context=None))  # no tail: nothing to skip

@@ -346,7 +346,9 @@ def test_a_file_of_another_steerer_or_settings_is_never_resumed(tiny_llama_dir, 
     with pytest.raises(ValueError, match=r"steerer_digest='\w+', this run has steerer_digest='\w+' \(another steerer"):
         predict_main([*args, f"--model.steerer={retrained}"])
     same = _copy_steerer(fitted, "l2s", tmp_path / "same", default_alpha=2.5, sweep={"chosen_alpha": 2.5})
-    for extra, field in ((["--model.max_new_tokens=6"], "generation"), (["--model.positions=all"], "positions")):
+    assert json.loads(rows[0]["data_options"]) == {"use_images": False}
+    for extra, field in ((["--model.max_new_tokens=6"], "generation"), (["--model.positions=all"], "positions"),
+                         (["--data.use_images=true"], "data_options")):
         with pytest.raises(ValueError, match=rf"holds predictions with {field}="):
             predict_main([*args, f"--model.steerer={same}", *extra])
     assert out.read_text() == written  # nothing appended by the refused runs

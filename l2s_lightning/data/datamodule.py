@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import heapq
 import json
@@ -117,7 +118,9 @@ class PromptDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if not use_images and getattr(source, "use_images", None) is True:
-            source.use_images = False  # a text-only run: the source then reads the questions that need no image
+            # a text-only run: its source reads the questions that need no image (a copy: the caller's stays as it is)
+            source = copy.copy(source)
+            object.__setattr__(source, "use_images", False)  # a frozen dataclass too
         self.source = source
         self.template_name = templates
         self.split_file = split_file

@@ -130,19 +130,25 @@ def sliding_window(model: nn.Module) -> int | None:
 
 
 def tail_shares_cache(model: nn.Module, inputs: ContrastInputs) -> bool:
-    """Whether the context tail can run on the steering prompt's cache exactly: always, unless the model has
-    sliding-window layers whose window is shorter than the prompt and tail together (those layers would count
-    the suffix's masked positions into the window, and evict shared positions the tail needs)."""
-    window = sliding_window(model)
-    if inputs.context is None or window is None:
+    """Whether the context tail can run on the steering prompt's cache exactly: with attention layers only
+    (full or sliding-window), unless a sliding window is shorter than the prompt and tail together (those
+    layers would count the suffix's masked positions into the window, and evict shared positions the tail
+    needs). Layers with a recurrent state (linear attention) cannot skip the suffix at all."""
+    if inputs.context is None:
         return True
-    return inputs.prefix["input_ids"].shape[1] + inputs.context.ids.shape[1] < window
+    types = set(getattr(text_config(model.config), "layer_types", None) or ())
+    if types - {"full_attention", "sliding_attention"}:  # e.g. linear attention: a recurrent state cannot mask the suffix
+        return False
+    window = sliding_window(model)
+    return window is None or inputs.prefix["input_ids"].shape[1] + inputs.context.ids.shape[1] < window
 
 
 def cache_snapshot(cache: object) -> list[dict]:
-    """The state of each layer of a dynamic KV cache (a shallow copy of its attributes): a dynamic layer
-    replaces its tensors when a pass appends to them and never writes into them, so :func:`restore_cache`
-    undoes everything run after this, including what a sliding-window layer evicted and its position count."""
+    """The state of each layer of a dynamic KV cache of attention layers (a shallow copy of its attributes): a
+    dynamic layer, full or sliding-window, replaces its tensors when a pass appends to them and never writes
+    into them, so :func:`restore_cache` undoes everything run after this, including what a sliding-window layer
+    evicted and its position count. (Layers that update a state in place are not run here: see
+    :func:`tail_shares_cache`.)"""
     return [dict(vars(layer)) for layer in cache.layers]
 
 

@@ -53,7 +53,7 @@ def run_prediction(
     returns the number of rows generated."""
     rows = data.rows()
     check_rows(module, data, rows)
-    writer.check_compatible(module.settings())
+    writer.check_compatible(module.settings(data))
     data.exclude(writer.done_ids())
     pending = len(data.pending_rows())
     if trainer.is_global_zero:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from l2s_lightning.data.datamodule import PromptItem
+from l2s_lightning.data.datamodule import PromptItem, data_options
 from l2s_lightning.models.layers import text_config, validate_layers
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
 from l2s_lightning.generation.encoding import PromptBatch, PromptEncoder
@@ -232,10 +232,11 @@ class SteeredGenerationModule(L.LightningModule):
         cache.reset()  # the same tensors for every batch of a size: CUDA graphs are not recorded again
         return {cache_kwarg(self.llm): cache, "compile_config": decode_compile_config(self.compile_backend, dynamic=False)}
 
-    def settings(self) -> dict[str, Any]:
-        """What a prediction row's answer depends on besides its prompt: method, α, model, the steerer (its
-        digest), where it steers and the generation settings. Recorded in every row; a run never appends to a
-        file made with other settings (:meth:`JsonlPredictionWriter.check_compatible`)."""
+    def settings(self, data: Any = None) -> dict[str, Any]:
+        """What a prediction row's answer depends on besides its question: method, α, model, the steerer (its
+        digest), where it steers, the generation settings and, given the data module, its options (question
+        field, images, TYPO font). Recorded in every row; a run never appends to a file made with other settings
+        (:meth:`JsonlPredictionWriter.check_compatible`)."""
         steered = self.steerer is not None
         generation = dict(self.generation_kwargs)
         if generation["do_sample"]:
@@ -243,7 +244,7 @@ class SteeredGenerationModule(L.LightningModule):
         return {
             "method": self.method, "alpha": self.alpha if steered else 0.0, "model": self.spec.display_name,
             "steerer_digest": self.steerer.digest if steered else None, "positions": self.positions if steered else None,
-            "generation": generation,
+            "generation": generation, **({"data_options": data_options(data)} if data is not None else {}),
         }
 
     def on_predict_end(self) -> None:
@@ -258,7 +259,7 @@ class SteeredGenerationModule(L.LightningModule):
         if isinstance(batch, PromptBatch):
             batch = batch.items
         layer = self.steerer.layer_steer if self.steerer is not None else None
-        settings = self.settings()
+        settings = self.settings(getattr(self.trainer, "datamodule", None))
         return [
             self._record(item, prompt, response, n_prompt, n_new, layer, settings)
             for item, prompt, response, n_prompt, n_new in zip(batch, prompts, responses, prompt_tokens, new_tokens)

@@ -219,6 +219,7 @@ class HttpJudge:
                 raise
 
     def p_unsafe(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        self.verdicts_from = {"logprobs": 0, "text": 0}  # this scoring's (a judge object may serve several)
         return check_scores(self._map(self._one_unsafe, prompts, responses), len(responses), 0.0, 1.0, "p_unsafe")
 
     def quality(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
