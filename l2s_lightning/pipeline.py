@@ -65,6 +65,7 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     if unknown:
         raise ValueError(f"methods {unknown} are not among {ALL_METHODS}")
     eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s run")  # fails before extraction
+    check_logodds_templates(config)
 
     from l2s_lightning.evaluation import evaluate_predictions
     from l2s_lightning.extraction.cli import extract_main
@@ -133,9 +134,7 @@ def run_logodds(config: RunConfig, out: Path, models: ModelCache | None = None) 
     predict_cfg = yaml.safe_load(Path(config.predict_config).read_text())
     loaded = (models or ModelCache()).get(ModelSpec(**predict_cfg["model"]["model"]))
     data_cfg = dict(predict_cfg["data"])
-    source_cfg = data_cfg.pop("source")
-    module_name, class_name = source_cfg["class_path"].rsplit(".", 1)
-    source = getattr(__import__(module_name, fromlist=[class_name]), class_name)(**source_cfg.get("init_args", {}))
+    source = _predict_source(data_cfg.pop("source"))
     data_cfg |= {"split_file": str(out / "split.json"), "splits": ["test"], "limit_per_category": config.limit_per_category}
     data = PromptDataModule(source, **data_cfg)
     dataset = data.predict_dataloader().dataset
@@ -166,10 +165,37 @@ def run_logodds(config: RunConfig, out: Path, models: ModelCache | None = None) 
     return results
 
 
+def _predict_source(source_cfg: dict[str, Any]):
+    """The data source of a predict config's ``data.source`` (``class_path`` + ``init_args``)."""
+    module_name, class_name = source_cfg["class_path"].rsplit(".", 1)
+    return getattr(__import__(module_name, fromlist=[class_name]), class_name)(**source_cfg.get("init_args", {}))
+
+
+def check_logodds_templates(config: RunConfig) -> None:
+    """Before any work: the log-odds templates have a behaviour for every category of the predict config's
+    data (the default ``logodds_eval`` covers MM-SafetyBench's scenarios only)."""
+    if not config.logodds_templates:
+        return
+    import yaml
+
+    from l2s_lightning.templates import load_templates
+
+    templates = load_templates(config.logodds_templates)
+    data = yaml.safe_load(Path(config.predict_config).read_text())["data"]
+    rows = _predict_source(data["source"]).load()
+    for category, sample_id in dict(zip(rows["category"], rows["id"])).items():
+        try:
+            templates.behaviour_of(category, sample_id)
+        except ValueError as err:
+            raise ValueError(f"l2s run: logodds_templates: {err}; give templates covering the data, or logodds_templates: null") from None
+
+
 def build_report(config: RunConfig, metrics: dict[str, Any], logodds: dict[str, dict[str, float]], timings: dict[str, float]) -> dict[str, Any]:
-    """One row per method: unsafe score, ED-score, quality, log-odds."""
+    """One row per method: unsafe score, ED-score, quality, log-odds (of the data's benchmark: MM-SafetyBench, or
+    the one present, e.g. a JSONL dataset's)."""
     rows = []
-    runs = metrics["benchmarks"]["mm_safetybench"]["runs"]
+    benchmarks = metrics["benchmarks"]
+    runs = benchmarks["mm_safetybench" if "mm_safetybench" in benchmarks else next(iter(benchmarks))]["runs"]
     by_method = {run["method"]: run for run in runs}
     for method in config.methods:
         summary = by_method.get(method, {}).get("summary", {})

@@ -346,3 +346,15 @@ def test_check_image_decodes_the_whole_file_and_load_image_turns_it_upright(tmp_
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     Image.new("RGB", (200, 100)).save(tmp_path / "phone.jpg", exif=exif)
     assert load_image(tmp_path / "phone.jpg").size == (100, 200)
+
+
+def test_a_misspelt_category_or_limit_key_is_an_error(tmp_path):
+    """`--data.categories '[medicl, weapons]'` extracted the weapons rows alone; a limit key 'trian' was ignored."""
+    source = MMSafetyBenchSource(str(MMSB), scenarios=["01", "03"], use_images=False)
+    with pytest.raises(ValueError, match=r"categories \['01-Ilegal'\] are not in .*its categories: \['01-Illegal_Activitiy', '03-Malware_Generation'\]"):
+        PromptDataModule(source, categories=["01-Ilegal", "03-Malware_Generation"], split_file=str(tmp_path / "s.json")).rows()
+    with pytest.raises(ValueError, match=r"keys must be 'train' and/or 'test'"):
+        PromptDataModule(source, limit_per_category={"trian": 2, "test": 1}, split_file=str(tmp_path / "s.json")).rows()
+    rows = PromptDataModule(source, categories=["03-Malware_Generation"], limit_per_category={"train": 2, "test": 1},
+                            split_file=str(tmp_path / "s.json")).rows()
+    assert len(rows) == 3 and {r["category"] for r in rows} == {"03-Malware_Generation"}

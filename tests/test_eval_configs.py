@@ -117,3 +117,24 @@ def test_run_fails_on_a_bad_judge_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"l2s run: judge: judge 'causal_lm' does not take kwargs \['modle'\]"):
         run_pipeline(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_run_on_a_jsonl_dataset_checks_its_logodds_templates_first_and_reports_its_benchmark(tmp_path):
+    """`l2s run` on one's own JSONL data: log-odds templates without its categories stop it before any work
+    (the default covers MM-SafetyBench only), and the report is built from the benchmark present."""
+    import json
+
+    from l2s_lightning.pipeline import RunConfig, build_report, run_pipeline
+
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "question": "q?", "category": "trivia"}) + "\n" for i in range(3)))
+    predict = tmp_path / "predict.yaml"
+    predict.write_text(json.dumps({"model": {"model": {"name_or_path": "x"}}, "data": {"source": {
+        "class_path": "l2s_lightning.data.sources.JsonlSource", "init_args": {"path": str(tmp_path / "data.jsonl")}}}}))
+    config = RunConfig(out_dir=str(tmp_path / "out"), predict_config=str(predict), methods=["none"])
+    with pytest.raises(ValueError, match=r"l2s run: logodds_templates: category 'trivia' .*logodds_templates: null"):
+        run_pipeline(config)
+    assert not (tmp_path / "out").exists()
+    metrics = {"benchmarks": {"jsonl": {"runs": [{"method": "none", "alpha": None, "summary": {"unsafe@0.5": 0.25, "n": 3}}]}}}
+    report = build_report(config, metrics, {}, {})
+    assert report["rows"] == [{"method": "none", "alpha": None, "unsafe@0.5": 0.25, "unsafe@0.7": None, "unsafe@0.9": None,
+                               "ed_score": None, "quality": None, "n": 3}]

@@ -405,6 +405,10 @@ def test_steerer_of_another_model_or_layers_is_refused(tiny_llama_dir, fitted, t
     assert not out.exists()
     predict_main([*args, f"--model.steerer={other}", "--model.allow_other_model=true"])
     assert len(read(out)) == 6
+    # the same folder written another way (a trailing slash) is the same model
+    slash = [a if not a.startswith("--model.model.name_or_path") else f"{a}/" for a in args]
+    predict_main([*slash, f"--model.steerer={fitted / 'steerers' / 'l2s'}", f"--writer.output={tmp_path / 'slash.jsonl'}"])
+    assert len(read(tmp_path / "slash.jsonl")) == 6
 
 
 def test_mean_ba_behaviour_unknown_to_the_steerer_stops_before_generation(tiny_llama_dir, fitted, tmp_path):

@@ -154,7 +154,12 @@ class PromptDataModule(L.LightningDataModule):
         for split in self.splits:
             if split not in {"train", "test"}:
                 raise ValueError(f"splits={self.splits}: each must be 'train' or 'test'")
+        if isinstance(self.limit_per_category, dict) and set(self.limit_per_category) - {"train", "test"}:
+            raise ValueError(f"limit_per_category={self.limit_per_category}: its keys must be 'train' and/or 'test'")
         data = self.source.load()
+        unknown = sorted(set(self.categories or ()) - set(data["category"]))
+        if unknown:
+            raise ValueError(f"categories {unknown} are not in {self.source.describe()} (its categories: {sorted(set(data['category']))})")
         split_of = load_or_make_split(self.split_file, data["id"], data["category"], self.test_fraction, self.split_seed)
         rows: list[dict[str, Any]] = []
         kept: dict[tuple[str, str], int] = {}

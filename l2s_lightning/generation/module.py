@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import zlib
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -316,8 +317,19 @@ def _check_steerer_fits(steerer, spec: ModelSpec, allow_other_model: bool = Fals
         index = getattr(steerer, field)
         if not 0 <= index < int(config.num_hidden_layers):
             raise ValueError(f"steerer {field}={index} is out of range for model {spec.display_name} ({config.num_hidden_layers} layers)")
-    if steerer.model and steerer.model != spec.display_name and not allow_other_model:
+    if steerer.model and not _same_model(steerer.model, spec.display_name) and not allow_other_model:
         raise ValueError(
             f"steerer was trained on model {steerer.model!r}, not {spec.display_name!r} "
             "(set allow_other_model=true to apply it anyway)"
         )
+
+
+def _same_model(recorded: str, given: str) -> bool:
+    """Whether two model names are one model: equal, or one local folder written two ways ("m/", "./m", an
+    absolute path)."""
+    if recorded == given:
+        return True
+    try:
+        return os.path.samefile(recorded, given)
+    except OSError:  # not both local paths
+        return False

@@ -225,7 +225,9 @@ def add_steering(
     ``vectors``: (B, D), one row per batch row (a zero row leaves its row bit-identical to an unsteered run);
     ``alpha``: a number or a (B,) tensor; ``mode``: ``"generated"`` (tokens after the prefill),
     ``"last_prompt_and_generated"`` or ``"all"`` (every position, as in the released L2S code). Several
-    ``generate`` calls may run inside the context; each one's prefill is recognised anew.
+    ``generate`` calls may run inside the context; each one's prefill is recognised anew when it has more
+    than one token or a new cache (``generate``'s own). A cache of one's own reused across calls (a reset
+    ``StaticCache``, a multi-turn loop) with one-token prompts: call ``hook.reset()`` before each call.
     """
     n_layers = len(decoder_layers(model))
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:

@@ -5,7 +5,8 @@ The activation is Tanh as in the authors' released code (the paper does not name
 has no bias (``bias_out: false``) and their loss adds L1 and a cosine term (``l1_weight``,
 ``cosine_weight``), both off by default. The released code also initialises the decoder from the
 targets; here ``init_output: mean`` (default) sets the output bias to the training mean of z, so g starts
-at the Mean-S baseline and learns the input-dependent part; ``svd`` also sets the output weights to the
+at the Mean-S baseline plus the random output layer's term (the output weights keep PyTorch's init, which at
+small ‖z‖ can outweigh the mean) and learns the input-dependent part; ``svd`` also sets the output weights to the
 leading principal directions of z (scaled by their standard deviations); ``none`` keeps PyTorch's init.
 
 Learning rate of epoch e: ``eta_min + (lr - eta_min) · cos_e · plateau_e`` with ``cos_e`` the cosine
