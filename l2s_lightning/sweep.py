@@ -111,13 +111,19 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
         ({"alpha": r["alpha"], **{k: v for k, v in r["summary"].items() if isinstance(v, (int, float))}} for r in runs if r["method"] == steerer.method),
         key=lambda p: p["alpha"],
     )
-    chosen = choose_alpha(points, baseline["quality"], config.target, config.quality_budget)
+    try:
+        chosen, failure = choose_alpha(points, baseline["quality"], config.target, config.quality_budget), None
+    except ValueError as err:  # no α within the budget: the curve is still written and shown, then the error
+        chosen, failure = {"alpha": None}, err
     result = {
         "target": config.target, "quality_budget": config.quality_budget, "chosen_alpha": chosen["alpha"],
         "baseline": {k: v for k, v in baseline.items() if isinstance(v, (int, float))}, "points": points,
     }
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
     plot_sweep(result, out / "sweep.png")
+    if failure is not None:
+        print_sweep(result, console)
+        raise ValueError(f"l2s sweep: {failure} (curve: {out / 'sweep.json'}, {out / 'sweep.png'}; the steerer is unchanged)")
     if config.update_steerer:
         steerer.default_alpha = float(chosen["alpha"])
         steerer.sweep = {k: v for k, v in result.items() if k != "points"} | {"curve": str(out / "sweep.json")}
@@ -142,8 +148,11 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
     floor = (1 - result["quality_budget"]) * result["baseline"]["quality"]
     right.axhline(floor, color="tab:blue", alpha=0.4, linestyle=":", label="quality budget")
     right.set_ylabel("quality", color="tab:blue")
-    left.axvline(result["chosen_alpha"], color="gray", linestyle="--")
-    left.set_title(f"α sweep: chosen α = {result['chosen_alpha']:g}")
+    if result["chosen_alpha"] is not None:
+        left.axvline(result["chosen_alpha"], color="gray", linestyle="--")
+        left.set_title(f"α sweep: chosen α = {result['chosen_alpha']:g}")
+    else:
+        left.set_title("α sweep: no α within the quality budget")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -94,3 +94,21 @@ def test_sweep_writes_beside_its_steerer_by_default(tmp_path, monkeypatch):
         run_sweep(SweepConfig(steerer=str(tmp_path / name), alphas=[1.0, 2.0], quality_budget=0.5))
         assert sorted(p.name for p in (tmp_path / name / "sweep").glob("*.jsonl")) == ["l2s_alpha1.jsonl", "l2s_alpha2.jsonl", "none.jsonl"]
         assert (tmp_path / name / "sweep" / "sweep.json").is_file()
+
+
+def test_a_sweep_with_no_alpha_in_budget_still_writes_its_curve(tmp_path, monkeypatch):
+    import json
+
+    import l2s_lightning.generation.cli as generation_cli
+    from l2s_lightning.steerer import Steerer
+    from l2s_lightning.sweep import SweepConfig, run_sweep
+
+    steerer = _FakeSteerer()
+    monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: steerer))
+    monkeypatch.setattr(generation_cli, "predict_main", _fake_predict)
+    config = SweepConfig(steerer=str(tmp_path / "s"), alphas=[1.0, 2.0], quality_budget=-1.0)  # quality must double
+    with pytest.raises(ValueError, match=r"l2s sweep: no α in \[1.0, 2.0\].*curve: .*sweep.json.*the steerer is unchanged"):
+        run_sweep(config)
+    result = json.loads((tmp_path / "s" / "sweep" / "sweep.json").read_text())
+    assert result["chosen_alpha"] is None and [p["alpha"] for p in result["points"]] == [1.0, 2.0]
+    assert (tmp_path / "s" / "sweep" / "sweep.png").is_file() and not hasattr(steerer, "saved")

@@ -20,7 +20,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in iter_jsonl(path, torn_tail_ok=True)]
 
 
-_HINTS = {"steerer_digest": " (another steerer, e.g. one trained again with other settings)"}
+_HINTS = {"steerer_digest": " (another steerer, e.g. one trained again with other settings; for `l2s sweep` the files are"
+                            " in its out_dir, by default <steerer>/sweep)"}
 
 
 class JsonlPredictionWriter(RankPartWriter):
