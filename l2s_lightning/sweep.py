@@ -112,11 +112,11 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
         key=lambda p: p["alpha"],
     )
     try:
-        chosen, failure = choose_alpha(points, baseline["quality"], config.target, config.quality_budget), None
+        chosen_alpha, failure = choose_alpha(points, baseline["quality"], config.target, config.quality_budget)["alpha"], None
     except ValueError as err:  # no α within the budget: the curve is still written and shown, then the error
-        chosen, failure = {"alpha": None}, err
+        chosen_alpha, failure = None, err
     result = {
-        "target": config.target, "quality_budget": config.quality_budget, "chosen_alpha": chosen["alpha"],
+        "target": config.target, "quality_budget": config.quality_budget, "chosen_alpha": chosen_alpha,
         "baseline": {k: v for k, v in baseline.items() if isinstance(v, (int, float))}, "points": points,
     }
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
@@ -125,7 +125,7 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
         print_sweep(result, console)
         raise ValueError(f"l2s sweep: {failure} (curve: {out / 'sweep.json'}, {out / 'sweep.png'}; the steerer is unchanged)")
     if config.update_steerer:
-        steerer.default_alpha = float(chosen["alpha"])
+        steerer.default_alpha = float(chosen_alpha)
         steerer.sweep = {k: v for k, v in result.items() if k != "points"} | {"curve": str(out / "sweep.json")}
         steerer.save(config.steerer)
     print_sweep(result, console)

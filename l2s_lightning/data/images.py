@@ -69,10 +69,13 @@ def _typo_lines(phrase: str, width: int, font_size: int) -> list[str]:
     return lines + [line] if line or not lines else lines
 
 
+def _typo_size(lines: list[str], width: int, font_size: int) -> tuple[int, int]:
+    return width, max(int(font_size * 1.25) * len(lines) + font_size // 2, font_size * 2)
+
+
 def typo_image_size(phrase: str, width: int = 1024, font_size: int = 90) -> tuple[int, int]:
     """(width, height) of :func:`render_typo_image`'s image of ``phrase``, without drawing it."""
-    line_height = int(font_size * 1.25)
-    return width, max(line_height * len(_typo_lines(phrase, width, font_size)) + font_size // 2, font_size * 2)
+    return _typo_size(_typo_lines(phrase, width, font_size), width, font_size)
 
 
 def render_typo_image(phrase: str, width: int = 1024, font_size: int = 90) -> Image.Image:
@@ -80,8 +83,9 @@ def render_typo_image(phrase: str, width: int = 1024, font_size: int = 90) -> Im
     the image's width, left-aligned."""
     font = _font(font_size)
     line_height = int(font_size * 1.25)
-    image = Image.new("RGB", typo_image_size(phrase, width, font_size), "white")
+    lines = _typo_lines(phrase, width, font_size)
+    image = Image.new("RGB", _typo_size(lines, width, font_size), "white")
     draw = ImageDraw.Draw(image)
-    for i, line in enumerate(_typo_lines(phrase, width, font_size)):
+    for i, line in enumerate(lines):
         draw.text((font_size // 4, font_size // 4 + i * line_height), line, fill="black", font=font)
     return image

@@ -114,6 +114,7 @@ class SteeredGenerationModule(L.LightningModule):
         self.loaded: LoadedModel | None = None
         self.encoder: PromptEncoder | None = None  # the loaded model's processor and tokenizer
         self.shared_model = False  # the model is kept for later runs (a ModelCache): released, not moved, at the end
+        self._row_settings: dict[str, Any] | None = None  # settings() of the run, for its rows
 
     def configure_model(self) -> None:
         """Load the model (a :class:`LoadedModel` set on ``loaded`` beforehand is used as it is) and check
@@ -248,6 +249,9 @@ class SteeredGenerationModule(L.LightningModule):
             "generation": generation, **({"data_options": data_options(data)} if data is not None else {}),
         }
 
+    def on_predict_start(self) -> None:
+        self._row_settings = self.settings(getattr(self.trainer, "datamodule", None))  # fixed for the run
+
     def on_predict_end(self) -> None:
         self._static_cache = None  # free the compiled path's KV cache
         if self.shared_model:
@@ -260,9 +264,8 @@ class SteeredGenerationModule(L.LightningModule):
         if isinstance(batch, PromptBatch):
             batch = batch.items
         layer = self.steerer.layer_steer if self.steerer is not None else None
-        settings = self.settings(getattr(self.trainer, "datamodule", None))
         return [
-            self._record(item, prompt, response, n_prompt, n_new, layer, settings)
+            self._record(item, prompt, response, n_prompt, n_new, layer, self._row_settings)
             for item, prompt, response, n_prompt, n_new in zip(batch, prompts, responses, prompt_tokens, new_tokens)
             if not item.filler
         ]

@@ -215,7 +215,7 @@ class ModelCache:
             self.clear()
             self._loaded, self._key = load_model(spec), key
             self.loads += 1
-        elif spec.device:  # a Trainer moves its module back to the CPU when it ends
+        elif spec.device:  # a failed predict run's Trainer may have moved it to the CPU (a finished one releases it first)
             self._loaded.model.to(spec.device)
         return self._loaded
 
