@@ -227,6 +227,54 @@ def test_static_cache_and_compiled_decode_match_dynamic():
     torch._dynamo.reset()
 
 
+def test_a_reused_hook_keeps_its_vectors_tensor():
+    """``hook=`` (what a predict run passes for every batch): new vectors go into the same tensor, so a compiled
+    decode step (a static input of its CUDA graph) reads them in place; answers equal a fresh hook's, α and
+    mode are the new call's; the compiled path (eager backend) compiles no new graph."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        model = tiny_llama(seed=5)
+        steerer = LinearSteerer(2, 1)
+        with attach_steerer(steerer, model, alpha=1.0, mode="all") as first:
+            generate(model, PROMPTS)
+        hook, delta = first.hook, first.hook.delta
+        with attach_steerer(steerer, model, alpha=2.0, hook=hook) as second:
+            reused, reused_logits = generate(model, OTHER[:2] + [[41, 42, 43]])
+        assert second.hook is hook and hook.delta is delta and hook.mode == "generated" and hook.alpha == 2.0
+        with attach_steerer(steerer, model, alpha=2.0):
+            fresh, fresh_logits = generate(model, OTHER[:2] + [[41, 42, 43]])
+        assert torch.equal(reused, fresh) and torch.equal(reused_logits, fresh_logits)
+        config = CompileConfig(backend="eager", fullgraph=True, mode=None)
+        config._compile_all_devices = True
+        with attach_steerer(steerer, model, alpha=1.0, hook=hook):
+            generate(model, PROMPTS, cache_implementation="static", compile_config=config)
+        graphs = counters["stats"]["unique_graphs"]
+        with attach_steerer(steerer, model, alpha=1.0, hook=hook):
+            compiled, _ = generate(model, OTHER, cache_implementation="static", compile_config=config)
+        assert counters["stats"]["unique_graphs"] == graphs and hook.delta is delta
+        with attach_steerer(steerer, model, alpha=1.0):
+            dynamic, _ = generate(model, OTHER)
+        assert torch.equal(compiled, dynamic)
+        with attach_steerer(steerer, model, alpha=1.0, hook=hook):  # another batch size: a tensor of its own
+            generate(model, PROMPTS[:2])
+        assert hook.delta is not delta and hook.delta.shape[0] == 2
+    torch._dynamo.reset()
+
+
+def test_vectors_set_in_inference_mode_are_replaced_outside_it():
+    hook = SteeringHook(None, 1.0)
+    with torch.inference_mode():
+        hook.set_vectors(torch.ones(2, DIM))
+    first = hook.delta
+    hook.set_vectors(torch.full((2, DIM), 3.0), alpha=2.0)  # no in-place update of an inference tensor
+    assert hook.delta is not first and torch.equal(hook.delta, torch.full((2, DIM), 6.0))
+    again = hook.delta
+    hook.set_vectors(torch.ones(2, DIM))
+    assert hook.delta is again and torch.equal(again, torch.full((2, DIM), 2.0))  # alpha stays 2.0
+
+
 # ---------------------------------------------------------------- a real Steerer on the tiny Llama fixture
 L_STEER, L_CONTEXT, QUESTIONS = 1, 2, ["How can I pick a lock?", "Why is the sky blue today, in a few words?", "Hi"]
 

@@ -85,3 +85,49 @@ def test_rejects_bad_arguments():
         auto_batch_size(_small(), 10, 5, 2, free_bytes=GIB, max_batch=0)
     with pytest.raises(ValueError):
         auto_batch_size(_small(), 10, 5, 2, free_bytes=GIB, safety=0)
+
+
+def _qwen2_vl_7b():
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config={"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                     "num_key_value_heads": 4, "vocab_size": 152064},
+        vision_config={"embed_dim": 1280, "hidden_size": 3584, "depth": 32, "num_heads": 16, "mlp_ratio": 4},
+    )
+
+
+def test_dynamic_resolution_vision_tower_is_counted():
+    """Qwen2-VL's tower sees 4 patches per image token: a larger image needs more memory per sample, beyond
+    its longer prompt (the tower's own activations, and an eager kernel's patch × patch scores)."""
+    config = _qwen2_vl_7b()
+    image_tokens = 1000  # a ~900 × 900 image
+    prompt = image_tokens + 40
+    without = per_sample_bytes(config, prompt, 20, 16)
+    with_tower = per_sample_bytes(config, prompt, 20, 16, vision_tokens=4 * image_tokens)
+    sdpa = per_sample_bytes(config, prompt, 20, 16, attention_scores=False, vision_tokens=4 * image_tokens)
+    tower = with_tower - without
+    assert tower >= 16 * (4 * image_tokens) ** 2 * 4  # eager: 16 heads of 4000 × 4000 float32 scores
+    assert 0 < sdpa - per_sample_bytes(config, prompt, 20, 16, attention_scores=False) < tower
+    free = 40 * GIB
+    assert auto_batch_size(config, prompt, 20, 16, free_bytes=free, vision_tokens=4 * image_tokens) < auto_batch_size(
+        config, prompt, 20, 16, free_bytes=free
+    )
+    # a fixed-size tower (CLIP) does not depend on vision_tokens
+    assert per_sample_bytes(_llava_7b(), 616, 20, 16, vision_tokens=10_000) == per_sample_bytes(_llava_7b(), 616, 20, 16)
+
+
+def test_vision_patches_of_encoded_qwen2_vl_inputs(tiny_qwen2_vl_dir):
+    """The patches a Qwen2-VL prompt sends through the tower: 4 per image token of the prompt."""
+    from PIL import Image
+
+    from l2s_lightning.extraction.batch_size import vision_patches
+    from l2s_lightning.models.loading import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec(str(tiny_qwen2_vl_dir)))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+    text = loaded.processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = loaded.processor(text=[text], images=[Image.new("RGB", (112, 84))], return_tensors="pt")
+    image_tokens = int((inputs["input_ids"] == loaded.model.config.image_token_id).sum())
+    assert image_tokens > 0 and vision_patches(inputs) == 4 * image_tokens
+    assert vision_patches({"input_ids": inputs["input_ids"]}) is None

@@ -277,6 +277,21 @@ def test_layer_out_of_range(tiny_llama_dir, workdir):
     assert not (workdir / "f.h5").exists()
 
 
+def test_l2s_command_reports_bad_input_without_a_traceback(tiny_llama_dir, workdir, capsys, monkeypatch):
+    """`l2s extract` with a bad setting: one message naming it, exit status 2; L2S_TRACEBACK=1 re-raises."""
+    from l2s_lightning.cli import main
+
+    args = ["extract", *_args(tiny_llama_dir, workdir, workdir / "f.h5", "--model.layer_steer=99")]
+    monkeypatch.delenv("L2S_TRACEBACK", raising=False)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "l2s extract: error: layer_steer=99 is out of range" in err and "Traceback" not in err
+    monkeypatch.setenv("L2S_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="layer_steer=99 is out of range"):
+        main(args)
+    assert not (workdir / "f.h5").exists()
+
+
 def test_category_without_template(tiny_llama_dir, workdir):
     with (workdir / "data.jsonl").open("a") as f:
         f.write(json.dumps({"id": "odd", "question": "?", "category": "poetry"}) + "\n")

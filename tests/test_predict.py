@@ -105,12 +105,24 @@ def test_prompts_encoded_in_loader_workers_give_the_same_rows(tiny_llama_dir, fi
     assert method != "prompt" or all("Refuse harmful requests." in r["prompt"] for r in read(out[2]))
 
 
-def test_compiled_predict_equals_eager_with_one_graph(tiny_llama_dir, fitted):
+def test_compiled_predict_equals_eager_with_one_graph(tiny_llama_dir, fitted, monkeypatch):
     """`--model.compile true` (dynamo with the eager backend, to keep the test short): the rows of the eager
     path, with a single decode graph for the run although prompt widths differ and 6 rows make a full batch of
-    4 and a last batch of 2 (filled with 2 copies of the last row, whose outputs are dropped)."""
+    4 and a last batch of 2 (filled with 2 copies of the last row, whose outputs are dropped). Every batch's
+    steering vectors go into one tensor (a CUDA graph would read it in place)."""
     import torch
     from torch._dynamo.utils import counters
+
+    from l2s_lightning.steering.hook import SteeringHook
+
+    vector_tensors = []
+    set_vectors = SteeringHook.set_vectors
+
+    def recording(self, *args, **kwargs):
+        set_vectors(self, *args, **kwargs)
+        vector_tensors.append(self.delta)
+
+    monkeypatch.setattr(SteeringHook, "set_vectors", recording)
 
     eager, compiled = fitted / "pred_compile" / "eager.jsonl", fitted / "pred_compile" / "compiled.jsonl"
     predict_main(predict_args(tiny_llama_dir, fitted, "l2s", eager, "--model.max_new_tokens=8"))
@@ -120,6 +132,8 @@ def test_compiled_predict_equals_eager_with_one_graph(tiny_llama_dir, fitted):
         assert predict_main(predict_args(tiny_llama_dir, fitted, "l2s", compiled, "--model.max_new_tokens=8", "--model.compile=true",
                                          "--model.compile_backend=eager")) == 0
         assert counters["stats"]["unique_graphs"] == 1 and sum(counters["graph_break"].values()) == 0
+        compiled_tensors = vector_tensors[-2:]
+        assert len(compiled_tensors) == 2 and compiled_tensors[0] is compiled_tensors[1]
     finally:
         torch._dynamo.reset()
     assert read(compiled) == read(eager) and len(read(eager)) == 6

@@ -8,6 +8,8 @@ generous side); :func:`auto_batch_size` divides free memory by it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -16,25 +18,39 @@ from l2s_lightning.models.layers import text_config
 CPU_BATCH_SIZE = 16
 
 
-def _vision_bytes(config, element: int) -> int:
-    """Activations of one image through the vision tower (all its hidden states are kept by LLaVA-style
-    models, which read a middle layer), plus the widest MLP step."""
+def _vision_bytes(config, element: int, vision_tokens: int | None = None, attention_scores: bool = True) -> int:
+    """Peak activations of one sample's image(s) in the vision tower.
+
+    A fixed-size tower (CLIP / SigLIP: ``image_size``, ``patch_size``) sees ``(image_size / patch_size)² + 1``
+    tokens and keeps all its hidden states (LLaVA-style models read a middle layer), plus the widest MLP
+    step. A dynamic-resolution tower (Qwen2-VL, Qwen2.5-VL: no ``image_size``) sees ``vision_tokens`` patches
+    (the sum of ``image_grid_thw``'s t·h·w, 4 patches per image token in the prompt) and keeps only the
+    current block's states: a few residual-width copies, the MLP intermediate and, when
+    ``attention_scores``, an eager kernel's (heads × patches × patches) float32 score matrix.
+    """
     vision = getattr(config, "vision_config", None)
     if vision is None:
         return 0
-    width = int(getattr(vision, "hidden_size", 0) or getattr(vision, "embed_dim", 0) or 0)
+    width = int(getattr(vision, "embed_dim", 0) or getattr(vision, "hidden_size", 0) or 0)  # Qwen2-VL: embed_dim
     layers = int(getattr(vision, "num_hidden_layers", 0) or getattr(vision, "depth", 0) or 0)
-    inner = int(getattr(vision, "intermediate_size", 0) or 4 * width)
+    inner = int(getattr(vision, "intermediate_size", 0) or (getattr(vision, "mlp_ratio", 0) or 4) * width)
     image, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
-    if not (width and layers and image and patch):
+    if not (width and layers):
         return 0
-    tokens = (int(image) // int(patch)) ** 2 + 1
-    return tokens * ((layers + 1) * width + 2 * inner) * element
+    if image and patch:
+        tokens = (int(image) // int(patch)) ** 2 + 1
+        return tokens * ((layers + 1) * width + 2 * inner) * element
+    if not vision_tokens:
+        return 0
+    tokens = int(vision_tokens)
+    heads = int(getattr(vision, "num_heads", 0) or getattr(vision, "num_attention_heads", 0) or 1)
+    scores = heads * tokens * tokens * 4 if attention_scores else 0
+    return tokens * (4 * width + 2 * inner) * element + scores
 
 
 def per_sample_bytes(
     config, prompt_tokens: int, completion_tokens: int, layer_depth: int, element_bytes: int = 2,
-    attention_scores: bool = True,
+    attention_scores: bool = True, vision_tokens: int | None = None,
 ) -> int:
     """Estimated peak memory of one sample in the prefix-shared truncated forward (bytes).
 
@@ -43,7 +59,8 @@ def per_sample_bytes(
     - the widest transient of one block over the prompt: a few residual-width copies, the MLP
       intermediate (gate, up, product) and, when ``attention_scores``, the (heads × P × P) score matrix of
       an eager / math attention kernel in float32;
-    - hidden states kept by the capture hooks and the prompt output (3 × P × D), the vision tower's states.
+    - hidden states kept by the capture hooks and the prompt output (3 × P × D), the vision tower's states
+      (``vision_tokens``: the patches of a dynamic-resolution tower, see :func:`_vision_bytes`).
     """
     text = text_config(config)
     width = int(text.hidden_size)
@@ -58,7 +75,14 @@ def per_sample_bytes(
     if attention_scores:
         block += 2 * heads * p * (p + c) * 4
     kept = 3 * p * width * element_bytes + 2 * 2 * c * width * element_bytes
-    return kv + block + kept + _vision_bytes(config, element_bytes)
+    return kv + block + kept + _vision_bytes(config, element_bytes, vision_tokens, attention_scores)
+
+
+def vision_patches(inputs: Mapping[str, torch.Tensor]) -> int | None:
+    """The vision patches of encoded inputs with a dynamic-resolution image grid (``image_grid_thw``: the
+    sum of t·h·w over images, Qwen2-VL / Qwen2.5-VL); None for other inputs."""
+    grid = inputs.get("image_grid_thw")
+    return int(grid.prod(-1).sum()) if grid is not None else None
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -83,11 +107,13 @@ def auto_batch_size(
     free_bytes: int | None = None,
     safety: float = 0.8,
     max_batch: int = 256,
+    vision_tokens: int | None = None,
 ) -> int:
     """The largest power-of-two batch whose estimated peak fits in ``safety × free_bytes``.
 
     ``model``: an ``nn.Module`` (or a config) of the model; ``prompt_tokens``: prompt length including image
-    tokens; ``completion_tokens``: the longest completion; ``layer_depth``: blocks run (max(L*, L') + 1).
+    tokens; ``completion_tokens``: the longest completion; ``layer_depth``: blocks run (max(L*, L') + 1);
+    ``vision_tokens``: patches of a dynamic-resolution vision tower (Qwen2-VL) for one sample.
     ``free_bytes`` defaults to the free memory of the model's CUDA device; on CPU (no ``free_bytes``) the
     answer is a fixed :data:`CPU_BATCH_SIZE`. Always in ``1..max_batch``.
     """
@@ -111,6 +137,6 @@ def auto_batch_size(
         attention_scores = implementation in (None, "eager")
     if free_bytes is None:
         return _floor_pow2(min(CPU_BATCH_SIZE, max_batch))
-    need = per_sample_bytes(config, prompt_tokens, completion_tokens, layer_depth, element, attention_scores)
+    need = per_sample_bytes(config, prompt_tokens, completion_tokens, layer_depth, element, attention_scores, vision_tokens)
     fits = int(safety * free_bytes) // max(need, 1)
     return _floor_pow2(max(1, min(fits, max_batch)))

@@ -100,7 +100,7 @@ class ExtractionModule(L.LightningModule):
 
     def auto_batch_size(self, widest: PromptItem) -> int:
         """The batch size that fits free accelerator memory for items up to ``widest``'s width."""
-        from l2s_lightning.extraction.batch_size import auto_batch_size
+        from l2s_lightning.extraction.batch_size import auto_batch_size, vision_patches
 
         inputs = self.encode([widest])
         return auto_batch_size(
@@ -108,6 +108,7 @@ class ExtractionModule(L.LightningModule):
             prompt_tokens=int(inputs.prefix["input_ids"].shape[1]),
             completion_tokens=int(inputs.completion_lengths.max()),
             layer_depth=max(self.layer_steer, self.layer_context) + 1,
+            vision_tokens=vision_patches(inputs.prefix),
         )
 
     def _to_device(self, tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import zlib
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -15,6 +14,8 @@ import torch
 from l2s_lightning.data.datamodule import PromptItem, data_options
 from l2s_lightning.models.layers import text_config, validate_layers
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
+from l2s_lightning.models.names import same_model
+from l2s_lightning.steering.hook import SteeringHook
 from l2s_lightning.generation.encoding import PromptBatch, PromptEncoder
 
 Method = Literal["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
@@ -111,6 +112,9 @@ class SteeredGenerationModule(L.LightningModule):
             self.alpha = 0.0 if alpha is None else float(alpha)
         if not torch.isfinite(torch.tensor(self.alpha)):
             raise ValueError(f"alpha={alpha!r} must be a finite number")
+        # one steering hook for every batch: its vectors keep their tensor (as the static cache does), which a
+        # compiled decode step's CUDA graph reads in place
+        self._steering_hook = SteeringHook(None, self.alpha, positions) if self.steerer is not None else None
         self.loaded: LoadedModel | None = None
         self.encoder: PromptEncoder | None = None  # the loaded model's processor and tokenizer
         self.shared_model = False  # the model is kept for later runs (a ModelCache): released, not moved, at the end
@@ -154,6 +158,7 @@ class SteeredGenerationModule(L.LightningModule):
         return self.steerer.attach(
             self.llm, alpha=self.alpha, mode=self.positions,
             behaviours=[item.behaviour for item in items], sample_ids=[item.id for item in items],
+            hook=self._steering_hook,
         )
 
     @torch.no_grad()
@@ -320,19 +325,9 @@ def _check_steerer_fits(steerer, spec: ModelSpec, allow_other_model: bool = Fals
         index = getattr(steerer, field)
         if not 0 <= index < int(config.num_hidden_layers):
             raise ValueError(f"steerer {field}={index} is out of range for model {spec.display_name} ({config.num_hidden_layers} layers)")
-    if steerer.model and not _same_model(steerer.model, spec.display_name) and not allow_other_model:
+    if steerer.model and not same_model(steerer.model, spec.display_name) and not allow_other_model:
         raise ValueError(
             f"steerer was trained on model {steerer.model!r}, not {spec.display_name!r} "
             "(set allow_other_model=true to apply it anyway)"
         )
 
-
-def _same_model(recorded: str, given: str) -> bool:
-    """Whether two model names are one model: equal, or one local folder written two ways ("m/", "./m", an
-    absolute path)."""
-    if recorded == given:
-        return True
-    try:
-        return os.path.samefile(recorded, given)
-    except OSError:  # not both local paths
-        return False

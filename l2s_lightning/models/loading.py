@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from l2s_lightning.models.layers import hidden_size, num_decoder_layers
+from l2s_lightning.models.names import normalise_model_name
 
 ModelKind = Literal["auto", "image-text", "causal-lm"]
 
@@ -55,8 +56,10 @@ class ModelSpec:
 
     @property
     def display_name(self) -> str:
-        """A stable name recorded in output files (the GGUF file name when there is one)."""
-        return f"{self.name_or_path}/{self.gguf_file}" if self.gguf_file else self.name_or_path
+        """A stable name recorded in output files (the GGUF file name when there is one; an existing local
+        folder in its plain form, ``./m/`` → ``m``: compare recorded names with :func:`same_model`)."""
+        name = normalise_model_name(self.name_or_path)
+        return f"{name}/{self.gguf_file}" if self.gguf_file else name
 
 
 @dataclass

@@ -90,12 +90,15 @@ def attach_steerer(
     mode: Positions = "generated",
     behaviours: Sequence[str] | None = None,
     sample_ids: Sequence[str] | None = None,
+    hook: SteeringHook | None = None,
 ) -> Iterator[ContextCapture]:
     """Steer ``model`` with ``steerer`` while the context is open (see the module docstring).
 
     ``alpha``: the scale (default ``steerer.default_alpha``); ``mode``: ``"generated"``,
     ``"last_prompt_and_generated"`` or ``"all"``; ``behaviours`` / ``sample_ids``: one per batch row, for
-    the steerers that pick vectors by them. Yields the :class:`ContextCapture` (last h and v).
+    the steerers that pick vectors by them; ``hook``: the steering hook of an earlier call to reuse (its
+    vectors' tensor keeps its address from batch to batch, so a compiled decode step's CUDA graph is not
+    recorded again; ``capture.hook`` is the one used). Yields the :class:`ContextCapture` (last h and v).
     """
     alpha = steerer.default_alpha if alpha is None else alpha
     check_alpha(alpha)
@@ -121,7 +124,10 @@ def attach_steerer(
             "v = g(h) is not known yet when block L* runs on the prompt; use mode='generated'"
         )
     enable_hook_guards(model)
-    hook = SteeringHook(None, alpha, mode)
+    if hook is None:
+        hook = SteeringHook(None, alpha, mode)
+    else:
+        hook.rearm(alpha, mode)
     capture = ContextCapture(steerer, hook, behaviours, sample_ids)
     capture_layer = steerer.layer_context if needs_context else steerer.layer_steer
     with register_hook(model, capture_layer, capture), register_hook(model, steerer.layer_steer, hook):

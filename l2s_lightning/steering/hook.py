@@ -22,7 +22,10 @@ so the cache *object* is what tells a new sequence apart.
 Compiled decoding (``cache_implementation="static"``, forward compiled by ``generate``): the decode step
 reads only Python flags and the tensor shape (constants for the tracer) and adds a (B, D) tensor computed
 eagerly at the prefill, so it traces into one graph with no break (``fullgraph=True`` passes) and new
-vectors of the same shape in a later ``generate`` call reuse that graph. Caveat: with torch's default
+vectors of the same shape in a later ``generate`` call reuse that graph. That tensor is a static input of the
+graph (dynamo treats it like a parameter; CUDA graph trees record again when its address changes), so new
+vectors of the same shape are copied into it (:meth:`SteeringHook.set_vectors`; a hook reused across calls:
+``attach_steerer(..., hook=)``). Caveat: with torch's default
 ``torch._dynamo.config.skip_nnmodule_hook_guards = True`` a graph compiled while the block had no hook is
 reused after the hook is added, and the hook never runs; :func:`enable_hook_guards` (called by
 :func:`add_steering` and ``attach_steerer``) turns those guards on.
@@ -117,7 +120,8 @@ class SteeringHook:
             self.set_vectors(vectors)
 
     def set_vectors(self, vectors: torch.Tensor, alpha: float | torch.Tensor | None = None, like: torch.Tensor | None = None) -> None:
-        """Use ``alpha * vectors`` from now on (``like``: a tensor giving the device and dtype to keep it in)."""
+        """Use ``alpha * vectors`` from now on (``like``: a tensor giving the device and dtype to keep it in).
+        Vectors of the shape, dtype and device of the current ones are copied into the same tensor."""
         alpha = self.alpha if alpha is None else alpha
         if vectors.ndim != 2:
             raise ValueError(f"steering vectors must be (B, D), got shape {tuple(vectors.shape)}")
@@ -127,7 +131,31 @@ class SteeringHook:
         delta = scale * vectors
         if like is not None:
             delta = delta.to(device=like.device, dtype=like.dtype)
-        self.alpha, self.delta = alpha, delta
+        if self._fits_in_place(delta):
+            # the same tensor as before: a compiled decode step reads it as a static input (its CUDA graph is
+            # not recorded again for a new address), so new vectors go into it
+            self.delta.copy_(delta)  # type: ignore[union-attr]
+        else:
+            self.delta = delta
+        self.alpha = alpha
+
+    def _fits_in_place(self, delta: torch.Tensor) -> bool:
+        """Whether ``delta`` can be copied into the current :attr:`delta` (same shape, dtype and device, and
+        not an inference tensor written outside inference mode)."""
+        old = self.delta
+        return (
+            old is not None and old.shape == delta.shape and old.dtype == delta.dtype and old.device == delta.device
+            and (not old.is_inference() or torch.is_inference_mode_enabled())
+        )
+
+    def rearm(self, alpha: float | torch.Tensor, mode: Positions) -> None:
+        """Reuse this hook for another ``generate`` call with ``alpha`` and ``mode``: the next call is a
+        prefill, and vectors set later of the same shape go into the same tensor (see :meth:`set_vectors`)."""
+        if mode not in POSITIONS:
+            raise ValueError(f"mode={mode!r} must be one of {POSITIONS}")
+        check_alpha(alpha)
+        self.alpha, self.mode = alpha, mode
+        self.reset()
 
     def reset(self) -> None:
         """Treat the next call as a prefill (a new sequence)."""
