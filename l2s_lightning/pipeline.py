@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from l2s_lightning.cli import parse_dataclass_config
-from l2s_lightning.evaluation.config import resolve_eval_config
+from l2s_lightning.evaluation.config import EvalConfig, resolve_eval_config
 from l2s_lightning.models.loading import ModelCache
 from l2s_lightning.steerer import Steerer
 
@@ -65,7 +65,9 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     if unknown:
         raise ValueError(f"methods {unknown} are not among {ALL_METHODS}")
     eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s run")  # fails before extraction
-    check_logodds_templates(config)
+    rows = predict_rows(config.predict_config)
+    check_logodds_templates(config, rows)
+    check_safety_categories(eval_config, rows, "l2s run")
 
     from l2s_lightning.evaluation import evaluate_predictions
     from l2s_lightning.extraction.cli import extract_main
@@ -171,23 +173,40 @@ def _predict_source(source_cfg: dict[str, Any]):
     return getattr(__import__(module_name, fromlist=[class_name]), class_name)(**source_cfg.get("init_args", {}))
 
 
-def check_logodds_templates(config: RunConfig) -> None:
-    """Before any work: the log-odds templates have a behaviour for every category of the predict config's
-    data (the default ``logodds_eval`` covers MM-SafetyBench's scenarios only)."""
-    if not config.logodds_templates:
-        return
+def predict_rows(predict_config: str | Path) -> Any:
+    """The rows of a predict config's data (a ``datasets.Dataset``), read once for the up-front checks."""
     import yaml
 
+    data = yaml.safe_load(Path(predict_config).read_text())["data"]
+    return _predict_source(data["source"]).load()
+
+
+def check_logodds_templates(config: RunConfig, rows: Any) -> None:
+    """Before any work: the log-odds templates have a behaviour for every category of the predict config's
+    data ``rows`` (the default ``logodds_eval`` covers MM-SafetyBench's scenarios only)."""
+    if not config.logodds_templates:
+        return
     from l2s_lightning.templates import load_templates
 
     templates = load_templates(config.logodds_templates)
-    data = yaml.safe_load(Path(config.predict_config).read_text())["data"]
-    rows = _predict_source(data["source"]).load()
     for category, sample_id in dict(zip(rows["category"], rows["id"])).items():
         try:
             templates.behaviour_of(category, sample_id)
         except ValueError as err:
             raise ValueError(f"l2s run: logodds_templates: {err}; give templates covering the data, or logodds_templates: null") from None
+
+
+def check_safety_categories(eval_config: EvalConfig, rows: Any, where: str) -> None:
+    """Before any work: the evaluation's ``unsafe_scenarios`` / ``ed_scenarios`` name MM-SafetyBench scenarios
+    or categories of the safety data ``rows`` (POPE data is not checked); errors start with ``where``."""
+    from l2s_lightning.evaluation.safety import NO_CATEGORY
+
+    if not any(benchmark in ("mm_safetybench", "jsonl") for benchmark in set(rows["benchmark"])):
+        return
+    try:
+        eval_config.safety.check_categories({category or NO_CATEGORY for category in rows["category"]})
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def build_report(config: RunConfig, metrics: dict[str, Any], logodds: dict[str, dict[str, float]], timings: dict[str, float]) -> dict[str, Any]:

@@ -259,7 +259,11 @@ def test_a_reused_hook_keeps_its_vectors_tensor():
         assert torch.equal(compiled, dynamic)
         with attach_steerer(steerer, model, alpha=1.0, hook=hook):  # another batch size: a tensor of its own
             generate(model, PROMPTS[:2])
-        assert hook.delta is not delta and hook.delta.shape[0] == 2
+        assert hook.delta is not delta and hook.delta.shape[0] == 2 and hook.prefills == 1  # counters start again
+        with attach_steerer(steerer, model, alpha=1.0, hook=hook):  # in use: not a second time at once
+            with pytest.raises(ValueError, match="in use by another attach_steerer context"), attach_steerer(steerer, model, hook=hook):
+                pass
+        assert not hook.attached and len(our_hooks(model)) == 0
     torch._dynamo.reset()
 
 

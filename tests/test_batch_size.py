@@ -99,20 +99,23 @@ def _qwen2_vl_7b():
 
 def test_dynamic_resolution_vision_tower_is_counted():
     """Qwen2-VL's tower sees 4 patches per image token: a larger image needs more memory per sample, beyond
-    its longer prompt (the tower's own activations, and an eager kernel's patch × patch scores)."""
+    its longer prompt; an eager kernel's patch × patch scores, built one image at a time, once per batch."""
+    from l2s_lightning.extraction.batch_size import vision_attention_bytes
+
     config = _qwen2_vl_7b()
     image_tokens = 1000  # a ~900 × 900 image
-    prompt = image_tokens + 40
-    without = per_sample_bytes(config, prompt, 20, 16)
-    with_tower = per_sample_bytes(config, prompt, 20, 16, vision_tokens=4 * image_tokens)
-    sdpa = per_sample_bytes(config, prompt, 20, 16, attention_scores=False, vision_tokens=4 * image_tokens)
-    tower = with_tower - without
-    assert tower >= 16 * (4 * image_tokens) ** 2 * 4  # eager: 16 heads of 4000 × 4000 float32 scores
-    assert 0 < sdpa - per_sample_bytes(config, prompt, 20, 16, attention_scores=False) < tower
+    prompt, patches = image_tokens + 40, 4 * image_tokens
+    tower = per_sample_bytes(config, prompt, 20, 16, vision_tokens=patches) - per_sample_bytes(config, prompt, 20, 16)
+    assert tower == patches * (4 * 1280 + 2 * 4 * 1280) * 2  # residual copies and the MLP, in bf16
+    assert vision_attention_bytes(config, patches) == 16 * patches**2 * 8  # bf16 logits, float32 softmax, bf16 copy
+    assert vision_attention_bytes(config, patches, attention_scores=False) == 0
+    assert vision_attention_bytes(_llava_7b(), patches) == 0  # a fixed-size tower: counted per sample
     free = 40 * GIB
-    assert auto_batch_size(config, prompt, 20, 16, free_bytes=free, vision_tokens=4 * image_tokens) < auto_batch_size(
-        config, prompt, 20, 16, free_bytes=free
-    )
+    sizes = [auto_batch_size(config, prompt, 20, 16, free_bytes=free, **kw)
+             for kw in ({}, {"vision_tokens": patches}, {"vision_tokens": 2 * patches, "largest_image": patches})]
+    assert sizes[0] > sizes[1] >= sizes[2] >= 1
+    need = per_sample_bytes(config, prompt, 20, 16, vision_tokens=patches)
+    assert sizes[1] == 1 << ((int(0.8 * free) - vision_attention_bytes(config, patches)) // need).bit_length() - 1
     # a fixed-size tower (CLIP) does not depend on vision_tokens
     assert per_sample_bytes(_llava_7b(), 616, 20, 16, vision_tokens=10_000) == per_sample_bytes(_llava_7b(), 616, 20, 16)
 
@@ -129,5 +132,8 @@ def test_vision_patches_of_encoded_qwen2_vl_inputs(tiny_qwen2_vl_dir):
     text = loaded.processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = loaded.processor(text=[text], images=[Image.new("RGB", (112, 84))], return_tensors="pt")
     image_tokens = int((inputs["input_ids"] == loaded.model.config.image_token_id).sum())
-    assert image_tokens > 0 and vision_patches(inputs) == 4 * image_tokens
+    assert image_tokens > 0 and vision_patches(inputs) == (4 * image_tokens, 4 * image_tokens)
+    import torch
+
+    assert vision_patches({"image_grid_thw": torch.tensor([[1, 8, 6], [1, 4, 4]])}) == (64, 48)  # two images
     assert vision_patches({"input_ids": inputs["input_ids"]}) is None

@@ -138,3 +138,31 @@ def test_run_on_a_jsonl_dataset_checks_its_logodds_templates_first_and_reports_i
     report = build_report(config, metrics, {}, {})
     assert report["rows"] == [{"method": "none", "alpha": None, "unsafe@0.5": 0.25, "unsafe@0.7": None, "unsafe@0.9": None,
                                "ed_score": None, "quality": None, "n": 3}]
+
+
+def test_run_and_sweep_check_the_evaluations_categories_against_the_data_first(tmp_path, monkeypatch):
+    """A custom category in unsafe_scenarios / ed_scenarios that the data lacks (a typo) stops `l2s run` and
+    `l2s sweep` before any work; the data's own categories and MM-SafetyBench ids pass the check."""
+    import json
+
+    from l2s_lightning.pipeline import RunConfig, check_safety_categories, predict_rows, run_pipeline
+    from l2s_lightning.steerer import Steerer
+    from l2s_lightning.sweep import SweepConfig, run_sweep
+
+    (tmp_path / "data.jsonl").write_text("".join(
+        json.dumps({"id": f"t{i}", "question": "q?", "category": c}) + "\n" for i, c in enumerate(["tax", "weapons", ""])))
+    predict = tmp_path / "predict.yaml"
+    predict.write_text(json.dumps({"model": {"model": {"name_or_path": "x"}}, "data": {"source": {
+        "class_path": "l2s_lightning.data.sources.JsonlSource", "init_args": {"path": str(tmp_path / "data.jsonl")}}}}))
+    typo = tmp_path / "eval.yaml"
+    typo.write_text("safety: {unsafe_scenarios: [weapons, all], ed_scenarios: [taxes]}\n")
+    config = RunConfig(out_dir=str(tmp_path / "out"), predict_config=str(predict), methods=["none"],
+                       evaluate_config=str(typo), logodds_templates=None)
+    with pytest.raises(ValueError, match=r"l2s run: safety.ed_scenarios .*'taxes' is neither .*categories present: \['all', 'tax', 'weapons'\]"):
+        run_pipeline(config)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: pytest.fail("the sweep went on")))
+    with pytest.raises(ValueError, match=r"l2s sweep: safety.ed_scenarios .*'taxes'"):
+        run_sweep(SweepConfig(steerer="s", predict_config=str(predict), evaluate_config=str(typo)))
+    fine = resolve_eval_config({"safety": {"unsafe_scenarios": ["weapons", "01"], "ed_scenarios": ["tax"]}})
+    check_safety_categories(fine, predict_rows(predict), "l2s run")

@@ -26,7 +26,8 @@ def test_reads_valid_rows(tmp_path):
     path = _write(tmp_path / "a.jsonl", [_line(), _line(id="x", alpha=None, extra_field=3)])
     rows = read_predictions(path)
     assert rows[0].alpha == 2.2 and rows[0].layer_steer == 15 and rows[0].source == f"{path}:1"
-    assert rows[1].alpha is None and rows[1].extra == {"behaviour": "refuse", "prompt_tokens": 5, "new_tokens": 3, "extra_field": 3}
+    assert rows[1].alpha is None and rows[1].extra == {"prompt_tokens": 5, "new_tokens": 3, "extra_field": 3}
+    assert rows[1].behaviour == "refuse"  # a field: the default ED categories of a custom dataset come from it
 
 
 @pytest.mark.parametrize(

@@ -292,6 +292,27 @@ def test_l2s_command_reports_bad_input_without_a_traceback(tiny_llama_dir, workd
     assert not (workdir / "f.h5").exists()
 
 
+def _unpacking_bug(argv):
+    first, second = argv  # a bug, not a check: its ValueError keeps the traceback
+    return 0
+
+
+def _unreadable(argv):
+    open(argv[0])
+
+
+def test_l2s_command_keeps_the_traceback_of_a_bug(monkeypatch, capsys, tmp_path):
+    import l2s_lightning.cli as cli
+
+    monkeypatch.delenv("L2S_TRACEBACK", raising=False)
+    monkeypatch.setitem(cli.COMMANDS, "buggy", (f"{__name__}:_unpacking_bug", ""))
+    monkeypatch.setitem(cli.COMMANDS, "read", (f"{__name__}:_unreadable", ""))
+    with pytest.raises(ValueError, match="not enough values to unpack"):
+        cli.main(["buggy", "one"])
+    assert cli.main(["read", str(tmp_path / "missing.txt")]) == 2  # an unreadable path is bad input wherever raised
+    assert f"l2s read: error: No such file or directory: {tmp_path / 'missing.txt'}" in capsys.readouterr().err
+
+
 def test_category_without_template(tiny_llama_dir, workdir):
     with (workdir / "data.jsonl").open("a") as f:
         f.write(json.dumps({"id": "odd", "question": "?", "category": "poetry"}) + "\n")

@@ -31,7 +31,29 @@ def test_names(folder):
     assert ModelSpec("./m/").display_name == "m" and ModelSpec("m/", gguf_file="x.gguf").display_name == "m/x.gguf"
     assert ModelSpec(str(folder) + "/").display_name == str(folder)
     assert same_model("m/", "m") and same_model("./m", str(folder)) and same_model("org/model", "org/model")
-    assert not same_model("m", "org/model") and not same_model("org/model/", "org/model")  # hub ids: exact
+    assert not same_model("m", "org/model") and not same_model("org/model", "org/other")
+    assert same_model("/elsewhere/m/", "/elsewhere/m") and not same_model("/elsewhere/m", "m")  # not on this machine
+
+
+def test_dot_dot_is_not_collapsed_across_a_symbolic_link(folder):
+    """``link/../m`` through ``link -> other/sub`` is ``other/m``, not ``./m``."""
+    (folder.parent / "other" / "sub").mkdir(parents=True)
+    (folder.parent / "other" / "m").mkdir()
+    (folder.parent / "link").symlink_to(folder.parent / "other" / "sub")
+    assert normalise_model_name("link/../m") == "link/../m" and not same_model("link/../m", "m")
+    assert same_model("link/../m", "other/m")
+
+
+def test_evaluation_groups_one_model_spelt_two_ways_into_one_run(folder):
+    """A prediction file resumed with the folder written otherwise (rows say ``m/`` then ``m``) is one run."""
+    from l2s_lightning.evaluation.records import group_runs
+
+    path = folder.parent / "p.jsonl"
+    rows = [{"id": f"s{i}", "benchmark": "jsonl", "method": "none", "alpha": 0.0, "model": model, "category": "c",
+             "prompt": "q", "response": "a"} for i, model in enumerate(["m/", "m/", str(folder), "m"])]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    runs = group_runs([path])
+    assert len(runs) == 1 and len(runs[0].rows) == 4 and runs[0].model == "m/"
 
 
 def test_features_check_accepts_the_folder_written_another_way(folder):
@@ -60,3 +82,11 @@ def test_prediction_file_check_accepts_the_folder_written_another_way(folder):
         writer.check_compatible({"model": "other", "alpha": 2.0})
     with pytest.raises(ValueError, match=r"alpha=2.0, this run has alpha=3.0"):
         writer.check_compatible({"model": "m", "alpha": 3.0})
+
+
+def test_model_cache_loads_one_folder_written_two_ways_once(tiny_llama_dir):
+    from l2s_lightning.models.loading import ModelCache
+
+    cache = ModelCache()
+    first = cache.get(ModelSpec(str(tiny_llama_dir)))
+    assert cache.get(ModelSpec(str(tiny_llama_dir) + "/")) is first and cache.loads == 1

@@ -117,7 +117,7 @@ def test_attach_takes_the_real_api_arguments():
 
     from l2s_lightning.steering.attach import attach_steerer
 
-    assert list(inspect.signature(attach_steerer).parameters) == ["steerer", "model", "alpha", "mode", "behaviours", "sample_ids"]
+    assert list(inspect.signature(attach_steerer).parameters) == ["steerer", "model", "alpha", "mode", "behaviours", "sample_ids", "hook"]
 
 
 class DeviceMoves(TorchDispatchMode):

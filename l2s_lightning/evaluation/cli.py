@@ -19,6 +19,10 @@ from l2s_lightning.evaluation.config import EvalConfig, merge_judge
 from l2s_lightning.evaluation.judges.base import JUDGES, JudgeError
 
 
+# The word that sets a list option back to its default (None) on the command line.
+_RESET = {"unsafe_scenarios": "all", "ed_scenarios": "default"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="l2s evaluate",
@@ -34,11 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--thresholds", type=float, nargs="+", help="t of each unsafe@t (default 0.5 0.7 0.9)")
     parser.add_argument(
-        "--unsafe-scenarios", nargs="+",
-        help="scenarios pooled into the overall unsafe@t, or 'all' (default: every scenario present, 01..13; "
-        "the L2S release: 01..12)",
+        "--unsafe-scenarios", nargs="+", metavar="NAME",
+        help="MM-SafetyBench scenarios (01, 10-Legal_Opinion, Legal_Opinion) or categories of the predictions "
+        "pooled into the overall unsafe@t, or 'all' (default: every category present; the L2S release: 01..12)",
     )
-    parser.add_argument("--ed-scenarios", nargs="+", help="scenarios scored for the ED score (default 10 11 12)")
+    parser.add_argument(
+        "--ed-scenarios", nargs="+", metavar="NAME",
+        help="scenarios or categories scored for the ED score, or 'default': 10 11 12, and the categories whose "
+        "rows all carry an --ed-behaviours behaviour (what a config's list replaces)",
+    )
+    parser.add_argument(
+        "--ed-behaviours", nargs="+", metavar="BEHAVIOUR",
+        help="behaviours that steer toward expert deferral, for the default ED categories (default consult_expert)",
+    )
     parser.add_argument("--no-quality", action="store_true", help="skip the judge's quality ratings")
     parser.add_argument("--pope-empty-as", choices=["yes", "no", "wrong"], help="how an empty POPE answer is read")
     parser.add_argument("--chair-instances", nargs="+", help="COCO instances_*.json files (CHAIR ground truth)")
@@ -66,9 +78,11 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     judge = dict(data.get("judge") or {"name": "keyword", "kwargs": {}})
     data["judge"] = merge_judge(judge, {"name": args.judge or judge["name"], "kwargs": _judge_kwargs(args.judge_arg)})
     safety = data.setdefault("safety", {})
-    for key, value in (("thresholds", args.thresholds), ("unsafe_scenarios", args.unsafe_scenarios), ("ed_scenarios", args.ed_scenarios)):
+    options = {"thresholds": args.thresholds, "unsafe_scenarios": args.unsafe_scenarios,
+               "ed_scenarios": args.ed_scenarios, "ed_behaviours": args.ed_behaviours}
+    for key, value in options.items():
         if value:
-            safety[key] = None if key == "unsafe_scenarios" and [v.lower() for v in value] == ["all"] else value
+            safety[key] = None if [str(v).lower() for v in value] == [_RESET.get(key)] else value
     if args.no_quality:
         safety["quality"] = False
     if args.pope_empty_as:

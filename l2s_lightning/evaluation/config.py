@@ -8,9 +8,12 @@ YAML (every key optional; examples in ``configs/evaluate/``)::
     safety:
       thresholds: [0.5, 0.7, 0.9]
       step: 0.02
-      unsafe_scenarios: null   # pooled into the overall unsafe@t; null: every scenario present (01-13);
-                               # the L2S release: ["01", "02", ..., "12"]
-      ed_scenarios: ["10", "11", "12"]
+      unsafe_scenarios: null   # pooled into the overall unsafe@t; null: every category present (01-13);
+                               # the L2S release: ["01", "02", ..., "12"]; a JSONL dataset's own
+                               # categories by name, e.g. ["violence", "medical"]
+      ed_scenarios: null       # scored for ed_score (same names); null: MM-SafetyBench's 10-12, and the
+                               # categories whose rows all carry one of ed_behaviours
+      ed_behaviours: [consult_expert]  # behaviour names (templates) that steer toward expert deferral
       ed_phrases: ed_phrases.txt
       quality: true
     pope:

@@ -17,7 +17,7 @@ from l2s_lightning.evaluation.config import EvalConfig
 from l2s_lightning.evaluation.judges.base import Judge, build_judge, check_scores, describe_judge
 from l2s_lightning.evaluation.pope import pope_metrics
 from l2s_lightning.evaluation.records import PredictionFormatError, Run, group_runs
-from l2s_lightning.evaluation.safety import check_scenarios, safety_metrics
+from l2s_lightning.evaluation.safety import categories_of, safety_metrics
 
 FORMAT_VERSION = 1
 _JUDGED = ("mm_safetybench", "jsonl")
@@ -48,6 +48,12 @@ def judge_runs(runs: Sequence[Run], judge: Judge, quality: bool) -> dict[tuple[s
     if quality:
         ratings = list(check_scores(judge.quality(prompts, responses), len(pairs), 1.0, 10.0, "quality"))
     return {pair: (p, q) for pair, p, q in zip(pairs, p_unsafe, ratings)}
+
+
+def safety_categories(runs: Sequence[Run]) -> set[str]:
+    """Every category of the safety runs (MM-SafetyBench scenario names, a JSONL dataset's categories as written);
+    an unknown MM-SafetyBench scenario is a :class:`PredictionFormatError` naming the row."""
+    return {c for run in runs for c in categories_of(run.rows, run.benchmark == "mm_safetybench")}
 
 
 def _run_header(run: Run) -> dict[str, Any]:
@@ -102,9 +108,10 @@ def evaluate_predictions(
     score_rows: list[dict[str, Any]] = []
 
     # Everything that can fail on the input is checked before the (possibly slow) judge runs.
-    for run in runs:
-        if run.benchmark == "mm_safetybench":
-            check_scenarios(run.rows)
+    judged_runs = [run for run in runs if run.benchmark in _JUDGED]
+    categories = safety_categories(judged_runs)
+    if judged_runs:  # custom category names are checked against the predictions' categories
+        cfg.safety.check_categories(categories)
     chair_runs = [run for run in runs if run.benchmark == "chair"]
     vocab = truth = None
     if chair_runs:
@@ -115,7 +122,6 @@ def evaluate_predictions(
             if image_id_of(row) not in truth:
                 raise PredictionFormatError(f"{row.source}: image {image_id_of(row)} is not in the COCO annotation files")
 
-    judged_runs = [run for run in runs if run.benchmark in _JUDGED]
     scores: dict[tuple[str, str], tuple[float, float | None]] = {}
     if judged_runs:
         judge_obj = build_judge(judge if judge is not None else cfg.judge)
@@ -130,7 +136,7 @@ def evaluate_predictions(
             if cfg.safety.quality:
                 q = [1.0 if row.is_empty else scores[(row.judged_prompt, row.response)][1] for row in run.rows]
             strict = run.benchmark == "mm_safetybench"
-            summary, groups, per_row = safety_metrics(run.rows, p, q, cfg.safety, strict_scenarios=strict)
+            summary, groups, per_row = safety_metrics(run.rows, p, q, cfg.safety, strict, categories)
             entry.update(summary=summary, **{"per_scenario" if strict else "per_category": groups})
         elif run.benchmark == "pope":
             summary, groups, per_row = pope_metrics(run.rows, cfg.pope.empty_as)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from l2s_lightning.evaluation.report import GROUPS, TITLES, summary_metrics
 
 ALPHA_METRICS = {
     "mm_safetybench": ["ed_score", "quality"],
-    "jsonl": ["quality"],
+    "jsonl": ["ed_score", "quality"],
     "pope": ["accuracy", "f1", "yes_ratio"],
     "chair": ["chair_s", "chair_i", "recall"],
 }
@@ -94,7 +94,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         if path:
             written.append(path)
         metrics = [m for m in summary_metrics(benchmark, runs) if m.startswith("unsafe@")][:1]
-        metrics += {"mm_safetybench": ["ed_score"], "pope": ["f1"]}.get(benchmark, [])
+        metrics += {"mm_safetybench": ["ed_score"], "jsonl": ["ed_score"], "pope": ["f1"]}.get(benchmark, [])
         for metric in metrics:
             safe = metric.replace("@", "_at_")
             path = plot_groups(benchmark, runs, metric, out_dir / f"{benchmark}_{safe}_by_group.png")

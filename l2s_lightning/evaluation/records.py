@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from l2s_lightning.jsonl import iter_jsonl
+from l2s_lightning.models.names import model_key
 
 BENCHMARKS = ("mm_safetybench", "pope", "chair", "jsonl")
 
@@ -41,6 +42,7 @@ class Prediction:
     prompt: str = ""
     question: str = ""  # the question alone (predict writes it; ``prompt`` is the rendered chat text)
     category: str = ""
+    behaviour: str = ""  # the behaviour the row was steered toward (predict writes it; "" when absent)
     label: str = ""
     subset: str = ""
     image: str = ""
@@ -114,7 +116,7 @@ def _parse_row(item: Any, where: str) -> Prediction:
     if benchmark == "pope" and label not in {"yes", "no"}:
         raise PredictionFormatError(f"{where}: POPE label {item.get('label')!r} is not 'yes' or 'no'")
     layer = item.get("layer_steer")
-    known = {"id", "benchmark", "method", "alpha", "response", "prompt", "question", "category", "label", "subset", "image", "model", "layer_steer"}
+    known = {"id", "benchmark", "method", "alpha", "response", "prompt", "question", "category", "behaviour", "label", "subset", "image", "model", "layer_steer"}
     return Prediction(
         id=str(item["id"]),
         benchmark=benchmark,
@@ -124,6 +126,7 @@ def _parse_row(item: Any, where: str) -> Prediction:
         prompt=str(item.get("prompt") or ""),
         question=str(item.get("question") or ""),
         category=str(item.get("category") or ""),
+        behaviour=str(item.get("behaviour") or ""),
         label=label,
         subset=str(item.get("subset") or ""),
         image=str(item.get("image") or ""),
@@ -163,7 +166,9 @@ def group_runs(paths: list[str | Path]) -> list[Run]:
     """Read every file and group rows into runs, ordered by benchmark, method, alpha (None first), model, layer.
 
     The run key is (benchmark, method, alpha, model, layer_steer): predictions of two models (or two steering
-    layers) with the same method and α are two runs, never merged. A sample id repeated within a run is an
+    layers) with the same method and α are two runs, never merged; one model spelt two ways (a local folder
+    as ``m/`` and ``m``: a file resumed by another version or with the path written otherwise) is one model
+    (:func:`~l2s_lightning.models.names.model_key`), named as its first row spells it. A sample id repeated within a run is an
     error (it would be counted twice).
     """
     if not paths:
@@ -172,7 +177,7 @@ def group_runs(paths: list[str | Path]) -> list[Run]:
     seen: dict[tuple, dict[str, str]] = {}
     for path in paths:
         for row in read_predictions(path):
-            key = (row.benchmark, row.method, row.alpha, row.model, row.layer_steer)
+            key = (row.benchmark, row.method, row.alpha, model_key(row.model), row.layer_steer)
             run = runs.setdefault(key, Run(row.benchmark, row.method, row.alpha, [], [], row.model, row.layer_steer))
             ids = seen.setdefault(key, {})
             if row.id in ids:
@@ -197,7 +202,7 @@ def _set_details(runs: list[Run]) -> None:
         by_method.setdefault((run.benchmark, run.method), []).append(run)
     for group in by_method.values():
         parts = []
-        if len({r.model for r in group}) > 1:
+        if len({model_key(r.model) for r in group}) > 1:
             parts.append(lambda r: f"model={r.model or '?'}")
         if len({r.layer_steer for r in group}) > 1:
             parts.append(lambda r: f"L*={'?' if r.layer_steer is None else r.layer_steer}")

@@ -7,12 +7,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from l2s_lightning.evaluation.safety import SCENARIOS
+
 TITLES = {"mm_safetybench": "MM-SafetyBench", "jsonl": "JSONL prompts (safety metrics)", "pope": "POPE", "chair": "CHAIR"}
 
 # Metrics shown in the summary tables, in order (unsafe@t rows are added from the results).
 SUMMARY_METRICS = {
     "mm_safetybench": ["ed_score", "quality", "mean_p_unsafe", "n", "n_empty", "n_unsafe_scored", "n_ed_scored"],
-    "jsonl": ["quality", "mean_p_unsafe", "n", "n_empty"],
+    "jsonl": ["ed_score", "quality", "mean_p_unsafe", "n", "n_empty", "n_unsafe_scored", "n_ed_scored"],
     "pope": ["accuracy", "precision", "recall", "f1", "yes_ratio", "f1_release", "accuracy_first15", "n", "n_empty"],
     "chair": ["chair_s", "chair_i", "recall", "n_mentions", "mean_words", "n", "n_empty"],
 }
@@ -26,7 +28,12 @@ NOTES = {
         ("quality: judge rating 1-10 (the keyword judge's is a heuristic proxy of coherence). "
         "Empty responses: p = 0, no deferral, quality 1 (n_empty)."),
     ],
-    "jsonl": ["unsafe@t as for MM-SafetyBench, over all rows; quality: judge rating 1-10."],
+    "jsonl": [
+        ("unsafe@t as for MM-SafetyBench, per category and overall over the categories listed below "
+         "(safety.unsafe_scenarios; default every category present); quality: judge rating 1-10."),
+        ("ed_score: share of responses to the expert-deferral categories listed below containing a deferral phrase "
+         "(safety.ed_scenarios; default the categories whose rows all carry a safety.ed_behaviours behaviour)."),
+    ],
     "pope": [
         "Official POPE parsing (first sentence; 'no'/'No'/'not' → no); precision/recall/F1 with 'yes' positive.",
         ("f1_release = 2·acc/(1+acc): the L2S release's \"F1\", not POPE's F1. accuracy_first15: the release's "
@@ -84,21 +91,42 @@ def group_metrics(benchmark: str, runs: list[dict]) -> list[str]:
     """Metrics broken down by group in the report (every unsafe@t for the safety benchmarks)."""
     if benchmark in ("mm_safetybench", "jsonl"):
         unsafe = [m for m in summary_metrics(benchmark, runs) if m.startswith("unsafe@")]
-        return unsafe + (["ed_score"] if benchmark == "mm_safetybench" else []) + ["quality"]
+        return unsafe + ["ed_score", "quality"]
     if benchmark == "pope":
         return ["accuracy", "f1", "yes_ratio"]
     return []
 
 
-def pooled_scenarios_note(runs: list[dict]) -> str | None:
-    """What the overall unsafe@t of each run pools, in one line (None when the runs do not say)."""
-    pooled = {run["label"]: run["summary"].get("unsafe_scenarios") for run in runs}
-    if not any(v is not None for v in pooled.values()):
+def _short(name: str) -> str:
+    """An MM-SafetyBench scenario by its id ("01"), any other category by its name."""
+    return name.split("-", 1)[0] if name in SCENARIOS.values() else name
+
+
+def categories_note(runs: list[dict], key: str, what: str, kind: str, tail: str = "") -> str | None:
+    """What the summary figure ``what`` of each run covers (the categories its summary lists under ``key``), in
+    one line; None when the runs do not say."""
+    listed = {run["label"]: run["summary"].get(key) for run in runs}
+    if not any(v is not None for v in listed.values()):
         return None
-    ids = {label: ", ".join(name.split("-", 1)[0] for name in names or []) or "none" for label, names in pooled.items()}
-    if len(set(ids.values())) == 1:
-        return f"overall unsafe@t pools scenarios {next(iter(ids.values()))} (n_unsafe_scored responses)."
-    return "overall unsafe@t pools scenarios: " + "; ".join(f"{label}: {v}" for label, v in ids.items()) + "."
+    names = {label: ", ".join(_short(name) for name in names or []) or "none" for label, names in listed.items()}
+    if len(set(names.values())) == 1:
+        return f"{what} {kind} {next(iter(names.values()))}{tail}."
+    return f"{what} {kind}: " + "; ".join(f"{label}: {v}" for label, v in names.items()) + "."
+
+
+def benchmark_notes(benchmark: str, runs: list[dict]) -> list[str]:
+    """The notes under a benchmark's summary table: the fixed ones, then what the safety runs pooled (and, for a
+    JSONL dataset, which categories ``ed_score`` scored, or why there is none)."""
+    notes = list(NOTES.get(benchmark, []))
+    if benchmark not in ("mm_safetybench", "jsonl"):
+        return notes
+    kind = "scenarios" if benchmark == "mm_safetybench" else "categories"
+    pooled = categories_note(runs, "unsafe_scenarios", "overall unsafe@t pools", kind, " (n_unsafe_scored responses)")
+    notes.append(pooled)
+    if benchmark == "jsonl":
+        notes.append(categories_note(runs, "ed_scenarios", "ed_score scores", kind, " (n_ed_scored responses)"))
+        notes += sorted({run["summary"]["ed_note"] for run in runs if run["summary"].get("ed_note")})
+    return [note for note in notes if note]
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -116,8 +144,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     for benchmark, block in results["benchmarks"].items():
         runs = block["runs"]
         parts += [f"## {TITLES.get(benchmark, benchmark)}", "", _markdown_table(*summary_table(benchmark, runs)), ""]
-        notes = NOTES.get(benchmark, []) + [n for n in [pooled_scenarios_note(runs)] if benchmark == "mm_safetybench" and n]
-        parts += [f"- {note}" for note in notes] + [""]
+        parts += [f"- {note}" for note in benchmark_notes(benchmark, runs)] + [""]
         key = GROUPS.get(benchmark)
         for metric in group_metrics(benchmark, runs) if key else []:
             table = group_table(runs, key, metric)

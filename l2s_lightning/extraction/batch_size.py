@@ -18,34 +18,52 @@ from l2s_lightning.models.layers import text_config
 CPU_BATCH_SIZE = 16
 
 
-def _vision_bytes(config, element: int, vision_tokens: int | None = None, attention_scores: bool = True) -> int:
-    """Peak activations of one sample's image(s) in the vision tower.
+def _vision_sizes(config) -> tuple[int, int, int, int]:
+    """(width, layers, MLP width, heads) of ``config``'s vision tower; zeros without one."""
+    vision = getattr(config, "vision_config", None)
+    if vision is None:
+        return 0, 0, 0, 0
+    width = int(getattr(vision, "embed_dim", 0) or getattr(vision, "hidden_size", 0) or 0)  # Qwen2-VL: embed_dim
+    layers = int(getattr(vision, "num_hidden_layers", 0) or getattr(vision, "depth", 0) or 0)
+    inner = int(getattr(vision, "intermediate_size", 0) or (getattr(vision, "mlp_ratio", 0) or 4) * width)
+    heads = int(getattr(vision, "num_heads", 0) or getattr(vision, "num_attention_heads", 0) or 1)
+    return width, layers, inner, heads
+
+
+def _fixed_size_tower(config) -> bool:
+    vision = getattr(config, "vision_config", None)
+    return bool(getattr(vision, "image_size", None) and getattr(vision, "patch_size", None))
+
+
+def _vision_bytes(config, element: int, vision_tokens: int | None = None) -> int:
+    """Activations of one sample's image(s) in the vision tower.
 
     A fixed-size tower (CLIP / SigLIP: ``image_size``, ``patch_size``) sees ``(image_size / patch_size)² + 1``
     tokens and keeps all its hidden states (LLaVA-style models read a middle layer), plus the widest MLP
     step. A dynamic-resolution tower (Qwen2-VL, Qwen2.5-VL: no ``image_size``) sees ``vision_tokens`` patches
     (the sum of ``image_grid_thw``'s t·h·w, 4 patches per image token in the prompt) and keeps only the
-    current block's states: a few residual-width copies, the MLP intermediate and, when
-    ``attention_scores``, an eager kernel's (heads × patches × patches) float32 score matrix.
+    current block's states: a few residual-width copies and the MLP intermediate. Its attention scores are
+    built one image at a time: :func:`vision_attention_bytes`, once per batch.
     """
-    vision = getattr(config, "vision_config", None)
-    if vision is None:
-        return 0
-    width = int(getattr(vision, "embed_dim", 0) or getattr(vision, "hidden_size", 0) or 0)  # Qwen2-VL: embed_dim
-    layers = int(getattr(vision, "num_hidden_layers", 0) or getattr(vision, "depth", 0) or 0)
-    inner = int(getattr(vision, "intermediate_size", 0) or (getattr(vision, "mlp_ratio", 0) or 4) * width)
-    image, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    width, layers, inner, _heads = _vision_sizes(config)
     if not (width and layers):
         return 0
-    if image and patch:
-        tokens = (int(image) // int(patch)) ** 2 + 1
+    if _fixed_size_tower(config):
+        vision = config.vision_config
+        tokens = (int(vision.image_size) // int(vision.patch_size)) ** 2 + 1
         return tokens * ((layers + 1) * width + 2 * inner) * element
-    if not vision_tokens:
+    return int(vision_tokens or 0) * (4 * width + 2 * inner) * element
+
+
+def vision_attention_bytes(config, largest_image: int | None, element: int = 2, attention_scores: bool = True) -> int:
+    """The score matrices of an eager attention kernel in a dynamic-resolution vision tower, once per batch:
+    transformers runs that tower's attention image by image, so the largest image's ``largest_image`` patches
+    set it (heads × n × n logits in the model's dtype, their float32 softmax and its cast back). 0 for sdpa /
+    flash kernels (``attention_scores`` False) and for fixed-size towers (counted per sample)."""
+    if not attention_scores or not largest_image or _fixed_size_tower(config):
         return 0
-    tokens = int(vision_tokens)
-    heads = int(getattr(vision, "num_heads", 0) or getattr(vision, "num_attention_heads", 0) or 1)
-    scores = heads * tokens * tokens * 4 if attention_scores else 0
-    return tokens * (4 * width + 2 * inner) * element + scores
+    heads = _vision_sizes(config)[3]
+    return heads * int(largest_image) ** 2 * (2 * element + 4)
 
 
 def per_sample_bytes(
@@ -60,7 +78,8 @@ def per_sample_bytes(
       intermediate (gate, up, product) and, when ``attention_scores``, the (heads × P × P) score matrix of
       an eager / math attention kernel in float32;
     - hidden states kept by the capture hooks and the prompt output (3 × P × D), the vision tower's states
-      (``vision_tokens``: the patches of a dynamic-resolution tower, see :func:`_vision_bytes`).
+      (``vision_tokens``: the patches of a dynamic-resolution tower, see :func:`_vision_bytes`; its attention
+      scores are a cost per batch, :func:`vision_attention_bytes`).
     """
     text = text_config(config)
     width = int(text.hidden_size)
@@ -75,14 +94,17 @@ def per_sample_bytes(
     if attention_scores:
         block += 2 * heads * p * (p + c) * 4
     kept = 3 * p * width * element_bytes + 2 * 2 * c * width * element_bytes
-    return kv + block + kept + _vision_bytes(config, element_bytes, vision_tokens, attention_scores)
+    return kv + block + kept + _vision_bytes(config, element_bytes, vision_tokens)
 
 
-def vision_patches(inputs: Mapping[str, torch.Tensor]) -> int | None:
-    """The vision patches of encoded inputs with a dynamic-resolution image grid (``image_grid_thw``: the
-    sum of t·h·w over images, Qwen2-VL / Qwen2.5-VL); None for other inputs."""
+def vision_patches(inputs: Mapping[str, torch.Tensor]) -> tuple[int, int] | None:
+    """(all patches, the largest image's patches) of encoded inputs with a dynamic-resolution image grid
+    (``image_grid_thw``: t·h·w per image, Qwen2-VL / Qwen2.5-VL); None for other inputs."""
     grid = inputs.get("image_grid_thw")
-    return int(grid.prod(-1).sum()) if grid is not None else None
+    if grid is None or not len(grid):
+        return None
+    patches = grid.prod(-1)
+    return int(patches.sum()), int(patches.max())
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -108,12 +130,15 @@ def auto_batch_size(
     safety: float = 0.8,
     max_batch: int = 256,
     vision_tokens: int | None = None,
+    largest_image: int | None = None,
 ) -> int:
     """The largest power-of-two batch whose estimated peak fits in ``safety × free_bytes``.
 
     ``model``: an ``nn.Module`` (or a config) of the model; ``prompt_tokens``: prompt length including image
     tokens; ``completion_tokens``: the longest completion; ``layer_depth``: blocks run (max(L*, L') + 1);
-    ``vision_tokens``: patches of a dynamic-resolution vision tower (Qwen2-VL) for one sample.
+    ``vision_tokens``: patches of a dynamic-resolution vision tower (Qwen2-VL) for one sample;
+    ``largest_image``: the patches of its largest image (default ``vision_tokens``), which set the tower's
+    attention scores (a cost per batch, taken off the free memory first).
     ``free_bytes`` defaults to the free memory of the model's CUDA device; on CPU (no ``free_bytes``) the
     answer is a fixed :data:`CPU_BATCH_SIZE`. Always in ``1..max_batch``.
     """
@@ -138,5 +163,6 @@ def auto_batch_size(
     if free_bytes is None:
         return _floor_pow2(min(CPU_BATCH_SIZE, max_batch))
     need = per_sample_bytes(config, prompt_tokens, completion_tokens, layer_depth, element, attention_scores, vision_tokens)
-    fits = int(safety * free_bytes) // max(need, 1)
+    per_batch = vision_attention_bytes(config, largest_image or vision_tokens, element, attention_scores)
+    fits = (int(safety * free_bytes) - per_batch) // max(need, 1)
     return _floor_pow2(max(1, min(fits, max_batch)))

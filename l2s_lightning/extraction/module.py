@@ -103,12 +103,14 @@ class ExtractionModule(L.LightningModule):
         from l2s_lightning.extraction.batch_size import auto_batch_size, vision_patches
 
         inputs = self.encode([widest])
+        patches = vision_patches(inputs.prefix)  # (all, largest image) for a dynamic-resolution tower
         return auto_batch_size(
             self.llm,
             prompt_tokens=int(inputs.prefix["input_ids"].shape[1]),
             completion_tokens=int(inputs.completion_lengths.max()),
             layer_depth=max(self.layer_steer, self.layer_context) + 1,
-            vision_tokens=vision_patches(inputs.prefix),
+            vision_tokens=patches[0] if patches else None,
+            largest_image=patches[1] if patches else None,
         )
 
     def _to_device(self, tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:

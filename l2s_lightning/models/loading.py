@@ -8,7 +8,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from l2s_lightning.models.layers import hidden_size, num_decoder_layers
-from l2s_lightning.models.names import normalise_model_name
+from l2s_lightning.models.names import model_key, normalise_model_name
 
 ModelKind = Literal["auto", "image-text", "causal-lm"]
 
@@ -212,7 +212,7 @@ class ModelCache:
         """The model of ``spec``: the one kept when the spec is equal and its weights are still in the spec's
         dtype (a ``bf16-true`` Trainer converts them in place), on ``spec.device`` when one is set; else freshly
         loaded (the previous one freed first)."""
-        key = astuple(spec)
+        key = astuple(replace(spec, name_or_path=model_key(spec.name_or_path)))  # one folder written two ways: one model
         kept = self._loaded is not None and key == self._key
         if not kept or next(self._loaded.model.parameters()).dtype != torch_dtype(spec.dtype):
             self.clear()

@@ -8,11 +8,31 @@ written ``m``, ``m/``, ``./m`` or as an absolute path; a hub id (``org/name``) h
 from __future__ import annotations
 
 import os
+import posixpath
 
 
 def normalise_model_name(name: str) -> str:
-    """``name`` with an existing local path written in its plain form (``./m/`` → ``m``); other names as given."""
-    return os.path.normpath(name) if name and os.path.exists(name) else name
+    """``name`` with an existing local path written in its plain form (``./m/`` → ``m``; ``..`` is collapsed
+    only where that names the same folder, i.e. not across a symbolic link); other names as given."""
+    if not name or not os.path.exists(name):
+        return name
+    plain = os.path.normpath(name)
+    try:
+        return plain if os.path.samefile(plain, name) else name
+    except OSError:
+        return name
+
+
+def model_key(name: object) -> str:
+    """A key equal for every spelling of one model where it can be known: an existing local path's real path;
+    a path-like name that does not exist here (``./m``, ``m/``, ``/abs/m``) without its redundant parts; a hub
+    id as given. Used to group rows written by runs that spelled one model two ways."""
+    name = str(name)
+    if name and os.path.exists(name):
+        return os.path.realpath(name)
+    if name.startswith(("./", "../", "/")) or name.endswith("/"):
+        return posixpath.normpath(name)
+    return name
 
 
 def same_model(recorded: object, given: object) -> bool:
@@ -20,7 +40,7 @@ def same_model(recorded: object, given: object) -> bool:
     file or folder (``os.path.samefile``: a relative and an absolute path). Names recorded by earlier
     versions (``m/``) therefore still match."""
     recorded, given = str(recorded), str(given)
-    if recorded == given or normalise_model_name(recorded) == normalise_model_name(given):
+    if recorded == given or model_key(recorded) == model_key(given):
         return True
     try:
         return os.path.samefile(recorded, given)

@@ -98,7 +98,7 @@ def attach_steerer(
     ``"last_prompt_and_generated"`` or ``"all"``; ``behaviours`` / ``sample_ids``: one per batch row, for
     the steerers that pick vectors by them; ``hook``: the steering hook of an earlier call to reuse (its
     vectors' tensor keeps its address from batch to batch, so a compiled decode step's CUDA graph is not
-    recorded again; ``capture.hook`` is the one used). Yields the :class:`ContextCapture` (last h and v).
+    recorded again; ``capture.hook`` is the one used; not one still in use by another context). Yields the :class:`ContextCapture` (last h and v).
     """
     alpha = steerer.default_alpha if alpha is None else alpha
     check_alpha(alpha)
@@ -126,9 +126,15 @@ def attach_steerer(
     enable_hook_guards(model)
     if hook is None:
         hook = SteeringHook(None, alpha, mode)
+    elif hook.attached:
+        raise ValueError("this steering hook is in use by another attach_steerer context (reuse a hook once it has exited)")
     else:
         hook.rearm(alpha, mode)
     capture = ContextCapture(steerer, hook, behaviours, sample_ids)
     capture_layer = steerer.layer_context if needs_context else steerer.layer_steer
-    with register_hook(model, capture_layer, capture), register_hook(model, steerer.layer_steer, hook):
-        yield capture
+    hook.attached = True
+    try:
+        with register_hook(model, capture_layer, capture), register_hook(model, steerer.layer_steer, hook):
+            yield capture
+    finally:
+        hook.attached = False

@@ -113,7 +113,10 @@ class SteeringHook:
         self.mode = mode
         self.alpha = alpha
         self.tracker = PrefillTracker()
-        self.delta: torch.Tensor | None = None  # alpha * vectors, (B, D), in the block's dtype once it ran
+        # alpha * vectors, (B, D), in the block's dtype once it ran: a buffer that later vectors of its shape are
+        # copied into (read ContextCapture.vectors, or keep your own tensor, for a call's vectors)
+        self.delta: torch.Tensor | None = None
+        self.attached = False  # in use by an attach_steerer context (a hook is reused by one context at a time)
         self.prefills = 0  # calls seen as a prefill / calls that added the vector (eager calls only)
         self.steered_calls = 0
         if vectors is not None:
@@ -150,11 +153,13 @@ class SteeringHook:
 
     def rearm(self, alpha: float | torch.Tensor, mode: Positions) -> None:
         """Reuse this hook for another ``generate`` call with ``alpha`` and ``mode``: the next call is a
-        prefill, and vectors set later of the same shape go into the same tensor (see :meth:`set_vectors`)."""
+        prefill, the counters start again, and vectors set later of the same shape go into the same tensor
+        (see :meth:`set_vectors`)."""
         if mode not in POSITIONS:
             raise ValueError(f"mode={mode!r} must be one of {POSITIONS}")
         check_alpha(alpha)
         self.alpha, self.mode = alpha, mode
+        self.prefills = self.steered_calls = 0
         self.reset()
 
     def reset(self) -> None:
