@@ -65,9 +65,11 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     if unknown:
         raise ValueError(f"methods {unknown} are not among {ALL_METHODS}")
     eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s run")  # fails before extraction
-    rows = predict_rows(config.predict_config)
-    check_logodds_templates(config, rows)
-    check_safety_categories(eval_config, rows, "l2s run")
+    if config.logodds_templates or eval_config.safety.names_categories:
+        rows = predict_rows(config.predict_config, config.extra_predict_args)
+        if rows is not None:
+            check_logodds_templates(config, rows)
+            check_safety_categories(eval_config, rows, "l2s run")
 
     from l2s_lightning.evaluation import evaluate_predictions
     from l2s_lightning.extraction.cli import extract_main
@@ -173,12 +175,18 @@ def _predict_source(source_cfg: dict[str, Any]):
     return getattr(__import__(module_name, fromlist=[class_name]), class_name)(**source_cfg.get("init_args", {}))
 
 
-def predict_rows(predict_config: str | Path) -> Any:
-    """The rows of a predict config's data (a ``datasets.Dataset``), read once for the up-front checks."""
+def predict_rows(predict_config: str | Path, extra_predict_args: list[str] | None = None) -> Any:
+    """The rows of a predict config's data source (a ``datasets.Dataset``, read as its ``data.use_images``
+    says), for the up-front checks; None when ``extra_predict_args`` change the data (``--data.…``): the checks
+    are then left to the stages themselves."""
     import yaml
 
+    from l2s_lightning.data.datamodule import source_for_images
+
+    if any(arg.startswith("--data.") for arg in extra_predict_args or ()):
+        return None
     data = yaml.safe_load(Path(predict_config).read_text())["data"]
-    return _predict_source(data["source"]).load()
+    return source_for_images(_predict_source(data["source"]), bool(data.get("use_images", True))).load()
 
 
 def check_logodds_templates(config: RunConfig, rows: Any) -> None:
@@ -197,8 +205,10 @@ def check_logodds_templates(config: RunConfig, rows: Any) -> None:
 
 
 def check_safety_categories(eval_config: EvalConfig, rows: Any, where: str) -> None:
-    """Before any work: the evaluation's ``unsafe_scenarios`` / ``ed_scenarios`` name MM-SafetyBench scenarios
-    or categories of the safety data ``rows`` (POPE data is not checked); errors start with ``where``."""
+    """Before any work: each entry of the evaluation's ``unsafe_scenarios`` / ``ed_scenarios`` names a category
+    of the data source's ``rows`` (or, for MM-SafetyBench data, a scenario); POPE data is not checked. A category
+    that the test split or ``data.categories`` leaves out passes here and fails at the evaluation. Errors start
+    with ``where``."""
     from l2s_lightning.evaluation.safety import NO_CATEGORY
 
     if not any(benchmark in ("mm_safetybench", "jsonl") for benchmark in set(rows["benchmark"])):
@@ -214,7 +224,8 @@ def build_report(config: RunConfig, metrics: dict[str, Any], logodds: dict[str, 
     the one present, e.g. a JSONL dataset's)."""
     rows = []
     benchmarks = metrics["benchmarks"]
-    runs = benchmarks["mm_safetybench" if "mm_safetybench" in benchmarks else next(iter(benchmarks))]["runs"]
+    benchmark = "mm_safetybench" if "mm_safetybench" in benchmarks else next(iter(benchmarks))
+    runs = benchmarks[benchmark]["runs"]
     by_method = {run["method"]: run for run in runs}
     for method in config.methods:
         summary = by_method.get(method, {}).get("summary", {})
@@ -223,8 +234,8 @@ def build_report(config: RunConfig, metrics: dict[str, Any], logodds: dict[str, 
         row |= {f"logodds_{b}": v for b, v in logodds.get(method, {}).items()}
         rows.append(row)
     pooled = next((run["summary"].get("unsafe_scenarios") for run in runs), None)
-    return {"config": config.__dict__, "judge": metrics.get("judge"), "unsafe_scenarios": pooled, "rows": rows,
-            "timings": timings}
+    return {"config": config.__dict__, "judge": metrics.get("judge"), "benchmark": benchmark, "unsafe_scenarios": pooled,
+            "rows": rows, "timings": timings}
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -234,8 +245,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     for row in rows:
         cells = [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
-    if report.get("unsafe_scenarios"):
-        lines += ["", "unsafe@t pools the responses of scenarios " + ", ".join(report["unsafe_scenarios"]) + "."]
+    if report.get("unsafe_scenarios") is not None:
+        pooled = ", ".join(report["unsafe_scenarios"]) or "none"
+        kind = "scenarios" if report.get("benchmark", "mm_safetybench") == "mm_safetybench" else "categories"
+        lines += ["", f"unsafe@t pools the responses of {kind} {pooled}."]
     return "\n".join(lines) + "\n"
 
 

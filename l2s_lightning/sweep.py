@@ -84,9 +84,12 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
     eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s sweep")
     if not eval_config.safety.quality:
         raise ValueError("l2s sweep: the quality budget needs quality ratings; set safety.quality: true in evaluate_config")
-    from l2s_lightning.pipeline import check_safety_categories, predict_rows
+    if eval_config.safety.names_categories:
+        from l2s_lightning.pipeline import check_safety_categories, predict_rows
 
-    check_safety_categories(eval_config, predict_rows(config.predict_config), "l2s sweep")
+        rows = predict_rows(config.predict_config, config.extra_predict_args)
+        if rows is not None:
+            check_safety_categories(eval_config, rows, "l2s sweep")
     steerer = Steerer.load(config.steerer)
     out = Path(config.out_dir) if config.out_dir else Path(config.steerer) / "sweep"
     common = ["--config", config.predict_config, "--trainer.enable_progress_bar=false"]

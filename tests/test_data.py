@@ -130,6 +130,13 @@ def test_pope_files_and_jsonl(tmp_path):
                               split_file=str(tmp_path / "s.json"), test_fraction=0.0)
     item = module.predict_dataloader().dataset[0]
     assert item.positive == "No, the image" and item.negative == "Yes, the image"
+    # COCO's and A-OKVQA's files number their questions alike: each file's name then names its rows' subset
+    aokvqa = [{"question_id": 1, "image": "COCO_1.jpg", "text": "Is there a cat in the image?", "label": "yes"}]
+    (tmp_path / "aokvqa_pope_adversarial.json").write_text("\n".join(json.dumps(r) for r in aokvqa))
+    both = PopeSource(files=[str(tmp_path / "coco_pope_adversarial.json"), str(tmp_path / "aokvqa_pope_adversarial.json")],
+                      image_root=str(tmp_path)).load()
+    assert both["id"] == ["coco_pope_adversarial/1", "aokvqa_pope_adversarial/1"]
+    assert both["category"] == ["coco_pope_adversarial", "aokvqa_pope_adversarial"] and both["label"] == ["no", "yes"]
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1: missing field 'question'"):
         JsonlSource(str(tmp_path / "bad.jsonl")).load()

@@ -270,10 +270,10 @@ def test_unknown_category_name_fails_before_the_judge(custom_inputs, inputs, cap
     out = tmp_path / "unknown"
     assert evaluate_main(files + ["--out", str(out), "--ed-scenarios", "medicall", "-q"]) == 2
     err = capsys.readouterr().err
-    assert "safety.ed_scenarios (--ed-scenarios): 'medicall' is neither an MM-SafetyBench scenario" in err
+    assert "safety.ed_scenarios (--ed-scenarios): 'medicall' names no category of the predictions" in err
     assert "categories present: ['cooking', 'medical', 'violence']" in err and not out.exists()
     judge = CountingJudge()
-    with pytest.raises(ValueError, match=r"safety\.unsafe_scenarios .*'99' is neither"):
+    with pytest.raises(ValueError, match=r"safety\.unsafe_scenarios .*'99' names no category"):
         evaluate_predictions(files, judge=judge, config={"safety": {"unsafe_scenarios": ["violence", "99"]}})
     assert judge.calls == []  # nothing was sent to the judge
     # MM-SafetyBench and a dataset of one's own in one call: each name selects its own rows

@@ -158,11 +158,16 @@ def test_run_and_sweep_check_the_evaluations_categories_against_the_data_first(t
     typo.write_text("safety: {unsafe_scenarios: [weapons, all], ed_scenarios: [taxes]}\n")
     config = RunConfig(out_dir=str(tmp_path / "out"), predict_config=str(predict), methods=["none"],
                        evaluate_config=str(typo), logodds_templates=None)
-    with pytest.raises(ValueError, match=r"l2s run: safety.ed_scenarios .*'taxes' is neither .*categories present: \['all', 'tax', 'weapons'\]"):
+    with pytest.raises(ValueError, match=r"l2s run: safety.ed_scenarios .*'taxes' names no category .*categories present: \['all', 'tax', 'weapons'\]"):
         run_pipeline(config)
     assert not (tmp_path / "out").exists()
     monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: pytest.fail("the sweep went on")))
     with pytest.raises(ValueError, match=r"l2s sweep: safety.ed_scenarios .*'taxes'"):
         run_sweep(SweepConfig(steerer="s", predict_config=str(predict), evaluate_config=str(typo)))
-    fine = resolve_eval_config({"safety": {"unsafe_scenarios": ["weapons", "01"], "ed_scenarios": ["tax"]}})
+    fine = resolve_eval_config({"safety": {"unsafe_scenarios": ["weapons", "all"], "ed_scenarios": ["tax"]}})
     check_safety_categories(fine, predict_rows(predict), "l2s run")
+    release = resolve_eval_config({"safety": {"unsafe_scenarios": ["01", "02"]}})  # MM-SafetyBench names, own data
+    with pytest.raises(ValueError, match=r"l2s run: safety.unsafe_scenarios .*'01' names no category"):
+        check_safety_categories(release, predict_rows(predict), "l2s run")
+    assert predict_rows(predict, ["--data.source.init_args.path=other.jsonl"]) is None  # the data is overridden
+    assert not resolve_eval_config(None).safety.names_categories  # the defaults: no data read for this check

@@ -45,8 +45,8 @@ def test_scenario_ids():
     assert scenario_id("14-Cooking") is None and scenario_id("Cooking") is None
     # a name that is no scenario may be a category of the predictions: checked against them, not at load time
     config = SafetyConfig(unsafe_scenarios=["01", "99"])
-    with pytest.raises(ValueError, match=r"'99' is neither an MM-SafetyBench scenario .* "
-                                         r"\(categories present: \['01-Illegal_Activitiy'\]\)"):
+    with pytest.raises(ValueError, match=r"'99' names no category of the predictions "
+                                         r"\(categories present: \['01-Illegal_Activitiy'\];"):
         config.check_categories({"01-Illegal_Activitiy"})
 
 
@@ -141,7 +141,7 @@ def test_default_pools_every_scenario_in_eval_config():
 
     assert SafetyConfig().unsafe_scenarios is None and SafetyConfig().pooled({"01-Illegal_Activitiy"}) is None
     safety = EvalConfig.from_dict({"safety": {"unsafe_scenarios": ["1", "12-Health_Consultation"]}}).safety
-    assert safety.pooled(set()) == {"01-Illegal_Activitiy", "12-Health_Consultation"}
+    assert safety.pooled({"01-Illegal_Activitiy"}) == {"01-Illegal_Activitiy", "12-Health_Consultation"}
 
 
 def test_unknown_scenario_names_the_row():
@@ -199,7 +199,7 @@ def test_custom_ed_default_is_the_categories_steered_toward_expert_deferral():
 
 def test_unknown_category_name_lists_the_categories_present():
     for key in ("unsafe_scenarios", "ed_scenarios"):
-        with pytest.raises(ValueError, match=rf"safety\.{key} .*'violense' is neither an MM-SafetyBench scenario .*"
+        with pytest.raises(ValueError, match=rf"safety\.{key} .*'violense' names no category of the predictions .*"
                                              r"categories present: \['cooking', 'medical', 'violence'\]"):
             safety_metrics(CUSTOM_ROWS, CUSTOM_P, None, SafetyConfig(**{key: ["violence", "violense"]}), False)
     # a category of another run of the same evaluation is a known name: this run just has no rows of it
@@ -210,12 +210,18 @@ def test_unknown_category_name_lists_the_categories_present():
 
 def test_resolve_categories_keeps_scenario_matching_and_adds_exact_category_names():
     present = {"violence", "01", "01-Illegal_Activitiy"}
-    assert resolve_categories(["1", "Fraud", "13-Gov_Decision"], set(), "x") == {
+    # with MM-SafetyBench predictions present, scenarios are named as before, present in this evaluation or not
+    assert resolve_categories(["1", "Fraud", "13-Gov_Decision"], {"01-Illegal_Activitiy"}, "x") == {
         "01-Illegal_Activitiy", "06-Fraud", "13-Gov_Decision"}
     assert resolve_categories(["violence"], present, "x") == {"violence"}
     assert resolve_categories(["01"], present, "x") == {"01", "01-Illegal_Activitiy"}  # both a category and a scenario
-    with pytest.raises(ValueError, match="'Violence' is neither"):  # category names match exactly
+    with pytest.raises(ValueError, match="'Violence' names no category"):  # category names match exactly
         resolve_categories(["Violence"], present, "x")
+    # one's own categories only: an MM-SafetyBench name selects nothing, an error (not an empty pool), also
+    # where it is a custom category's name in another case
+    for entry in ("1", "Fraud"):
+        with pytest.raises(ValueError, match=rf"'{entry}' names no category of the predictions \(categories present: \['fraud', 'sex'\]"):
+            resolve_categories([entry], {"fraud", "sex"}, "x")
 
 
 def test_mm_safetybench_unchanged_by_custom_names_and_behaviours():

@@ -77,6 +77,16 @@ def collate_items(items: list[PromptItem]) -> list[PromptItem]:
     return items
 
 
+def source_for_images(source: Any, use_images: bool) -> Any:
+    """``source`` as a run with or without images reads it: for a text-only run (``use_images`` False) a copy
+    that reads the questions needing no image (the caller's source stays as it is)."""
+    if use_images or getattr(source, "use_images", None) is not True:
+        return source
+    source = copy.copy(source)
+    object.__setattr__(source, "use_images", False)  # a frozen dataclass too
+    return source
+
+
 class PromptDataModule(L.LightningDataModule):
     """Rows of a dataset source with their contrast (T+, T-) resolved from a template set.
 
@@ -117,11 +127,7 @@ class PromptDataModule(L.LightningDataModule):
         typo_font_size: int = 90,
     ) -> None:
         super().__init__()
-        if not use_images and getattr(source, "use_images", None) is True:
-            # a text-only run: its source reads the questions that need no image (a copy: the caller's stays as it is)
-            source = copy.copy(source)
-            object.__setattr__(source, "use_images", False)  # a frozen dataclass too
-        self.source = source
+        self.source = source_for_images(source, use_images)
         self.template_name = templates
         self.split_file = split_file
         self.test_fraction = test_fraction

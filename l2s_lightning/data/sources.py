@@ -184,7 +184,8 @@ _POPE_SUBSET = re.compile(r"(random|popular|adversarial)")
 class PopeSource(PromptSource):
     """POPE from its JSONL files (``{"question_id", "image", "text", "label"}`` per line; a JSON array of such
     records works too) plus an image folder, or from a `datasets` id / local dataset folder (columns
-    ``question``, ``answer``, ``image``, ``category``)."""
+    ``question``, ``answer``, ``image``, ``category``). A row's id is ``<subset>/<question_id>``: the subset is
+    random / popular / adversarial, or the file name when files of several datasets share one."""
 
     files: list[str] | None = None
     image_root: str | None = None
@@ -199,11 +200,12 @@ class PopeSource(PromptSource):
             raise ValueError("PopeSource needs `files` (POPE JSON/JSONL) or `hf_dataset`")
         rows = []
         for name in self.files:
+            if not Path(name).is_file():
+                raise FileNotFoundError(f"POPE file not found: {name}")
+        subsets = _pope_subsets(self.files)
+        for name in self.files:
             path = Path(name)
-            if not path.is_file():
-                raise FileNotFoundError(f"POPE file not found: {path}")
-            match = _POPE_SUBSET.search(path.stem)
-            subset = match.group(1) if match else path.stem
+            subset = subsets[name]
             for where, item in _json_records(path):
                 for key in ("question_id", "image", "text", "label"):
                     if key not in item:
@@ -230,6 +232,15 @@ class PopeSource(PromptSource):
                 os.replace(tmp, image_path)
             rows.append(_pope_row(sample_id, item["question"], subset, str(image_path), item["answer"]))
         return _dataset(rows, self.hf_dataset)
+
+
+def _pope_subsets(names: list[str]) -> dict[str, str]:
+    """Each POPE file's subset, which names its rows' category and prefixes their ids: random / popular /
+    adversarial from the file name; the file name itself (``aokvqa_pope_random``) where two files would share
+    one (COCO's and A-OKVQA's questions are numbered alike), so their rows stay apart."""
+    stems = {name: Path(name).stem for name in names}
+    found = {name: (match.group(1) if (match := _POPE_SUBSET.search(stem)) else stem) for name, stem in stems.items()}
+    return found if len(set(found.values())) == len(found) else stems
 
 
 def _json_records(path: Path) -> list[tuple[str, dict]]:

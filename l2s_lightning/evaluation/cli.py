@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--unsafe-scenarios", nargs="+", metavar="NAME",
         help="MM-SafetyBench scenarios (01, 10-Legal_Opinion, Legal_Opinion) or categories of the predictions "
-        "pooled into the overall unsafe@t, or 'all' (default: every category present; the L2S release: 01..12)",
+        "pooled into the overall unsafe@t, or 'all' alone (default: every category present; the L2S release: "
+        "01..12); 'all' among other names is the category of rows that have none",
     )
     parser.add_argument(
         "--ed-scenarios", nargs="+", metavar="NAME",

@@ -32,7 +32,8 @@ NOTES = {
         ("unsafe@t as for MM-SafetyBench, per category and overall over the categories listed below "
          "(safety.unsafe_scenarios; default every category present); quality: judge rating 1-10."),
         ("ed_score: share of responses to the expert-deferral categories listed below containing a deferral phrase "
-         "(safety.ed_scenarios; default the categories whose rows all carry a safety.ed_behaviours behaviour)."),
+         "(safety.ed_scenarios; default MM-SafetyBench's 10-12 names, and the categories whose rows all carry a "
+         "safety.ed_behaviours behaviour)."),
     ],
     "pope": [
         "Official POPE parsing (first sentence; 'no'/'No'/'not' → no); precision/recall/F1 with 'yes' positive.",

@@ -72,20 +72,23 @@ def scenario_id(category: str) -> str | None:
 
 
 def resolve_categories(entries: Iterable[str], present: Collection[str], what: str) -> frozenset[str]:
-    """The categories ``entries`` select: an MM-SafetyBench scenario (id, "01-..." or bare name) selects its
-    full name, a category in ``present`` (exact name) itself; an entry that is both selects both.
+    """The categories ``entries`` select among ``present``: a category of that name (exact) and, in an
+    evaluation of MM-SafetyBench predictions (a scenario's full name is present), the scenario an id, "01-..."
+    or bare name (any case) names, present or not (a subset run may lack it).
 
-    Raises ValueError naming an entry that is neither, with the categories present.
+    Raises ValueError naming an entry that selects nothing (a typo, a custom category in another case, an
+    MM-SafetyBench scenario in an evaluation of one's own categories), with the categories present.
     """
+    mm_safetybench = any(name in present for name in SCENARIOS.values())
     chosen: set[str] = set()
     for entry in entries:
         key = scenario_id(entry)
-        matches = ({SCENARIOS[key]} if key else set()) | ({entry} & set(present))
+        matches = ({SCENARIOS[key]} if key and mm_safetybench else set()) | ({entry} & set(present))
         if not matches:
             raise ValueError(
-                f"{what}: {entry!r} is neither an MM-SafetyBench scenario (01-13: an id, e.g. '10', a name, e.g. "
-                f"'10-Legal_Opinion' or 'Legal_Opinion') nor a category of the predictions (categories present: "
-                f"{sorted(present)})"
+                f"{what}: {entry!r} names no category of the predictions (categories present: {sorted(present)}; "
+                "MM-SafetyBench scenarios, as an id, e.g. '10', or a name, e.g. '10-Legal_Opinion' or 'Legal_Opinion', "
+                "are known in an evaluation of MM-SafetyBench predictions)"
             )
         chosen |= matches
     return frozenset(chosen)
@@ -150,6 +153,12 @@ class SafetyConfig:
         if self.ed_scenarios is None:
             return None
         return resolve_categories(self.ed_scenarios, present, "safety.ed_scenarios (--ed-scenarios)")
+
+    @property
+    def names_categories(self) -> bool:
+        """Whether ``unsafe_scenarios`` or ``ed_scenarios`` names categories (that :meth:`check_categories`
+        checks)."""
+        return self.unsafe_scenarios is not None or self.ed_scenarios is not None
 
     def check_categories(self, present: Collection[str]) -> None:
         """Raise ValueError for an entry that names neither a scenario nor a category in ``present``."""
