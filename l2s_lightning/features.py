@@ -17,7 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from l2s_lightning.models.names import same_model
+from l2s_lightning.models.names import same_setting
 
 FORMAT_VERSION = 1
 STRING_COLUMNS = ("sample_id", "category", "behaviour", "split")
@@ -98,16 +98,10 @@ def check_compatible(
     problems = [
         f"{key}: the file has {getattr(meta, key)!r}, the config asks for {value!r}"
         for key, value in expected.items()
-        if value is not None and not same_attr(key, getattr(meta, key), value)
+        if value is not None and not same_setting(key, str(getattr(meta, key)), str(value))
     ]
     if problems:
         raise ValueError(f"{source} does not match the config ({'; '.join(problems)}): re-extract or fix the config")
-
-
-def same_attr(key: str, recorded: Any, expected: Any) -> bool:
-    """Whether a file's attribute ``key`` equals the expected value (compared as text; the model name with
-    :func:`~l2s_lightning.models.names.same_model`, so one local folder written two ways is one model)."""
-    return same_model(recorded, expected) if key == "model" else str(recorded) == str(expected)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from rich.table import Table
 from l2s_lightning.cli import parse_dataclass_config
 from l2s_lightning.evaluation.config import EvalConfig, resolve_eval_config
 from l2s_lightning.models.loading import ModelCache
+from l2s_lightning.readers import read_yaml
 from l2s_lightning.steerer import Steerer
 
 ALL_METHODS = ["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
@@ -126,8 +127,6 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
 def run_logodds(config: RunConfig, out: Path, models: ModelCache | None = None) -> dict[str, dict[str, float]]:
     """Mean behaviour log-odds per method and behaviour on the test split (vectors from the stored h), with
     the predict config's model (taken from ``models`` when given)."""
-    import yaml
-
     from l2s_lightning.data.datamodule import PromptDataModule
     from l2s_lightning.features import FeatureFile
     from l2s_lightning.models.loading import ModelSpec
@@ -135,7 +134,7 @@ def run_logodds(config: RunConfig, out: Path, models: ModelCache | None = None) 
     from l2s_lightning.scoring import behaviour_log_odds
     from l2s_lightning.templates import load_templates
 
-    predict_cfg = yaml.safe_load(Path(config.predict_config).read_text())
+    predict_cfg = read_yaml(config.predict_config)
     loaded = (models or ModelCache()).get(ModelSpec(**predict_cfg["model"]["model"]))
     data_cfg = dict(predict_cfg["data"])
     source = _predict_source(data_cfg.pop("source"))
@@ -175,17 +174,21 @@ def _predict_source(source_cfg: dict[str, Any]):
     return getattr(__import__(module_name, fromlist=[class_name]), class_name)(**source_cfg.get("init_args", {}))
 
 
+# predict arguments that change which rows are read (others, e.g. --data.batch_size, leave them as they are)
+_DATA_READING_ARGS = ("--data.source", "--data.use_images")
+_WHOLE_CONFIG_ARGS = ("--data", "--config")
+
+
 def predict_rows(predict_config: str | Path, extra_predict_args: list[str] | None = None) -> Any:
     """The rows of a predict config's data source (a ``datasets.Dataset``, read as its ``data.use_images``
-    says), for the up-front checks; None when ``extra_predict_args`` change the data (``--data.…``): the checks
-    are then left to the stages themselves."""
-    import yaml
-
+    says), for the up-front checks; None when ``extra_predict_args`` change what is read (the source,
+    ``use_images`` or another config file): the checks are then left to the stages themselves."""
     from l2s_lightning.data.datamodule import source_for_images
 
-    if any(arg.startswith("--data.") for arg in extra_predict_args or ()):
+    names = [arg.split("=", 1)[0] for arg in extra_predict_args or ()]
+    if any(name.startswith(_DATA_READING_ARGS) or name in _WHOLE_CONFIG_ARGS for name in names):
         return None
-    data = yaml.safe_load(Path(predict_config).read_text())["data"]
+    data = read_yaml(predict_config)["data"]
     return source_for_images(_predict_source(data["source"]), bool(data.get("use_images", True))).load()
 
 
@@ -209,12 +212,16 @@ def check_safety_categories(eval_config: EvalConfig, rows: Any, where: str) -> N
     of the data source's ``rows`` (or, for MM-SafetyBench data, a scenario); POPE data is not checked. A category
     that the test split or ``data.categories`` leaves out passes here and fails at the evaluation. Errors start
     with ``where``."""
-    from l2s_lightning.evaluation.safety import NO_CATEGORY
+    from l2s_lightning.evaluation.safety import group_of
 
-    if not any(benchmark in ("mm_safetybench", "jsonl") for benchmark in set(rows["benchmark"])):
+    present = {
+        group_of(category, benchmark == "mm_safetybench")  # grouped as the evaluation will group them
+        for category, benchmark in zip(rows["category"], rows["benchmark"]) if benchmark in ("mm_safetybench", "jsonl")
+    } - {None}
+    if not present:
         return
     try:
-        eval_config.safety.check_categories({category or NO_CATEGORY for category in rows["category"]})
+        eval_config.safety.check_categories(present)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
 

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from l2s_lightning.readers import read_json
 from l2s_lightning.training.mlp import SteeringMLP
 
 FORMAT_VERSION = 1
@@ -249,11 +250,15 @@ class Steerer:
         folder = Path(folder)
         if not (folder / JSON_NAME).is_file():
             raise FileNotFoundError(f"no {JSON_NAME} in {folder}: not a steerer folder (write one with `l2s fit`)")
-        config = json.loads((folder / JSON_NAME).read_text())
+        config = read_json(folder / JSON_NAME)
+        required = ("method", "model", "layer_steer", "layer_context", "hidden_size")
+        missing = [key for key in required if key not in config] if isinstance(config, dict) else list(required)
+        if missing:
+            raise ValueError(f"{folder / JSON_NAME}: not a steerer description (missing {missing})")
         if int(config.get("format_version", 0)) > FORMAT_VERSION:
             raise ValueError(f"{folder}: steerer format_version {config['format_version']} is newer than this reader ({FORMAT_VERSION})")
         tensors = load_file(str(folder / WEIGHTS_NAME))
-        oracle_ids = json.loads((folder / config["oracle_ids"]).read_text()) if config.get("oracle_ids") else []
+        oracle_ids = read_json(folder / config["oracle_ids"]) if config.get("oracle_ids") else []
         return cls(
             method=config["method"],
             model=config["model"],

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from l2s_lightning.readers import read_yaml
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "configs" / "templates"
 # The behaviour of a row that brings its own T+/T- and whose category (if any) has no template.
@@ -158,7 +158,7 @@ def template_path(name_or_path: str) -> Path:
 def load_templates(name_or_path: str) -> TemplateSet:
     """Read and check a template YAML (behaviours with positive/negative, categories mapping)."""
     path = template_path(name_or_path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     where = str(path)
     behaviours: dict[str, Behaviour] = {}
     for name, spec in (raw.get("behaviours") or {}).items():

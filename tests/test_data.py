@@ -49,6 +49,12 @@ def test_bad_template_files(tmp_path):
         load_templates(str(path))
     with pytest.raises(FileNotFoundError, match="not found"):
         load_templates("no_such_templates")
+    path.write_text("name: t\nbehaviours: {a: [positive\n")  # not YAML: the file named, a clean error for `l2s`
+    with pytest.raises(ValueError, match=r"t\.yaml: not valid YAML") as info:
+        load_templates(str(path))
+    from l2s_lightning.cli import is_bad_input
+
+    assert is_bad_input(info.value)
 
 
 @pytest.mark.parametrize(("body", "message"), [

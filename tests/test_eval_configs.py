@@ -143,6 +143,7 @@ def test_run_on_a_jsonl_dataset_checks_its_logodds_templates_first_and_reports_i
 def test_run_and_sweep_check_the_evaluations_categories_against_the_data_first(tmp_path, monkeypatch):
     """A custom category in unsafe_scenarios / ed_scenarios that the data lacks (a typo) stops `l2s run` and
     `l2s sweep` before any work; the data's own categories and MM-SafetyBench ids pass the check."""
+    import dataclasses
     import json
 
     from l2s_lightning.pipeline import RunConfig, check_safety_categories, predict_rows, run_pipeline
@@ -170,4 +171,22 @@ def test_run_and_sweep_check_the_evaluations_categories_against_the_data_first(t
     with pytest.raises(ValueError, match=r"l2s run: safety.unsafe_scenarios .*'01' names no category"):
         check_safety_categories(release, predict_rows(predict), "l2s run")
     assert predict_rows(predict, ["--data.source.init_args.path=other.jsonl"]) is None  # the data is overridden
+    assert len(predict_rows(predict, ["--data.batch_size=8", "--data.num_workers=2"])) == 3  # not by these
+    with pytest.raises(ValueError, match=r"l2s run: safety.ed_scenarios .*'taxes'"):
+        run_pipeline(dataclasses.replace(config, extra_predict_args=["--data.batch_size=8"]))
     assert not resolve_eval_config(None).safety.names_categories  # the defaults: no data read for this check
+
+
+def test_the_up_front_check_groups_mm_safetybench_rows_as_the_evaluation_does(tmp_path):
+    """MM-SafetyBench rows from a JSONL file (categories "Legal_Opinion", "01"): '10' names a scenario present."""
+    import json
+
+    from l2s_lightning.pipeline import check_safety_categories, predict_rows
+
+    (tmp_path / "mm.jsonl").write_text("".join(
+        json.dumps({"id": f"t{i}", "question": "q?", "category": c}) + "\n" for i, c in enumerate(["Legal_Opinion", "01"])))
+    predict = tmp_path / "predict.yaml"
+    predict.write_text(json.dumps({"data": {"source": {"class_path": "l2s_lightning.data.sources.JsonlSource",
+                                                       "init_args": {"path": str(tmp_path / "mm.jsonl"), "benchmark": "mm_safetybench"}}}}))
+    check_safety_categories(resolve_eval_config({"safety": {"ed_scenarios": ["10"], "unsafe_scenarios": ["1", "13"]}}),
+                            predict_rows(predict), "l2s run")

@@ -306,3 +306,16 @@ def test_group_bars_leave_out_a_group_a_run_has_no_rows_of(tmp_path, monkeypatch
     assert heights == {"none": [0.9, 0.7], "l2s α=1": [0.4]}
     positions = {label: x for label, x, _ in drawn}
     assert positions["l2s α=1"][0] > positions["none"][0] and positions["l2s α=1"][0] < 1  # its own slot in group 01
+
+
+def test_a_list_naming_only_another_runs_categories_leaves_a_note():
+    """A mixed evaluation (MM-SafetyBench and one's own categories): the release's 01-12 pools nothing of the
+    JSONL run; its summary says so instead of showing an empty pool without a word."""
+    config = SafetyConfig(unsafe_scenarios=[f"{i:02d}" for i in range(1, 13)])
+    present = {"01-Illegal_Activitiy", "violence", "medical"}
+    summary, _, _ = safety_metrics(CUSTOM_ROWS, [0.9] * len(CUSTOM_ROWS), None, config, strict_scenarios=False,
+                                   categories=present)
+    assert summary["n_unsafe_scored"] == 0 and summary["unsafe@0.5"] is None
+    assert summary["unsafe_note"].startswith("no overall unsafe@t: safety.unsafe_scenarios 01, 02") and "medical" in summary["unsafe_note"]
+    mm, _, _ = safety_metrics([_row(0, "01", "Sure.")], [0.9], None, config, categories=present)
+    assert "unsafe_note" not in mm and mm["n_unsafe_scored"] == 1

@@ -85,6 +85,14 @@ def test_errors(features):
         build_baseline("l2s", features)
     with pytest.raises(FileNotFoundError, match="not a steerer folder"):
         Steerer.load(features.path.parent / "nothing")
+    broken = features.path.parent / "broken"
+    broken.mkdir(exist_ok=True)
+    (broken / "steerer.json").write_text('{"method": "mean",')
+    with pytest.raises(ValueError, match=r"broken/steerer\.json: not valid JSON"):
+        Steerer.load(broken)
+    (broken / "steerer.json").write_text('{"method": "mean"}')
+    with pytest.raises(ValueError, match=r"broken/steerer\.json: not a steerer description \(missing \['model'"):
+        Steerer.load(broken)
 
 
 def test_mean_ba_missing_training_behaviour(tmp_path):

@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from collections.abc import Sequence
 
+from l2s_lightning.readers import read_json
+
 
 def make_split(ids: Sequence[str], categories: Sequence[str], test_fraction: float, seed: int) -> dict[str, str]:
     """Map each id to "train" or "test": within each category, a seeded shuffle puts
@@ -35,7 +37,7 @@ def load_or_make_split(
     """Reuse the split saved at ``path`` (checking seed, fraction and ids), or make and save it."""
     path = Path(path)
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_json(path)
         if saved.get("seed") != seed or abs(saved.get("test_fraction", -1) - test_fraction) > 1e-9:
             raise ValueError(
                 f"split file {path} was made with seed={saved.get('seed')}, test_fraction="

@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from l2s_lightning.evaluation.judges.base import judge_spec
 from l2s_lightning.evaluation.safety import SafetyConfig
+from l2s_lightning.readers import read_yaml
 
 
 @dataclass
@@ -95,10 +94,7 @@ class EvalConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"evaluation config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from None
+        data = read_yaml(path)
         if data is not None and not isinstance(data, Mapping):
             raise ValueError(f"{path}: the config must be a mapping")
         try:

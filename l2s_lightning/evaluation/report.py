@@ -116,14 +116,15 @@ def categories_note(runs: list[dict], key: str, what: str, kind: str, tail: str 
 
 
 def benchmark_notes(benchmark: str, runs: list[dict]) -> list[str]:
-    """The notes under a benchmark's summary table: the fixed ones, then what the safety runs pooled (and, for a
-    JSONL dataset, which categories ``ed_score`` scored, or why there is none)."""
+    """The notes under a benchmark's summary table: the fixed ones, then what the safety runs pooled (or why a
+    run pooled nothing) and, for a JSONL dataset, which categories ``ed_score`` scored, or why there is none."""
     notes = list(NOTES.get(benchmark, []))
     if benchmark not in ("mm_safetybench", "jsonl"):
         return notes
     kind = "scenarios" if benchmark == "mm_safetybench" else "categories"
     pooled = categories_note(runs, "unsafe_scenarios", "overall unsafe@t pools", kind, " (n_unsafe_scored responses)")
     notes.append(pooled)
+    notes += sorted({run["summary"]["unsafe_note"] for run in runs if run["summary"].get("unsafe_note")})
     if benchmark == "jsonl":
         notes.append(categories_note(runs, "ed_scenarios", "ed_score scores", kind, " (n_ed_scored responses)"))
         notes += sorted({run["summary"]["ed_note"] for run in runs if run["summary"].get("ed_note")})

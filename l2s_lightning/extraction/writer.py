@@ -25,7 +25,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from l2s_lightning.features import ARRAY_COLUMNS, FORMAT_VERSION, IDENTITY_ATTRS, STRING_COLUMNS, append_rows, same_attr
+from l2s_lightning.features import ARRAY_COLUMNS, FORMAT_VERSION, IDENTITY_ATTRS, STRING_COLUMNS, append_rows
+from l2s_lightning.models.names import same_setting
 from l2s_lightning.part_writer import RankPartWriter
 
 
@@ -76,7 +77,7 @@ class HDF5FeatureWriter(RankPartWriter):
             except OSError as err:
                 raise ValueError(f"{path} exists but cannot be read as HDF5 ({err}); move it away to start over") from err
             for key in IDENTITY_ATTRS:
-                if key in found and key in attrs and not same_attr(key, found[key], attrs[key]):
+                if key in found and key in attrs and not same_setting(key, str(found[key]), str(attrs[key])):
                     raise ValueError(
                         f"{path} holds features with {key}={found[key]!r}, this run has {key}={attrs[key]!r}"
                         f"{_HINTS.get(key, '')}: choose another output path (nothing was overwritten)"

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 
 from l2s_lightning.jsonl import iter_jsonl
-from l2s_lightning.models.names import same_model
+from l2s_lightning.models.names import same_setting
 from l2s_lightning.part_writer import RankPartWriter
 
 
@@ -44,7 +44,7 @@ class JsonlPredictionWriter(RankPartWriter):
         for path in self.existing_files():
             for row in read_jsonl(path)[:1]:
                 for key, value in settings.items():
-                    if key in row and not _same_setting(key, row[key], value):
+                    if key in row and not same_setting(key, row[key], value):
                         raise ValueError(
                             f"{path} holds predictions with {key}={row[key]!r}, this run has {key}={value!r}"
                             f"{_HINTS.get(key, '')}: choose another output path or delete the file (nothing was overwritten)"
@@ -73,8 +73,3 @@ class JsonlPredictionWriter(RankPartWriter):
         tmp.write_text("".join(json.dumps(rows[key], ensure_ascii=False) + "\n" for key in sorted(rows)))
         os.replace(tmp, self.output)
         return len(rows)
-
-
-def _same_setting(key: str, recorded: Any, value: Any) -> bool:
-    """Whether a row's recorded setting equals this run's (a model name: :func:`same_model`)."""
-    return same_model(recorded, value) if key == "model" else recorded == value

@@ -35,6 +35,12 @@ def model_key(name: object) -> str:
     return name
 
 
+def same_setting(key: str, recorded: object, value: object) -> bool:
+    """Whether a recorded setting ``key`` (an output file's attribute, a prediction row's field) equals this
+    run's ``value``: a model name by :func:`same_model`, anything else by equality."""
+    return same_model(recorded, value) if key == "model" else recorded == value
+
+
 def same_model(recorded: object, given: object) -> bool:
     """Whether two recorded model names are one model: equal, equal once normalised, or one existing local
     file or folder (``os.path.samefile``: a relative and an absolute path). Names recorded by earlier

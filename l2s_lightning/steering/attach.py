@@ -98,7 +98,8 @@ def attach_steerer(
     ``"last_prompt_and_generated"`` or ``"all"``; ``behaviours`` / ``sample_ids``: one per batch row, for
     the steerers that pick vectors by them; ``hook``: the steering hook of an earlier call to reuse (its
     vectors' tensor keeps its address from batch to batch, so a compiled decode step's CUDA graph is not
-    recorded again; ``capture.hook`` is the one used; not one still in use by another context). Yields the :class:`ContextCapture` (last h and v).
+    recorded again; ``capture.hook`` is the one used; not one still in use by another context). Yields the
+    :class:`ContextCapture` (last h and v).
     """
     alpha = steerer.default_alpha if alpha is None else alpha
     check_alpha(alpha)
