@@ -199,12 +199,11 @@ class PopeSource(PromptSource):
         if not self.files:
             raise ValueError("PopeSource needs `files` (POPE JSON/JSONL) or `hf_dataset`")
         rows = []
-        for name in self.files:
-            if not Path(name).is_file():
-                raise FileNotFoundError(f"POPE file not found: {name}")
         subsets = _pope_subsets(self.files)
         for name in self.files:
             path = Path(name)
+            if not path.is_file():
+                raise FileNotFoundError(f"POPE file not found: {path}")
             subset = subsets[name]
             for where, item in _json_records(path):
                 for key in ("question_id", "image", "text", "label"):

@@ -161,7 +161,7 @@ class SafetyConfig:
         return self.unsafe_scenarios is not None or self.ed_scenarios is not None
 
     def check_categories(self, present: Collection[str]) -> None:
-        """Raise ValueError for an entry that names neither a scenario nor a category in ``present``."""
+        """Raise ValueError for an entry that selects no category among ``present`` (:func:`resolve_categories`)."""
         self.pooled(present)
         self.ed_selected(present)
 

@@ -330,4 +330,3 @@ def _check_steerer_fits(steerer, spec: ModelSpec, allow_other_model: bool = Fals
             f"steerer was trained on model {steerer.model!r}, not {spec.display_name!r} "
             "(set allow_other_model=true to apply it anyway)"
         )
-
