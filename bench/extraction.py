@@ -37,22 +37,42 @@ def parse_args(argv=None):
     parser.add_argument("--layer-steer", type=int, default=None, help="L* (default 15, or half the layers if fewer)")
     parser.add_argument("--layer-context", type=int, default=None, help="L' (default: as L*)")
     parser.add_argument("--n-samples", type=int, default=None, help="samples timed for ours (default 256 GPU / 32 CPU)")
-    parser.add_argument("--n-reference", type=int, default=None, help="samples timed for the reference (default 32 GPU / 8 CPU)")
+    parser.add_argument(
+        "--n-reference", type=int, default=None, help="samples timed for the reference (default 32 GPU / 8 CPU)"
+    )
     parser.add_argument("--completion-tokens", type=int, default=20, help="tokens of each completion (±3)")
-    parser.add_argument("--suffix-tokens", type=int, default=0,
-                        help="template suffix tokens after the question of X+ / X- (h read from the plain prompt)")
-    parser.add_argument("--turn-tokens", type=int, default=5,
-                        help="with --suffix-tokens: tokens of the assistant-turn opening after question or suffix")
+    parser.add_argument(
+        "--suffix-tokens",
+        type=int,
+        default=0,
+        help="template suffix tokens after the question of X+ / X- (h read from the plain prompt)",
+    )
+    parser.add_argument(
+        "--turn-tokens",
+        type=int,
+        default=5,
+        help="with --suffix-tokens: tokens of the assistant-turn opening after question or suffix",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches (ours) / samples (reference) first")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--no-reference", action="store_true", help="time ours only (no ratio, no check)")
-    parser.add_argument("--phases", action="store_true", help="time the phases of one batch of ours (vision, prompt, completions)")
+    parser.add_argument(
+        "--phases", action="store_true", help="time the phases of one batch of ours (vision, prompt, completions)"
+    )
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of one batch of ours (stderr)")
-    parser.add_argument("--compile-layers", action="store_true",
-                        help="torch.compile(dynamic=True) each block run, as ExtractionModule(compile=True) does")
-    parser.add_argument("--no-compile-vision", action="store_true", help="with --compile-layers: leave the vision tower eager")
-    parser.add_argument("--no-float32-check", action="store_true",
-                        help="skip the float32 truth (by default a bf16 model is also checked against itself in float32)")
+    parser.add_argument(
+        "--compile-layers",
+        action="store_true",
+        help="torch.compile(dynamic=True) each block run, as ExtractionModule(compile=True) does",
+    )
+    parser.add_argument(
+        "--no-compile-vision", action="store_true", help="with --compile-layers: leave the vision tower eager"
+    )
+    parser.add_argument(
+        "--no-float32-check",
+        action="store_true",
+        help="skip the float32 truth (by default a bf16 model is also checked against itself in float32)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="for the FLOP floor (default 800 on CUDA)")
     return parser.parse_args(argv)
 
@@ -60,8 +80,15 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def make_samples(bench: Bench, n: int, text_tokens: int, completion_tokens: int, seed: int,
-                 suffix_tokens: int = 0, turn_tokens: int = 5) -> list[dict]:
+def make_samples(
+    bench: Bench,
+    n: int,
+    text_tokens: int,
+    completion_tokens: int,
+    seed: int,
+    suffix_tokens: int = 0,
+    turn_tokens: int = 5,
+) -> list[dict]:
     """Samples of ``prompt`` (image and question), ``positive`` / ``negative`` completions, and, with a
     suffix, ``steer_tail`` (suffix + assistant turn: the rest of X+ / X- before the completions) and
     ``context_tail`` (the assistant turn: the rest of the plain prompt h is read from)."""
@@ -107,7 +134,9 @@ def collate(bench: Bench, samples: list[dict], with_context: bool = True):
     from l2s_lightning.prompts import right_pad
 
     prefix = prompt_inputs(bench, [steering_prompt(s) for s in samples], samples)
-    completions, lengths = right_pad([row for s in samples for row in (s["positive"], s["negative"])], bench.pad_token_id)
+    completions, lengths = right_pad(
+        [row for s in samples for row in (s["positive"], s["negative"])], bench.pad_token_id
+    )
     inputs = ContrastInputs(prefix=prefix, completions=completions, completion_lengths=lengths)
     if with_context and "context_tail" in samples[0]:
         ids, tail_lengths = right_pad([s["context_tail"] for s in samples], bench.pad_token_id)
@@ -150,7 +179,9 @@ def run_ours(bench: Bench, batches: list, warmup: int, layer_steer: int, layer_c
 def collate_separate(bench: Bench, samples: list[dict]):
     """The earlier way's inputs of a batch: X with its completions, and the whole plain prompt (image
     included) for h."""
-    return collate(bench, samples, with_context=False), prompt_inputs(bench, [plain_prompt(s) for s in samples], samples)
+    return collate(bench, samples, with_context=False), prompt_inputs(
+        bench, [plain_prompt(s) for s in samples], samples
+    )
 
 
 def run_separate_context(bench: Bench, batches: list, warmup: int, layer_steer: int, layer_context: int):
@@ -188,8 +219,12 @@ def run_reference(bench: Bench, samples: list[dict], warmup: int, layer_steer: i
     def step(sample):
         plain = plain_prompt(sample)
         return reference_features(
-            bench.model, single(bench, sample, steering_prompt(sample)), sample["positive"].to(bench.device),
-            sample["negative"].to(bench.device), layer_steer, layer_context,
+            bench.model,
+            single(bench, sample, steering_prompt(sample)),
+            sample["positive"].to(bench.device),
+            sample["negative"].to(bench.device),
+            layer_steer,
+            layer_context,
             None if plain is None else single(bench, sample, plain),
         )
 
@@ -282,14 +317,17 @@ def float32_truth(bench: Bench, samples: list[dict], layer_steer: int, layer_con
     model in float32: call it last."""
     bench.model.float()
     bench.dtype = torch.float32
-    stance = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
+    stance = (
+        torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
+    )
     with stance:
         _, _, h, z = run_reference(bench, samples, 0, layer_steer, layer_context)
     return h, z
 
 
-def flops_per_sample(bench: Bench, prompt: float, completion: float, layer_steer: int, layer_context: int,
-                     context_tail: float = 0.0) -> float:
+def flops_per_sample(
+    bench: Bench, prompt: float, completion: float, layer_steer: int, layer_context: int, context_tail: float = 0.0
+) -> float:
     """Matrix FLOPs of ours for one sample: vision tower + projector over its tokens, blocks 0..max(L*, L')
     over the prompt X, 0..L' over the plain prompt's tail (if any), 0..L* over both completions; weights
     2·params·tokens, attention 4·D·q·k."""
@@ -322,8 +360,14 @@ def agreement(bench: Bench, h: torch.Tensor, z: torch.Tensor, h_ref: torch.Tenso
     rel_h = diff_h / max(h_ref.abs().max().item(), 1e-12)
     rel_z = diff_z / max(z_ref.abs().max().item(), 1e-12)
     tolerance = 1e-3 if bench.dtype == torch.float32 else 6e-2
-    return {"max_abs_diff_h": diff_h, "max_abs_diff_z": diff_z, "max_rel_diff_h": float(f"{rel_h:.3g}"),
-            "max_rel_diff_z": float(f"{rel_z:.3g}"), "equal_within": tolerance, "equal": bool(max(rel_h, rel_z) <= tolerance)}
+    return {
+        "max_abs_diff_h": diff_h,
+        "max_abs_diff_z": diff_z,
+        "max_rel_diff_h": float(f"{rel_h:.3g}"),
+        "max_rel_diff_z": float(f"{rel_z:.3g}"),
+        "equal_within": tolerance,
+        "equal": bool(max(rel_h, rel_z) <= tolerance),
+    }
 
 
 def check_against_float32(bench, samples, layer_steer, layer_context, h_ref, z_ref, ours_outputs, records) -> None:
@@ -336,9 +380,14 @@ def check_against_float32(bench, samples, layer_steer, layer_context, h_ref, z_r
             continue
         h, z = ours_outputs[record["key"]]
         err_h, err_z = relative_error(h, h32), relative_error(z, z32)
-        record |= {"float32_rel_err_h": err_h, "float32_rel_err_z": err_z, "reference_float32_rel_err_h": ref_h,
-                   "reference_float32_rel_err_z": ref_z, "equal_rule": "float32 error <= 2 x reference's + 1e-3",
-                   "equal": bool(err_h <= 2 * ref_h + 1e-3 and err_z <= 2 * ref_z + 1e-3)}
+        record |= {
+            "float32_rel_err_h": err_h,
+            "float32_rel_err_z": err_z,
+            "reference_float32_rel_err_h": ref_h,
+            "reference_float32_rel_err_z": ref_z,
+            "equal_rule": "float32 error <= 2 x reference's + 1e-3",
+            "equal": bool(err_h <= 2 * ref_h + 1e-3 and err_z <= 2 * ref_z + 1e-3),
+        }
         common.emit(record | {"figure": "float32_check"})
 
 
@@ -355,8 +404,9 @@ def main(argv=None) -> int:
     depth = max(layer_steer, layer_context) + 1
     n_samples = args.n_samples or (256 if cuda else 32)
     n_reference = 0 if args.no_reference else min(args.n_reference or (32 if cuda else 8), n_samples)
-    samples = make_samples(bench, n_samples, args.text_tokens, args.completion_tokens, args.seed,
-                           args.suffix_tokens, args.turn_tokens)
+    samples = make_samples(
+        bench, n_samples, args.text_tokens, args.completion_tokens, args.seed, args.suffix_tokens, args.turn_tokens
+    )
     prompt_mean = sum(steering_prompt(s).numel() for s in samples) / n_samples
     completion_mean = sum(s["positive"].numel() + s["negative"].numel() for s in samples) / (2 * n_samples)
     tail_mean = sum(s["context_tail"].numel() for s in samples) / n_samples if args.suffix_tokens else 0.0
@@ -365,9 +415,16 @@ def main(argv=None) -> int:
     variant = ("+compiled-layers" + ("-text-only" if args.no_compile_vision else "")) if args.compile_layers else ""
     setting = f"+suffix{args.suffix_tokens}" if args.suffix_tokens else ""  # keys of suffixed runs stay apart
     base = {
-        "bench": "extraction", "variant": variant or None, "shape": bench.name, "device": str(bench.device), "dtype": str(bench.dtype).removeprefix("torch."),
-        "layer_steer": layer_steer, "layer_context": layer_context, "num_layers": n_layers,
-        "prompt_tokens_mean": round(prompt_mean, 1), "image_tokens": bench.image_tokens,
+        "bench": "extraction",
+        "variant": variant or None,
+        "shape": bench.name,
+        "device": str(bench.device),
+        "dtype": str(bench.dtype).removeprefix("torch."),
+        "layer_steer": layer_steer,
+        "layer_context": layer_context,
+        "num_layers": n_layers,
+        "prompt_tokens_mean": round(prompt_mean, 1),
+        "image_tokens": bench.image_tokens,
         "completion_tokens_mean": round(completion_mean, 1),
     }
     if args.suffix_tokens:  # prompt tokens then include the suffix and the assistant turn after the question
@@ -378,19 +435,40 @@ def main(argv=None) -> int:
     flops = flops_per_sample(bench, prompt_mean, completion_mean, layer_steer, layer_context, tail_mean)
     peak = args.peak_tflops if args.peak_tflops is not None else (800.0 if cuda else None)
     if peak:
-        records.append(base | {"key": f"extraction/{bench.name}/flop_floor{setting}", "figure": "flop_floor_samples_per_s",
-                               "value": round(peak * 1e12 / flops, 1), "unit": "samples/s", "peak_tflops": peak,
-                               "gflop_per_sample": round(flops / 1e9, 1)})
+        records.append(
+            base
+            | {
+                "key": f"extraction/{bench.name}/flop_floor{setting}",
+                "figure": "flop_floor_samples_per_s",
+                "value": round(peak * 1e12 / flops, 1),
+                "unit": "samples/s",
+                "peak_tflops": peak,
+                "gflop_per_sample": round(flops / 1e9, 1),
+            }
+        )
         common.emit(records[-1])
 
     reference = None
     ours_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if n_reference:
-        seconds, memory, h_ref, z_ref = run_reference(bench, samples[:n_reference], args.warmup, layer_steer, layer_context)
+        seconds, memory, h_ref, z_ref = run_reference(
+            bench, samples[:n_reference], args.warmup, layer_steer, layer_context
+        )
         reference = n_reference / seconds
-        records.append(base | {"key": f"extraction/{bench.name}/reference{setting}", "variant": None, "figure": "reference_samples_per_s",
-                               "value": round(reference, 2), "unit": "samples/s", "batch_size": 1,
-                               "n_samples": n_reference, "seconds": round(seconds, 3)} | memory)
+        records.append(
+            base
+            | {
+                "key": f"extraction/{bench.name}/reference{setting}",
+                "variant": None,
+                "figure": "reference_samples_per_s",
+                "value": round(reference, 2),
+                "unit": "samples/s",
+                "batch_size": 1,
+                "n_samples": n_reference,
+                "seconds": round(seconds, 3),
+            }
+            | memory
+        )
         common.emit(records[-1])
 
     from l2s_lightning.extraction.batch_size import auto_batch_size
@@ -411,39 +489,78 @@ def main(argv=None) -> int:
         try:
             seconds, memory, h, z = run_ours(bench, batches, args.warmup, layer_steer, layer_context)
         except torch.OutOfMemoryError as err:
-            common.emit(base | {"key": f"extraction/{bench.name}/ours/bs{batch}{setting}{variant}", "figure": "ours_samples_per_s",
-                                "value": None, "batch_size": batch, "error": f"out of memory: {str(err)[:120]}"})
+            common.emit(
+                base
+                | {
+                    "key": f"extraction/{bench.name}/ours/bs{batch}{setting}{variant}",
+                    "figure": "ours_samples_per_s",
+                    "value": None,
+                    "batch_size": batch,
+                    "error": f"out of memory: {str(err)[:120]}",
+                }
+            )
             torch.cuda.empty_cache()
             continue
         ours = n_samples / seconds
         size = "auto" if request == "auto" else f"bs{batch}"
         key = f"extraction/{bench.name}/ours/{size}{setting}{variant}"
-        record = base | {"key": key, "figure": "ours_samples_per_s", "value": round(ours, 2), "unit": "samples/s",
-                         "batch_size": batch, "batch_size_request": request, "n_samples": n_samples,
-                         "seconds": round(seconds, 3)} | memory
+        record = (
+            base
+            | {
+                "key": key,
+                "figure": "ours_samples_per_s",
+                "value": round(ours, 2),
+                "unit": "samples/s",
+                "batch_size": batch,
+                "batch_size_request": request,
+                "n_samples": n_samples,
+                "seconds": round(seconds, 3),
+            }
+            | memory
+        )
         if peak:
             record["fraction_of_flop_floor"] = round(ours * flops / (peak * 1e12), 3)
         if reference:
             ours_outputs[key] = (h[:n_reference], z[:n_reference])
-            record |= {"ratio_vs_reference": round(ours / reference, 2)} | agreement(bench, h[:n_reference], z[:n_reference], h_ref, z_ref)
+            record |= {"ratio_vs_reference": round(ours / reference, 2)} | agreement(
+                bench, h[:n_reference], z[:n_reference], h_ref, z_ref
+            )
         records.append(record)
         common.emit(record)
         if args.suffix_tokens:
             separate = [collate_separate(bench, samples[i : i + batch]) for i in range(0, n_samples, batch)]
-            seconds, memory, h_sep, z_sep = run_separate_context(bench, separate, args.warmup, layer_steer, layer_context)
-            records.append(base | {"key": f"extraction/{bench.name}/ours/separate-context/{size}{setting}{variant}",
-                                   "figure": "separate_context_samples_per_s", "value": round(n_samples / seconds, 2),
-                                   "unit": "samples/s", "batch_size": batch, "n_samples": n_samples,
-                                   "seconds": round(seconds, 3), "shared_prefix_speedup": round(ours * seconds / n_samples, 3)}
-                           | memory | agreement(bench, h, z, h_sep, z_sep))
+            seconds, memory, h_sep, z_sep = run_separate_context(
+                bench, separate, args.warmup, layer_steer, layer_context
+            )
+            records.append(
+                base
+                | {
+                    "key": f"extraction/{bench.name}/ours/separate-context/{size}{setting}{variant}",
+                    "figure": "separate_context_samples_per_s",
+                    "value": round(n_samples / seconds, 2),
+                    "unit": "samples/s",
+                    "batch_size": batch,
+                    "n_samples": n_samples,
+                    "seconds": round(seconds, 3),
+                    "shared_prefix_speedup": round(ours * seconds / n_samples, 3),
+                }
+                | memory
+                | agreement(bench, h, z, h_sep, z_sep)
+            )
             common.emit(records[-1])
         if args.phases:
             phases(bench, batches[0], layer_steer, layer_context)  # warm
-            common.emit(base | {"figure": "phases_of_one_batch", "batch_size": batch} | phases(bench, batches[0], layer_steer, layer_context))
+            common.emit(
+                base
+                | {"figure": "phases_of_one_batch", "batch_size": batch}
+                | phases(bench, batches[0], layer_steer, layer_context)
+            )
         if args.profile:
             profile(bench, batches[0], layer_steer, layer_context)
     if reference and bench.dtype != torch.float32 and not args.no_float32_check:
-        check_against_float32(bench, samples[:n_reference], layer_steer, layer_context, h_ref, z_ref, ours_outputs, records)
+        check_against_float32(
+            bench, samples[:n_reference], layer_steer, layer_context, h_ref, z_ref, ours_outputs, records
+        )
     common.save(records, bench, args)
     failed = [r for r in records if r.get("equal") is False]
     if failed:

@@ -38,14 +38,23 @@ import product  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     product.add_shape_arguments(parser)
-    parser.add_argument("--n-samples", type=int, default=None, help="about this many questions (default 512 on CUDA, 64 on CPU)")
+    parser.add_argument(
+        "--n-samples", type=int, default=None, help="about this many questions (default 512 on CUDA, 64 on CPU)"
+    )
     parser.add_argument("--batch-size", default="auto", help="an int or auto (from free accelerator memory)")
     parser.add_argument("--workers", default="0,4", help="comma list of DataLoader worker counts")
-    parser.add_argument("--encode-in-step-workers", type=int, default=None,
-                        help="also run the earlier path: images loaded by N workers, batches encoded inside predict_step "
-                             "(default: the largest of --workers; -1: skip)")
-    parser.add_argument("--prepare-only", action="store_true",
-                        help="time rendering + encoding alone (no model is built: any shape runs on a CPU)")
+    parser.add_argument(
+        "--encode-in-step-workers",
+        type=int,
+        default=None,
+        help="also run the earlier path: images loaded by N workers, batches encoded inside predict_step "
+        "(default: the largest of --workers; -1: skip)",
+    )
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="time rendering + encoding alone (no model is built: any shape runs on a CPU)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="batches excluded from the timing")
     parser.add_argument("--layer-steer", type=int, default=None)
     parser.add_argument("--layer-context", type=int, default=None)
@@ -77,8 +86,13 @@ def run_pipeline(module, work: Path, args, workers: int, device: torch.device, e
     writer = HDF5FeatureWriter(str(output))
     clock = BatchClock()
     trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, callbacks=[writer, clock],
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[writer, clock],
     )
     trainer.predict(module, datamodule=data, return_predictions=False)
     common.sync(device)
@@ -86,7 +100,10 @@ def run_pipeline(module, work: Path, args, workers: int, device: torch.device, e
     expected = len(data.rows())
     if len(rows["sample_id"]) != expected:
         raise SystemExit(f"features.h5 holds {len(rows['sample_id'])} rows, expected {expected}")
-    return product.steady_rate(clock.stamps, clock.sizes, args.warmup) | {"batch_size": max(clock.sizes), "samples": expected}
+    return product.steady_rate(clock.stamps, clock.sizes, args.warmup) | {
+        "batch_size": max(clock.sizes),
+        "samples": expected,
+    }
 
 
 def prepare(encoder, args, trainer=None) -> tuple[list, dict]:
@@ -100,8 +117,11 @@ def prepare(encoder, args, trainer=None) -> tuple[list, dict]:
     batches = list(data.predict_dataloader())
     seconds = time.perf_counter() - start
     samples = sum(len(b.items) for b in batches)
-    return batches, {"prepare_ms_per_sample": round(1000 * seconds / samples, 2), "samples": samples,
-                     "cores_needed_per_100_samples_per_s": round(seconds / samples * 100, 2)}
+    return batches, {
+        "prepare_ms_per_sample": round(1000 * seconds / samples, 2),
+        "samples": samples,
+        "cores_needed_per_100_samples_per_s": round(seconds / samples * 100, 2),
+    }
 
 
 def run_forward_only(module, args, device: torch.device) -> tuple[dict, dict]:
@@ -126,9 +146,16 @@ def prepare_only(args) -> int:
     encoder = ContrastEncoder(processor, tokenizer, ModelSpec("bench"))
     args.batch_size = 16 if args.batch_size == "auto" else args.batch_size
     _, cost = prepare(encoder, args)
-    record = {"bench": "extraction_pipeline", "shape": args.shape, "image_size": vision.image_size, "device": "cpu",
-              "key": f"extraction_pipeline/{args.shape}/prepare_cost", "figure": "prepare_ms_per_sample",
-              "value": cost["prepare_ms_per_sample"], "unit": "ms/sample (one core)"} | cost
+    record = {
+        "bench": "extraction_pipeline",
+        "shape": args.shape,
+        "image_size": vision.image_size,
+        "device": "cpu",
+        "key": f"extraction_pipeline/{args.shape}/prepare_cost",
+        "figure": "prepare_ms_per_sample",
+        "value": cost["prepare_ms_per_sample"],
+        "unit": "ms/sample (one core)",
+    } | cost
     common.emit(record)
     machine = args.machine or common.machine_name(torch.device("cpu"))
     bench = argparse.Namespace(device=torch.device("cpu"))
@@ -158,39 +185,94 @@ def main(argv=None) -> int:
     module = ExtractionModule(spec, layer_steer=layer_steer, layer_context=layer_context, compile=args.compile)
     module.loaded = loaded  # the random model built on the device (configure_model keeps a loaded model)
     variant = "+compile" if args.compile else ""
-    base = {"bench": "extraction_pipeline", "shape": bench.name, "device": str(device),
-            "dtype": str(bench.dtype).removeprefix("torch."), "layer_steer": layer_steer, "layer_context": layer_context,
-            "image_tokens": bench.image_tokens, "image_size": bench.image_size, "variant": variant or None,
-            "threads": torch.get_num_threads()}
+    base = {
+        "bench": "extraction_pipeline",
+        "shape": bench.name,
+        "device": str(device),
+        "dtype": str(bench.dtype).removeprefix("torch."),
+        "layer_steer": layer_steer,
+        "layer_context": layer_context,
+        "image_tokens": bench.image_tokens,
+        "image_size": bench.image_size,
+        "variant": variant or None,
+        "threads": torch.get_num_threads(),
+    }
     records = []
     pipeline = {}
     for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
         figures = run_pipeline(module, work, args, workers, device)
         pipeline[workers] = figures["samples_per_s"]
-        records.append(base | {"key": f"extraction_pipeline/{bench.name}{variant}/workers{workers}", "figure": "pipeline_samples_per_s",
-                               "value": figures["samples_per_s"], "unit": "samples/s", "workers": workers} | figures)
+        records.append(
+            base
+            | {
+                "key": f"extraction_pipeline/{bench.name}{variant}/workers{workers}",
+                "figure": "pipeline_samples_per_s",
+                "value": figures["samples_per_s"],
+                "unit": "samples/s",
+                "workers": workers,
+            }
+            | figures
+        )
         common.emit(records[-1])
     step_workers = max(pipeline) if args.encode_in_step_workers is None else args.encode_in_step_workers
     if step_workers >= 0:
         figures = run_pipeline(module, work, args, step_workers, device, encode_in_step=True)
         pipeline[f"encode_in_step_workers{step_workers}"] = figures["samples_per_s"]
-        records.append(base | {"key": f"extraction_pipeline/{bench.name}{variant}/encode_in_step_workers{step_workers}",
-                               "figure": "pipeline_samples_per_s", "value": figures["samples_per_s"], "unit": "samples/s",
-                               "workers": step_workers, "encode": "in predict_step (the earlier path)"} | figures)
+        records.append(
+            base
+            | {
+                "key": f"extraction_pipeline/{bench.name}{variant}/encode_in_step_workers{step_workers}",
+                "figure": "pipeline_samples_per_s",
+                "value": figures["samples_per_s"],
+                "unit": "samples/s",
+                "workers": step_workers,
+                "encode": "in predict_step (the earlier path)",
+            }
+            | figures
+        )
         common.emit(records[-1])
     forward, cost = run_forward_only(module, args, device)
-    records.append(base | {"key": f"extraction_pipeline/{bench.name}{variant}/forward_only", "figure": "forward_only_samples_per_s",
-                           "value": forward["samples_per_s"], "unit": "samples/s"} | forward)
+    records.append(
+        base
+        | {
+            "key": f"extraction_pipeline/{bench.name}{variant}/forward_only",
+            "figure": "forward_only_samples_per_s",
+            "value": forward["samples_per_s"],
+            "unit": "samples/s",
+        }
+        | forward
+    )
     common.emit(records[-1])
-    records.append(base | {"key": f"extraction_pipeline/{bench.name}/prepare_cost", "figure": "prepare_ms_per_sample",
-                           "value": cost["prepare_ms_per_sample"], "unit": "ms/sample (one core)"} | cost)
+    records.append(
+        base
+        | {
+            "key": f"extraction_pipeline/{bench.name}/prepare_cost",
+            "figure": "prepare_ms_per_sample",
+            "value": cost["prepare_ms_per_sample"],
+            "unit": "ms/sample (one core)",
+        }
+        | cost
+    )
     common.emit(records[-1])
-    ratios = {(f"workers{w}" if isinstance(w, int) else w): round(v / forward["samples_per_s"], 3) for w, v in pipeline.items()}
-    records.append(base | {"key": f"extraction_pipeline/{bench.name}{variant}/pipeline_over_forward", "figure": "pipeline_over_forward",
-                           "value": ratios, "unit": "ratio"})
+    ratios = {
+        (f"workers{w}" if isinstance(w, int) else w): round(v / forward["samples_per_s"], 3)
+        for w, v in pipeline.items()
+    }
+    records.append(
+        base
+        | {
+            "key": f"extraction_pipeline/{bench.name}{variant}/pipeline_over_forward",
+            "figure": "pipeline_over_forward",
+            "value": ratios,
+            "unit": "ratio",
+        }
+    )
     common.emit(records[-1])
     common.save(records, bench, args)
-    print(json.dumps({"pipeline_samples_per_s": pipeline, "forward_only": forward["samples_per_s"], "ratios": ratios}), file=sys.stderr)
+    print(
+        json.dumps({"pipeline_samples_per_s": pipeline, "forward_only": forward["samples_per_s"], "ratios": ratios}),
+        file=sys.stderr,
+    )
     return 0
 
 

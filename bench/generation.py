@@ -42,32 +42,58 @@ def parse_args(argv=None):
     parser.add_argument("--batch-sizes", default=None, help="comma list (default 1,16,64 on GPU, 1,8 on CPU)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--paths", default="dynamic,static", help="comma list of dynamic, static")
-    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                        help="torch.compile of the static-cache decode step (auto: on GPU only)")
-    parser.add_argument("--compile-dynamic", choices=("auto", "off"), default="auto",
-                        help="off: CompileConfig(dynamic=False), one graph specialised to each batch size (auto: torch's "
-                             "automatic dynamic shapes, which turn the second batch size's graph into a dynamic one)")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile of the static-cache decode step (auto: on GPU only)",
+    )
+    parser.add_argument(
+        "--compile-dynamic",
+        choices=("auto", "off"),
+        default="auto",
+        help="off: CompileConfig(dynamic=False), one graph specialised to each batch size (auto: torch's "
+        "automatic dynamic shapes, which turn the second batch size's graph into a dynamic one)",
+    )
     parser.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode (CUDA graphs by default)")
-    parser.add_argument("--keep-hook-guard-skip", action="store_true",
-                        help="leave torch._dynamo.config.skip_nnmodule_hook_guards at its default (True): a hook added "
-                             "after a plain compiled run is then silently ignored")
-    parser.add_argument("--prime-delta", choices=("auto", "on", "off"), default="auto",
-                        help="compute the hook's α·v eagerly before generate (auto: on for compiled runs, where computing "
-                             "it inside the CUDA-graph decode step fails: 'accessing tensor output of CUDAGraphs that has "
-                             "been overwritten')")
+    parser.add_argument(
+        "--keep-hook-guard-skip",
+        action="store_true",
+        help="leave torch._dynamo.config.skip_nnmodule_hook_guards at its default (True): a hook added "
+        "after a plain compiled run is then silently ignored",
+    )
+    parser.add_argument(
+        "--prime-delta",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="compute the hook's α·v eagerly before generate (auto: on for compiled runs, where computing "
+        "it inside the CUDA-graph decode step fails: 'accessing tensor output of CUDAGraphs that has "
+        "been overwritten')",
+    )
     parser.add_argument("--layer", type=int, default=None, help="L* (default 15, or half the layers if fewer)")
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--vector-norm", type=float, default=100.0, help="norm of the random steering vectors")
     parser.add_argument("--mode", default="generated", help="steered positions (add_steering mode)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls of each kind (default 5 GPU / 3 CPU)")
-    parser.add_argument("--dynamic-repeats", type=int, default=None, help="timed calls on the dynamic path (default: --repeats)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls of each kind first (default 2 compiled, else 1)")
-    parser.add_argument("--control", choices=("auto", "on", "off"), default="auto",
-                        help="also time a second plain call in each repeat (A/A control: the estimator's noise floor; "
-                             "auto: on CPU)")
-    parser.add_argument("--step-pairs", type=int, default=None,
-                        help="(plain, steered) decode-step pairs of the step-level overhead on eager paths (default 200 "
-                             "CPU / 100 GPU; 0: skip)")
+    parser.add_argument(
+        "--dynamic-repeats", type=int, default=None, help="timed calls on the dynamic path (default: --repeats)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed calls of each kind first (default 2 compiled, else 1)"
+    )
+    parser.add_argument(
+        "--control",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also time a second plain call in each repeat (A/A control: the estimator's noise floor; auto: on CPU)",
+    )
+    parser.add_argument(
+        "--step-pairs",
+        type=int,
+        default=None,
+        help="(plain, steered) decode-step pairs of the step-level overhead on eager paths (default 200 "
+        "CPU / 100 GPU; 0: skip)",
+    )
     return parser.parse_args(argv)
 
 
@@ -90,9 +116,15 @@ def make_vectors(bench: Bench, batch: int, norm: float, seed: int) -> torch.Tens
     return vectors.to(bench.device)
 
 
-def generate_kwargs(bench: Bench, path: str, new_tokens: int, compile_on: bool, compile_mode: str, dynamic: bool | None = None) -> dict:
-    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
-              "pad_token_id": bench.pad_token_id}
+def generate_kwargs(
+    bench: Bench, path: str, new_tokens: int, compile_on: bool, compile_mode: str, dynamic: bool | None = None
+) -> dict:
+    kwargs = {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "pad_token_id": bench.pad_token_id,
+    }
     if path == "static":
         kwargs["cache_implementation"] = "static"
         if compile_on:
@@ -115,7 +147,9 @@ class _Cache:
     """Stands for the KV cache object a decode step passes to the block (the hook only compares identity)."""
 
 
-def hook_call_seconds(bench: Bench, vectors: torch.Tensor, alpha: float, mode: str, rounds: int = 5, calls: int = 500) -> float:
+def hook_call_seconds(
+    bench: Bench, vectors: torch.Tensor, alpha: float, mode: str, rounds: int = 5, calls: int = 500
+) -> float:
     """Seconds of one eager call of the steering hook on a decode step's (B, 1, D) block output: the add
     and the Python around it (prefill check, counters), the median of ``rounds`` rounds. A bound on what
     steering adds per generated token that machine noise cannot blur (compiled decoding traces the add
@@ -168,8 +202,13 @@ def prefilled_step(bench: Bench, inputs: dict[str, torch.Tensor], path: str):
     positions = prefix_position_ids(model, inputs)
     with torch.no_grad():
         logits = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1, **{key: cache}).logits
-    step_inputs = {"input_ids": logits[:, -1:].argmax(-1), "attention_mask": torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1),
-                   "position_ids": continuation_position_ids(positions, mask, 1, repeats=1), "use_cache": True, key: cache}
+    step_inputs = {
+        "input_ids": logits[:, -1:].argmax(-1),
+        "attention_mask": torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1),
+        "position_ids": continuation_position_ids(positions, mask, 1, repeats=1),
+        "use_cache": True,
+        key: cache,
+    }
 
     def step() -> torch.Tensor:
         with torch.no_grad():
@@ -182,8 +221,16 @@ def prefilled_step(bench: Bench, inputs: dict[str, torch.Tensor], path: str):
     return step
 
 
-def decode_step_overhead(bench: Bench, inputs: dict[str, torch.Tensor], path: str, layer: int, vectors: torch.Tensor,
-                         alpha: float, pairs: int, warmup: int = 5) -> dict:
+def decode_step_overhead(
+    bench: Bench,
+    inputs: dict[str, torch.Tensor],
+    path: str,
+    layer: int,
+    vectors: torch.Tensor,
+    alpha: float,
+    pairs: int,
+    warmup: int = 5,
+) -> dict:
     """Steering's cost per generated token on an eager path: one decode step timed with and without the
     hook, alternated step by step, on :func:`prefilled_step` (every step does the same work). The same
     :class:`SteeringHook` object is registered before each steered step and removed after it (outside the
@@ -221,11 +268,19 @@ def decode_step_overhead(bench: Bench, inputs: dict[str, torch.Tensor], path: st
         steered_s.append(times[True])
         ratios.append(times[True] / times[False])
     paired, iqr = paired_summary(ratios)
-    return {"value": round(100 * (paired - 1), 2), "unit": "%", "steered_over_plain_paired": round(paired, 4),
-            "pair_ratio_iqr": iqr, "step_pairs": pairs,
-            "plain_step_ms": round(1e3 * common.median(plain_s), 3), "steered_step_ms": round(1e3 * common.median(steered_s), 3),
-            "steered_steps": hook.steered_calls, "expected_steered_steps": 1 + warmup + pairs,
-            "step_logits_changed": changed, "steering_active": changed and hook.steered_calls == 1 + warmup + pairs}
+    return {
+        "value": round(100 * (paired - 1), 2),
+        "unit": "%",
+        "steered_over_plain_paired": round(paired, 4),
+        "pair_ratio_iqr": iqr,
+        "step_pairs": pairs,
+        "plain_step_ms": round(1e3 * common.median(plain_s), 3),
+        "steered_step_ms": round(1e3 * common.median(steered_s), 3),
+        "steered_steps": hook.steered_calls,
+        "expected_steered_steps": 1 + warmup + pairs,
+        "step_logits_changed": changed,
+        "steering_active": changed and hook.steered_calls == 1 + warmup + pairs,
+    }
 
 
 def paired_summary(ratios: list[float]) -> tuple[float, list[float]]:
@@ -247,8 +302,11 @@ def control_figures(times: dict[str, list[float]]) -> dict:
     """The noise floor of the paired estimator: a second plain call timed in the same repeats (an A/A
     comparison), summarised exactly as steered / plain is."""
     paired, iqr = paired_summary([c / p for p, c in zip(times["plain"], times["control"])])
-    return {"control_over_plain_paired": round(paired, 4), "control_pct": round(100 * (paired - 1), 2),
-            "control_pair_ratio_iqr": iqr}
+    return {
+        "control_over_plain_paired": round(paired, 4),
+        "control_pct": round(100 * (paired - 1), 2),
+        "control_pair_ratio_iqr": iqr,
+    }
 
 
 def main(argv=None) -> int:
@@ -292,7 +350,9 @@ def main(argv=None) -> int:
             def steered():
                 with add_steering(bench.model, layer, vectors, args.alpha, mode=args.mode) as hook:
                     if prime and hasattr(hook, "_delta_for"):
-                        hook._delta_for(torch.empty(batch, 1, bench.hidden_size, device=bench.device, dtype=bench.dtype))
+                        hook._delta_for(
+                            torch.empty(batch, 1, bench.hidden_size, device=bench.device, dtype=bench.dtype)
+                        )
                     return bench.model.generate(**inputs, **kwargs)
 
             common.reset_peak(bench.device)
@@ -311,8 +371,15 @@ def main(argv=None) -> int:
                             outputs[name] = calls[name]()
                         times[name].append(timer.seconds)
             except torch.OutOfMemoryError as err:
-                common.emit({"bench": "generation", "shape": bench.name, "path": label, "batch_size": batch,
-                             "error": f"out of memory: {str(err)[:120]}"})
+                common.emit(
+                    {
+                        "bench": "generation",
+                        "shape": bench.name,
+                        "path": label,
+                        "batch_size": batch,
+                        "error": f"out of memory: {str(err)[:120]}",
+                    }
+                )
                 torch.cuda.empty_cache()
                 continue
             memory = common.peak_memory(bench.device)
@@ -320,19 +387,35 @@ def main(argv=None) -> int:
                 if out.shape[1] - prompt != args.new_tokens:
                     raise RuntimeError(f"{name} generated {out.shape[1] - prompt} tokens, expected {args.new_tokens}")
             changed = (outputs["plain"][:, prompt:] != outputs["steered"][:, prompt:]).float().mean().item()
-            base = {"bench": "generation", "shape": bench.name, "device": str(bench.device),
-                    "dtype": str(bench.dtype).removeprefix("torch."), "path": label, "batch_size": batch,
-                    "new_tokens": args.new_tokens, "prompt_tokens": prompt, "layer_steer": layer, "repeats": repeats}
+            base = {
+                "bench": "generation",
+                "shape": bench.name,
+                "device": str(bench.device),
+                "dtype": str(bench.dtype).removeprefix("torch."),
+                "path": label,
+                "batch_size": batch,
+                "new_tokens": args.new_tokens,
+                "prompt_tokens": prompt,
+                "layer_steer": layer,
+                "repeats": repeats,
+            }
             if not cuda:
                 base["threads"] = torch.get_num_threads()
             medians = {name: common.median(values) for name, values in times.items()}
             for name in ("plain", "steered"):
-                record = base | {
-                    "key": f"generation/{bench.name}/{label}/bs{batch}/{name}", "figure": f"{name}_tokens_per_s",
-                    "value": round(batch * args.new_tokens / medians[name], 1), "unit": "tok/s",
-                    "median_s": round(medians[name], 4), "times_s": [round(t, 4) for t in times[name]],
-                    "first_call_s": round(first.get(name, float("nan")), 2),
-                } | memory
+                record = (
+                    base
+                    | {
+                        "key": f"generation/{bench.name}/{label}/bs{batch}/{name}",
+                        "figure": f"{name}_tokens_per_s",
+                        "value": round(batch * args.new_tokens / medians[name], 1),
+                        "unit": "tok/s",
+                        "median_s": round(medians[name], 4),
+                        "times_s": [round(t, 4) for t in times[name]],
+                        "first_call_s": round(first.get(name, float("nan")), 2),
+                    }
+                    | memory
+                )
                 records.append(record)
                 common.emit(record)
             # the figure: median of the ratios of back-to-back (plain, steered) pairs, which cancels the machine's
@@ -340,16 +423,23 @@ def main(argv=None) -> int:
             hook_s = hook_call_seconds(bench, vectors, args.alpha, args.mode)
             paired, iqr = paired_summary([s / p for p, s in zip(times["plain"], times["steered"])])
             record = base | {
-                "key": f"generation/{bench.name}/{label}/bs{batch}/steering_overhead", "figure": "steering_overhead_pct",
-                "value": round(100 * (paired - 1), 2), "unit": "%", "steered_over_plain_paired": round(paired, 4),
+                "key": f"generation/{bench.name}/{label}/bs{batch}/steering_overhead",
+                "figure": "steering_overhead_pct",
+                "value": round(100 * (paired - 1), 2),
+                "unit": "%",
+                "steered_over_plain_paired": round(paired, 4),
                 "pair_ratio_iqr": iqr,
                 "steered_over_plain": round(medians["steered"] / medians["plain"], 4),
                 "steered_over_plain_min": round(min(times["steered"]) / min(times["plain"]), 4),
                 "hook_us_per_decode_step": round(1e6 * hook_s, 1),
                 "hook_share_of_plain_pct": round(100 * hook_s * args.new_tokens / medians["plain"], 3),
                 **(control_figures(times) if control else {}),
-                "steered_changed_tokens": round(changed, 3), "steering_active": changed > 0,
-                "alpha": args.alpha, "vector_norm": args.vector_norm, "mode": args.mode, "delta_primed": prime,
+                "steered_changed_tokens": round(changed, 3),
+                "steering_active": changed > 0,
+                "alpha": args.alpha,
+                "vector_norm": args.vector_norm,
+                "mode": args.mode,
+                "delta_primed": prime,
             }
             records.append(record)
             common.emit(record)
@@ -360,15 +450,29 @@ def main(argv=None) -> int:
                 except (RuntimeError, TypeError, ValueError) as err:  # e.g. another transformers' cache API
                     common.emit(base | {"key": key, "error": f"{type(err).__name__}: {str(err)[:200]}"})
                 else:
-                    record = base | {"key": key, "figure": "decode_step_steering_overhead_pct", "alpha": args.alpha,
-                                     "vector_norm": args.vector_norm} | step
+                    record = (
+                        base
+                        | {
+                            "key": key,
+                            "figure": "decode_step_steering_overhead_pct",
+                            "alpha": args.alpha,
+                            "vector_norm": args.vector_norm,
+                        }
+                        | step
+                    )
                     records.append(record)
                     common.emit(record)
                     if not step["steering_active"]:
-                        print(f"# WARNING: the step-level run did not steer as expected on path {label}, batch {batch}: "
-                              f"{step}", file=sys.stderr)
+                        print(
+                            f"# WARNING: the step-level run did not steer as expected on path {label}, batch {batch}: "
+                            f"{step}",
+                            file=sys.stderr,
+                        )
             if changed == 0:
-                print(f"# WARNING: steering changed no token on path {label}, batch {batch}: is the hook running?", file=sys.stderr)
+                print(
+                    f"# WARNING: steering changed no token on path {label}, batch {batch}: is the hook running?",
+                    file=sys.stderr,
+                )
     common.save(records, bench, args)
     return 0
 

@@ -50,12 +50,20 @@ POLICIES = ("ours", "per-batch", "per-call")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     product.add_shape_arguments(parser)
-    parser.add_argument("--n-samples", type=int, default=None, help="about this many questions (default 256 on CUDA, 40 on CPU)")
+    parser.add_argument(
+        "--n-samples", type=int, default=None, help="about this many questions (default 256 on CUDA, 40 on CPU)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="rows per batch (default 64 on CUDA, 8 on CPU)")
-    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per row (default 128 on CUDA, 16 on CPU)")
+    parser.add_argument(
+        "--new-tokens", type=int, default=None, help="tokens generated per row (default 128 on CUDA, 16 on CPU)"
+    )
     parser.add_argument("--policies", default="ours,per-call", help=f"comma list of {', '.join(POLICIES)}")
-    parser.add_argument("--steer", action=argparse.BooleanOptionalAction, default=True,
-                        help="steer with a mean steerer holding a random vector (default) or generate plainly")
+    parser.add_argument(
+        "--steer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="steer with a mean steerer holding a random vector (default) or generate plainly",
+    )
     parser.add_argument("--vector-norm", type=float, default=100.0, help="norm of the random steering vector")
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (eager: dynamo only)")
@@ -74,7 +82,10 @@ class PerCallCompiled(SteeredGenerationModule):
         return False
 
     def _compiled_path_kwargs(self, batch_size: int, width: int) -> dict[str, Any]:
-        return {"cache_implementation": "static", "compile_config": decode_compile_config(self.compile_backend, dynamic=None)}
+        return {
+            "cache_implementation": "static",
+            "compile_config": decode_compile_config(self.compile_backend, dynamic=None),
+        }
 
 
 class TokenClock(Callback):
@@ -105,8 +116,11 @@ class TokenClock(Callback):
         quiet = [i for i in range(1, len(self.tokens)) if self.graphs[i] == self.graphs[i - 1]]
         seconds = sum(self.stamps[i + 1] - self.stamps[i] for i in quiet)
         uncompiled = sum(self.tokens[i] for i in quiet) / seconds if quiet else float("nan")
-        return {"steady_tok_per_s": round(steady, 1), "uncompiled_tok_per_s": round(uncompiled, 1),
-                "batches_compiling": len(self.tokens) - len(quiet)}
+        return {
+            "steady_tok_per_s": round(steady, 1),
+            "uncompiled_tok_per_s": round(uncompiled, 1),
+            "batches_compiling": len(self.tokens) - len(quiet),
+        }
 
 
 def random_mean_steerer(folder: Path, spec, bench: common.Bench, layer: int, norm: float) -> Path:
@@ -114,11 +128,19 @@ def random_mean_steerer(folder: Path, spec, bench: common.Bench, layer: int, nor
     from l2s_lightning.steerer import Steerer
 
     vector = torch.randn(bench.hidden_size, generator=torch.Generator().manual_seed(0))
-    return Steerer(method="mean", model=spec.display_name, layer_steer=layer, layer_context=layer,
-                   hidden_size=bench.hidden_size, tensors={"mean": norm * vector / vector.norm()}).save(folder)
+    return Steerer(
+        method="mean",
+        model=spec.display_name,
+        layer_steer=layer,
+        layer_context=layer,
+        hidden_size=bench.hidden_size,
+        tensors={"mean": norm * vector / vector.norm()},
+    ).save(folder)
 
 
-def run_policy(policy: str, loaded, spec, steerer: Path | None, work: Path, args, device: torch.device) -> tuple[dict, list[dict]]:
+def run_policy(
+    policy: str, loaded, spec, steerer: Path | None, work: Path, args, device: torch.device
+) -> tuple[dict, list[dict]]:
     """One predict run under ``policy``: its figures and its rows."""
     from torch._dynamo.utils import counters
 
@@ -129,17 +151,30 @@ def run_policy(policy: str, loaded, spec, steerer: Path | None, work: Path, args
     if hasattr(loaded.model, "_previous_max_cache_length"):  # transformers' cache size memory of the last call
         del loaded.model._previous_max_cache_length
     cls = PerCallCompiled if policy == "per-call" else SteeredGenerationModule
-    module = cls(spec, method="mean" if steerer else "none", steerer=str(steerer) if steerer else None, alpha=args.alpha,
-                 max_new_tokens=args.new_tokens, compile=True, compile_backend=args.backend,
-                 static_cache_multiple=args.static_cache_multiple, static_cache_for_longest=policy != "per-batch")
+    module = cls(
+        spec,
+        method="mean" if steerer else "none",
+        steerer=str(steerer) if steerer else None,
+        alpha=args.alpha,
+        max_new_tokens=args.new_tokens,
+        compile=True,
+        compile_backend=args.backend,
+        static_cache_multiple=args.static_cache_multiple,
+        static_cache_for_longest=policy != "per-batch",
+    )
     module.generation_kwargs["min_new_tokens"] = args.new_tokens
     module.loaded = loaded  # the random model built on the device
     data = product.make_datamodule(work, args.n_samples, args.batch_size, args.workers, splits=("test",))
     output = work / f"{policy}.jsonl"
     clock = TokenClock()
     trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, callbacks=[JsonlPredictionWriter(str(output)), clock],
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[JsonlPredictionWriter(str(output)), clock],
     )
     start = time.perf_counter()
     trainer.predict(module, datamodule=data, return_predictions=False)
@@ -149,8 +184,12 @@ def run_policy(policy: str, loaded, spec, steerer: Path | None, work: Path, args
     if len(rows) != expected or len({row["id"] for row in rows}) != expected:
         raise SystemExit(f"{policy}: {output} holds {len(rows)} rows, expected {expected} distinct ones")
     figures = {
-        "graphs": counters["stats"]["unique_graphs"], "first_batch_s": round(clock.stamps[1] - clock.stamps[0], 2),
-        **clock.rates(args.warmup), "total_s": round(total, 2), "rows": len(rows), "batches": len(clock.tokens),
+        "graphs": counters["stats"]["unique_graphs"],
+        "first_batch_s": round(clock.stamps[1] - clock.stamps[0], 2),
+        **clock.rates(args.warmup),
+        "total_s": round(total, 2),
+        "rows": len(rows),
+        "batches": len(clock.tokens),
         "prompt_tokens": [min(r["prompt_tokens"] for r in rows), max(r["prompt_tokens"] for r in rows)],
         "static_cache_length": module.static_cache_length or None,
     }
@@ -191,28 +230,58 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="l2s-bench-"))
     spec, loaded = product.model_folder(bench, work / "model")
     steerer = random_mean_steerer(work / "steerer", spec, bench, layer, args.vector_norm) if args.steer else None
-    base = {"bench": "generation_predict", "shape": bench.name, "device": str(device), "dtype": str(bench.dtype).removeprefix("torch."),
-            "batch_size": args.batch_size, "new_tokens": args.new_tokens, "steered": bool(steerer), "layer_steer": layer,
-            "backend": args.backend, "static_cache_multiple": args.static_cache_multiple, "workers": args.workers,
-            "threads": torch.get_num_threads()}
+    base = {
+        "bench": "generation_predict",
+        "shape": bench.name,
+        "device": str(device),
+        "dtype": str(bench.dtype).removeprefix("torch."),
+        "batch_size": args.batch_size,
+        "new_tokens": args.new_tokens,
+        "steered": bool(steerer),
+        "layer_steer": layer,
+        "backend": args.backend,
+        "static_cache_multiple": args.static_cache_multiple,
+        "workers": args.workers,
+        "threads": torch.get_num_threads(),
+    }
     warm_up_compiler(args.backend, device)
     records, responses = [], {}
     for policy in policies:
         with cold_compiler_caches():
             figures, rows = run_policy(policy, loaded, spec, steerer, work, args, device)
         responses[policy] = {row["id"]: row["response"] for row in rows}
-        records.append(base | {"key": f"generation_predict/{bench.name}/{policy}", "figure": "steady_tok_per_s",
-                               "value": figures["steady_tok_per_s"], "unit": "tok/s", "policy": policy} | figures)
+        records.append(
+            base
+            | {
+                "key": f"generation_predict/{bench.name}/{policy}",
+                "figure": "steady_tok_per_s",
+                "value": figures["steady_tok_per_s"],
+                "unit": "tok/s",
+                "policy": policy,
+            }
+            | figures
+        )
         common.emit(records[-1])
     by_policy = {r["policy"]: r for r in records}
     for other in [p for p in policies if p != "ours" and "ours" in by_policy]:
         ours, them = by_policy["ours"], by_policy[other]
         same = sum(responses["ours"][i] == responses[other][i] for i in responses["ours"]) / len(responses["ours"])
-        records.append(base | {"key": f"generation_predict/{bench.name}/ours_over_{other}", "figure": f"ours_over_{other}",
-                               "value": {"total_s": round(them["total_s"] / ours["total_s"], 3),
-                                         **{name: round(ours[name] / them[name], 3) for name in ("steady_tok_per_s", "uncompiled_tok_per_s")},
-                                         "graphs": [ours["graphs"], them["graphs"]]},
-                               "unit": "ratio (above 1: ours faster)", "same_responses": round(same, 3)})
+        records.append(
+            base
+            | {
+                "key": f"generation_predict/{bench.name}/ours_over_{other}",
+                "figure": f"ours_over_{other}",
+                "value": {
+                    "total_s": round(them["total_s"] / ours["total_s"], 3),
+                    **{
+                        name: round(ours[name] / them[name], 3) for name in ("steady_tok_per_s", "uncompiled_tok_per_s")
+                    },
+                    "graphs": [ours["graphs"], them["graphs"]],
+                },
+                "unit": "ratio (above 1: ours faster)",
+                "same_responses": round(same, 3),
+            }
+        )
         common.emit(records[-1])
     return product.save_and_summarise(records, bench, args)
 

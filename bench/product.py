@@ -18,7 +18,9 @@ def add_shape_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--attn", default=None, help="attention implementation (sdpa, eager, ...)")
-    parser.add_argument("--text-layers", type=int, default=None, help="the shape's widths with this many decoder layers")
+    parser.add_argument(
+        "--text-layers", type=int, default=None, help="the shape's widths with this many decoder layers"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process (CPU)")
     parser.add_argument("--machine", default=None, help="results file name (default: from the device)")
     parser.add_argument("--results", default=None, help="results JSON path (default bench/results/<machine>.json)")
@@ -27,7 +29,7 @@ def add_shape_arguments(parser) -> None:
 
 def llava15_processor(image_size: int):
     """(tokenizer, processor): a locally trained tokenizer inside LLaVA-1.5's processor at ``image_size``."""
-    from l2s_lightning.models.tiny import LLAVA_TEMPLATE, build_tokenizer, llava_processor
+    from l2s_lightning.testing.tiny_models import LLAVA_TEMPLATE, build_tokenizer, llava_processor
 
     tokenizer = build_tokenizer(LLAVA_TEMPLATE, eos="</s>")
     return tokenizer, llava_processor(tokenizer, image_size=image_size)
@@ -38,7 +40,11 @@ def steady_rate(stamps: list[float], sizes: list[int], warmup: int) -> dict:
     compilation and warm-up)."""
     warm = min(warmup, len(stamps) - 2)
     timed = sum(sizes[warm + 1 :])
-    return {"samples_per_s": round(timed / (stamps[-1] - stamps[warm]), 2), "timed_samples": timed, "batches": len(stamps)}
+    return {
+        "samples_per_s": round(timed / (stamps[-1] - stamps[warm]), 2),
+        "timed_samples": timed,
+        "batches": len(stamps),
+    }
 
 
 def model_folder(bench: common.Bench, folder: Path):
@@ -63,9 +69,15 @@ def make_datamodule(work: Path, n_samples: int, batch_size, workers: int, splits
 
     per_split = max(1, math.ceil(n_samples / (13 * len(splits))))
     return PromptDataModule(
-        source=MMSafetyBenchSource(root=str(common.REPO / "data" / "mm_safetybench"), question_field="Rephrased Question"),
-        templates="safety_paper", split_file=str(work / "split.json"), splits=list(splits),
-        limit_per_category=per_split, batch_size=batch_size, num_workers=workers,
+        source=MMSafetyBenchSource(
+            root=str(common.REPO / "data" / "mm_safetybench"), question_field="Rephrased Question"
+        ),
+        templates="safety_paper",
+        split_file=str(work / "split.json"),
+        splits=list(splits),
+        limit_per_category=per_split,
+        batch_size=batch_size,
+        num_workers=workers,
     )
 
 

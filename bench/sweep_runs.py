@@ -36,25 +36,41 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     product.add_shape_arguments(parser)
     parser.add_argument("--alphas", default="1,2,4", help="comma list: the steered runs after the unsteered one")
-    parser.add_argument("--n-samples", type=int, default=None, help="about this many test questions (default 128 on CUDA, 26 on CPU)")
+    parser.add_argument(
+        "--n-samples", type=int, default=None, help="about this many test questions (default 128 on CUDA, 26 on CPU)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="rows per batch (default 64 on CUDA, 8 on CPU)")
-    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per row (default 64 on CUDA, 8 on CPU)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="the compiled decode path")
+    parser.add_argument(
+        "--new-tokens", type=int, default=None, help="tokens generated per row (default 64 on CUDA, 8 on CPU)"
+    )
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=True, help="the compiled decode path"
+    )
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (eager: dynamo only)")
     parser.add_argument("--vector-norm", type=float, default=100.0, help="norm of the random steering vector")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     return parser.parse_args(argv)
 
 
-def predict_args(folder: Path, steerer: Path, work: Path, output: Path, alpha: float | None, args, cuda: bool) -> list[str]:
+def predict_args(
+    folder: Path, steerer: Path, work: Path, output: Path, alpha: float | None, args, cuda: bool
+) -> list[str]:
     """The ``l2s predict`` arguments of one run (``alpha`` None: no steering)."""
     per_category = max(1, -(-args.n_samples // 13))
     argv = [
-        f"--model.model.name_or_path={folder}", f"--model.model.dtype={args.dtype_name}", f"--model.max_new_tokens={args.new_tokens}",
-        "--data.source=l2s_lightning.data.sources.MMSafetyBenchSource", f"--data.source.root={common.REPO / 'data' / 'mm_safetybench'}",
-        "--data.source.question_field=Rephrased Question", "--data.templates=safety_paper", f"--data.split_file={work / 'split.json'}",
-        f"--data.limit_per_category={json.dumps({'test': per_category})}", f"--data.batch_size={args.batch_size}",
-        f"--writer.output={output}", "--trainer.enable_progress_bar=false", f"--trainer.accelerator={'gpu' if cuda else 'cpu'}",
+        f"--model.model.name_or_path={folder}",
+        f"--model.model.dtype={args.dtype_name}",
+        f"--model.max_new_tokens={args.new_tokens}",
+        "--data.source=l2s_lightning.data.sources.MMSafetyBenchSource",
+        f"--data.source.root={common.REPO / 'data' / 'mm_safetybench'}",
+        "--data.source.question_field=Rephrased Question",
+        "--data.templates=safety_paper",
+        f"--data.split_file={work / 'split.json'}",
+        f"--data.limit_per_category={json.dumps({'test': per_category})}",
+        f"--data.batch_size={args.batch_size}",
+        f"--writer.output={output}",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.accelerator={'gpu' if cuda else 'cpu'}",
         "--trainer.devices=1",
     ]
     if args.compile:
@@ -64,7 +80,9 @@ def predict_args(folder: Path, steerer: Path, work: Path, output: Path, alpha: f
     return [*argv, "--model.method=mean", f"--model.steerer={steerer}", f"--model.alpha={alpha}"]
 
 
-def run_mode(mode: str, runs: list[float | None], folder: Path, steerer: Path, work: Path, args, cuda: bool) -> tuple[dict, dict]:
+def run_mode(
+    mode: str, runs: list[float | None], folder: Path, steerer: Path, work: Path, args, cuda: bool
+) -> tuple[dict, dict]:
     """The runs one after the other under ``mode``: (figures, {run name: {id: response}})."""
     from torch._dynamo.utils import counters
 
@@ -100,8 +118,14 @@ def run_mode(mode: str, runs: list[float | None], folder: Path, steerer: Path, w
         total = time.perf_counter() - start
     finally:
         loading.load_model = generation_module.load_model = load_model
-    figures = {"total_s": round(total, 2), "run_s": seconds, "loads": loads, "load_s": round(load_s, 2), "graphs": counters["stats"]["unique_graphs"],
-               "rows": len(responses[next(iter(responses))])}
+    figures = {
+        "total_s": round(total, 2),
+        "run_s": seconds,
+        "loads": loads,
+        "load_s": round(load_s, 2),
+        "graphs": counters["stats"]["unique_graphs"],
+        "rows": len(responses[next(iter(responses))]),
+    }
     return figures, responses
 
 
@@ -127,26 +151,51 @@ def main(argv=None) -> int:
     bench.model = loaded = None  # the runs load their own copies
     if cuda:
         torch.cuda.empty_cache()
-    base = {"bench": "sweep_runs", "shape": bench.name, "device": str(bench.device), "dtype": args.dtype_name,
-            "runs": ["none" if a is None else f"alpha{a:g}" for a in runs], "batch_size": args.batch_size,
-            "new_tokens": args.new_tokens, "compile": args.compile, "backend": args.backend if args.compile else None,
-            "threads": torch.get_num_threads(), "weights_save_s": round(save_s, 2)}
+    base = {
+        "bench": "sweep_runs",
+        "shape": bench.name,
+        "device": str(bench.device),
+        "dtype": args.dtype_name,
+        "runs": ["none" if a is None else f"alpha{a:g}" for a in runs],
+        "batch_size": args.batch_size,
+        "new_tokens": args.new_tokens,
+        "compile": args.compile,
+        "backend": args.backend if args.compile else None,
+        "threads": torch.get_num_threads(),
+        "weights_save_s": round(save_s, 2),
+    }
     if args.compile:
         warm_up_compiler(args.backend, bench.device)
     records, responses = [], {}
     for mode in modes:
         with cold_compiler_caches() if args.compile else contextlib.nullcontext():
             figures, responses[mode] = run_mode(mode, runs, folder, steerer, work, args, cuda)
-        records.append(base | {"key": f"sweep_runs/{bench.name}/{'compiled' if args.compile else 'eager'}/{mode}",
-                               "figure": "total_s", "value": figures["total_s"], "unit": "s", "mode": mode} | figures)
+        records.append(
+            base
+            | {
+                "key": f"sweep_runs/{bench.name}/{'compiled' if args.compile else 'eager'}/{mode}",
+                "figure": "total_s",
+                "value": figures["total_s"],
+                "unit": "s",
+                "mode": mode,
+            }
+            | figures
+        )
         common.emit(records[-1])
     if len(modes) == 2:
         separate, shared = (r for r in records if r["mode"] in MODES)
         same = all(responses["separate"][run] == responses["shared"][run] for run in responses["separate"])
-        records.append(base | {"key": f"sweep_runs/{bench.name}/{'compiled' if args.compile else 'eager'}/shared_over_separate",
-                               "figure": "separate_over_shared_total", "value": round(separate["total_s"] / shared["total_s"], 3),
-                               "unit": "ratio (above 1: shared faster)", "same_responses": same,
-                               **{name: [shared[name], separate[name]] for name in ("loads", "load_s", "graphs")}})
+        records.append(
+            base
+            | {
+                "key": f"sweep_runs/{bench.name}/{'compiled' if args.compile else 'eager'}/shared_over_separate",
+                "figure": "separate_over_shared_total",
+                "value": round(separate["total_s"] / shared["total_s"], 3),
+                "unit": "ratio (above 1: shared faster)",
+                "same_responses": same,
+                **{name: [shared[name], separate[name]] for name in ("loads", "load_s", "graphs")},
+            }
+        )
         common.emit(records[-1])
     return product.save_and_summarise(records, bench, args)
 

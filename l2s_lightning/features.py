@@ -17,6 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.names import same_setting
 
 FORMAT_VERSION = 1
@@ -25,8 +26,16 @@ ARRAY_COLUMNS = ("context", "steer")
 # Attributes that identify what the vectors are; they must agree before rows are appended to a file. An
 # attribute absent from either side is not compared (files of older versions lack the last two).
 IDENTITY_ATTRS = (
-    "model", "layer_steer", "layer_context", "hidden_size", "template_set", "split_seed", "test_fraction",
-    "dataset", "data_options", "template_sha256",
+    "model",
+    "layer_steer",
+    "layer_context",
+    "hidden_size",
+    "template_set",
+    "split_seed",
+    "test_fraction",
+    "dataset",
+    "data_options",
+    "template_sha256",
 )
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 4096
@@ -63,7 +72,7 @@ class FeatureMeta:
         values = {key: _plain(value) for key, value in attrs.items()}
         missing = [key for key in ("model", "layer_steer", "layer_context", "hidden_size") if key not in values]
         if missing:
-            raise ValueError(f"{source}: missing attribute(s) {missing}; not a features.h5 written by `l2s extract`")
+            raise L2SInputError(f"{source}: missing attribute(s) {missing}; not a features.h5 written by `l2s extract`")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra", "splits"}
         known = {key: values.pop(key) for key in list(values) if key in names}
         splits = values.pop("splits", "")
@@ -73,7 +82,9 @@ class FeatureMeta:
                 known[key] = int(known[key])
         known["model"] = str(known["model"])
         if int(known.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
-            raise ValueError(f"{source}: format_version {known['format_version']} is newer than this reader ({FORMAT_VERSION})")
+            raise L2SInputError(
+                f"{source}: format_version {known['format_version']} is newer than this reader ({FORMAT_VERSION})"
+            )
         return cls(**known, splits=splits, extra=values)
 
     def to_attrs(self) -> dict[str, Any]:
@@ -101,7 +112,7 @@ def check_compatible(
         if value is not None and not same_setting(key, str(getattr(meta, key)), str(value))
     ]
     if problems:
-        raise ValueError(f"{source} does not match the config ({'; '.join(problems)}): re-extract or fix the config")
+        raise L2SInputError(f"{source} does not match the config ({'; '.join(problems)}): re-extract or fix the config")
 
 
 @dataclass
@@ -132,20 +143,22 @@ class FeatureFile:
                 self.meta = FeatureMeta.from_attrs(file.attrs, source=str(self.path))
                 missing = [name for name in (*ARRAY_COLUMNS, *STRING_COLUMNS) if name not in file]
                 if missing:
-                    raise ValueError(f"{self.path}: missing dataset(s) {missing}")
+                    raise L2SInputError(f"{self.path}: missing dataset(s) {missing}")
                 n = file["sample_id"].shape[0]
                 for name in (*ARRAY_COLUMNS, *STRING_COLUMNS):
                     if file[name].shape[0] != n:
-                        raise ValueError(f"{self.path}: dataset {name!r} has {file[name].shape[0]} rows, sample_id has {n}")
+                        raise L2SInputError(
+                            f"{self.path}: dataset {name!r} has {file[name].shape[0]} rows, sample_id has {n}"
+                        )
                 for name in ARRAY_COLUMNS:
                     width = file[name].shape[1] if file[name].ndim == 2 else None
                     if width != self.meta.hidden_size:
-                        raise ValueError(
+                        raise L2SInputError(
                             f"{self.path}: dataset {name!r} has shape {file[name].shape}, attribute hidden_size is {self.meta.hidden_size}"
                         )
                 columns = {name: np.array([_plain(v) for v in file[name][:]], dtype=object) for name in STRING_COLUMNS}
         except OSError as err:
-            raise ValueError(f"{self.path} cannot be read as HDF5 ({err})") from err
+            raise L2SInputError(f"{self.path} cannot be read as HDF5 ({err})") from err
         self.sample_id, self.category, self.behaviour, self.split = (columns[name] for name in STRING_COLUMNS)
 
     def __len__(self) -> int:
@@ -173,7 +186,9 @@ class FeatureFile:
         """Bytes that ``context`` + ``steer`` of these rows take in memory."""
         return int(len(self._indices(rows)) * self.dim * 4 * 2)
 
-    def read(self, rows: str | Sequence[int] | np.ndarray | None = None, columns: Sequence[str] = ARRAY_COLUMNS) -> dict[str, np.ndarray]:
+    def read(
+        self, rows: str | Sequence[int] | np.ndarray | None = None, columns: Sequence[str] = ARRAY_COLUMNS
+    ) -> dict[str, np.ndarray]:
         """The array columns of ``rows`` (a split name, indices in any order, or ``None`` = all)."""
         idx = self._indices(rows)
         order = np.argsort(idx, kind="stable")
@@ -196,7 +211,9 @@ class FeatureFile:
             arrays["context"], arrays["steer"], *(getattr(self, name)[idx].tolist() for name in STRING_COLUMNS)
         )
 
-    def iter_chunks(self, rows: str | Sequence[int] | np.ndarray | None = None, chunk: int = _CHUNK_ROWS) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    def iter_chunks(
+        self, rows: str | Sequence[int] | np.ndarray | None = None, chunk: int = _CHUNK_ROWS
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """``(indices, arrays)`` for successive chunks of ``rows`` (in the given order)."""
         idx = self._indices(rows)
         for start in range(0, len(idx), chunk):
@@ -211,7 +228,7 @@ class FeatureFile:
             bad += self.sample_id[part[mask]].tolist()
         if bad:
             shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-            raise ValueError(f"{self.path}: {len(bad)} row(s) with NaN/Inf features: {shown} (re-extract them)")
+            raise L2SInputError(f"{self.path}: {len(bad)} row(s) with NaN/Inf features: {shown} (re-extract them)")
 
     def fingerprint(self, rows: str | Sequence[int] | np.ndarray | None = None) -> str:
         """sha256 over the rows used (in order): sample id, h and z bytes (float32, little endian)."""
@@ -233,19 +250,22 @@ def append_rows(file: h5py.File, rows: Mapping[str, Any]) -> int:
         return 0
     for name in (*ARRAY_COLUMNS, *STRING_COLUMNS):
         if len(rows[name]) != n:
-            raise ValueError(f"column {name!r} has {len(rows[name])} rows, sample_id has {n}")
+            raise L2SInputError(f"column {name!r} has {len(rows[name])} rows, sample_id has {n}")
     for name in ARRAY_COLUMNS:
         values = np.asarray(rows[name], dtype=np.float32)
         if values.ndim != 2:
-            raise ValueError(f"{name} must be (N, D), got shape {values.shape}")
+            raise L2SInputError(f"{name} must be (N, D), got shape {values.shape}")
         if name not in file:
             file.create_dataset(
-                name, shape=(0, values.shape[1]), maxshape=(None, values.shape[1]), dtype="f4",
+                name,
+                shape=(0, values.shape[1]),
+                maxshape=(None, values.shape[1]),
+                dtype="f4",
                 chunks=(max(1, min(256, n)), values.shape[1]),
             )
         dataset = file[name]
         if dataset.shape[1] != values.shape[1]:
-            raise ValueError(f"{name} has width {values.shape[1]}, the file has {dataset.shape[1]}")
+            raise L2SInputError(f"{name} has width {values.shape[1]}, the file has {dataset.shape[1]}")
         dataset.resize(dataset.shape[0] + n, axis=0)
         dataset[-n:] = values
     for name in STRING_COLUMNS:
@@ -280,22 +300,31 @@ def write_features(
     context = np.asarray(context.detach().cpu() if hasattr(context, "detach") else context, dtype=np.float32)
     steer = np.asarray(steer.detach().cpu() if hasattr(steer, "detach") else steer, dtype=np.float32)
     if context.shape != steer.shape:
-        raise ValueError(f"context {context.shape} and steer {steer.shape} must have the same shape")
+        raise L2SInputError(f"context {context.shape} and steer {steer.shape} must have the same shape")
     attrs = {"format_version": FORMAT_VERSION, "hidden_size": int(context.shape[1]), **attrs}
-    rows = {"context": context, "steer": steer, "sample_id": sample_id, "category": category, "behaviour": behaviour, "split": split}
+    rows = {
+        "context": context,
+        "steer": steer,
+        "sample_id": sample_id,
+        "category": category,
+        "behaviour": behaviour,
+        "split": split,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "a" if append and path.exists() else "w"
     with h5py.File(path, mode) as file:
         if mode == "a" and "sample_id" in file:
             for key in IDENTITY_ATTRS:
                 if key in file.attrs and key in attrs and str(_plain(file.attrs[key])) != str(attrs[key]):
-                    raise ValueError(f"{path}: cannot append, {key} is {_plain(file.attrs[key])!r} in the file and {attrs[key]!r} here")
+                    raise L2SInputError(
+                        f"{path}: cannot append, {key} is {_plain(file.attrs[key])!r} in the file and {attrs[key]!r} here"
+                    )
             present = {_plain(v) for v in file["sample_id"][:]}
             dup = [str(s) for s in sample_id if str(s) in present]
             if dup:
-                raise ValueError(f"{path}: sample ids already present: {dup[:5]}")
+                raise L2SInputError(f"{path}: sample ids already present: {dup[:5]}")
         if len(set(map(str, sample_id))) != len(sample_id):
-            raise ValueError("sample ids must be unique")
+            raise L2SInputError("sample ids must be unique")
         append_rows(file, rows)
         file.attrs.update({key: value for key, value in attrs.items() if value is not None})
         splits = sorted({_plain(v) for v in file["split"][:]}) if "split" in file else []

@@ -7,8 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from l2s_lightning.errors import L2SInputError
 
-def iter_jsonl(path: str | Path, *, torn_tail_ok: bool = False, error: type[ValueError] = ValueError) -> Iterator[tuple[str, Any]]:
+
+def iter_jsonl(
+    path: str | Path, *, torn_tail_ok: bool = False, error: type[ValueError] = L2SInputError
+) -> Iterator[tuple[str, Any]]:
     """``("<path>:<line>", value)`` for each non-blank line of a UTF-8 JSONL file, read as bytes so that a
     bad byte names its own line.
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from l2s_lightning.cli import parse_dataclass_config
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.config import EvalConfig, resolve_eval_config
 from l2s_lightning.models.loading import ModelCache
 from l2s_lightning.readers import read_yaml
@@ -64,7 +65,7 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     """Run every stage (each one resumes: finished work is kept) and return the combined report."""
     unknown = sorted(set(config.methods) - set(ALL_METHODS))
     if unknown:
-        raise ValueError(f"methods {unknown} are not among {ALL_METHODS}")
+        raise L2SInputError(f"methods {unknown} are not among {ALL_METHODS}")
     eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s run")  # fails before extraction
     if config.logodds_templates or eval_config.safety.names_categories:
         rows = predict_rows(config.predict_config, config.extra_predict_args)
@@ -85,12 +86,29 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
 
     start = time.time()
     console.rule("[bold]1/4 extract")
-    extract_main(["--config", config.extract_config, f"--writer.output={out / 'features.h5'}", *common, *config.extra_extract_args])
+    extract_main(
+        [
+            "--config",
+            config.extract_config,
+            f"--writer.output={out / 'features.h5'}",
+            *common,
+            *config.extra_extract_args,
+        ]
+    )
     timings["extract_s"] = time.time() - start
 
     start = time.time()
     console.rule("[bold]2/4 fit")
-    fit_main(["--config", config.fit_config, "--method=all", f"--out_dir={out}", f"--data.features={out / 'features.h5'}", *config.extra_fit_args])
+    fit_main(
+        [
+            "--config",
+            config.fit_config,
+            "--method=all",
+            f"--out_dir={out}",
+            f"--data.features={out / 'features.h5'}",
+            *config.extra_fit_args,
+        ]
+    )
     timings["fit_s"] = time.time() - start
 
     start = time.time()
@@ -99,8 +117,15 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     models = ModelCache()  # one model for every method's predictions and the log-odds
     for method in config.methods:
         target = out / "predictions" / f"{method}.jsonl"
-        args = ["--config", config.predict_config, f"--model.method={method}", f"--writer.output={target}",
-                f"--model.max_new_tokens={config.max_new_tokens}", *common, *config.extra_predict_args]
+        args = [
+            "--config",
+            config.predict_config,
+            f"--model.method={method}",
+            f"--writer.output={target}",
+            f"--model.max_new_tokens={config.max_new_tokens}",
+            *common,
+            *config.extra_predict_args,
+        ]
         if method in {"none", "prompt"}:
             args.append("--model.steerer=null")  # whatever the predict config names
         else:
@@ -138,7 +163,11 @@ def run_logodds(config: RunConfig, out: Path, models: ModelCache | None = None) 
     loaded = (models or ModelCache()).get(ModelSpec(**predict_cfg["model"]["model"]))
     data_cfg = dict(predict_cfg["data"])
     source = _predict_source(data_cfg.pop("source"))
-    data_cfg |= {"split_file": str(out / "split.json"), "splits": ["test"], "limit_per_category": config.limit_per_category}
+    data_cfg |= {
+        "split_file": str(out / "split.json"),
+        "splits": ["test"],
+        "limit_per_category": config.limit_per_category,
+    }
     data = PromptDataModule(source, **data_cfg)
     dataset = data.predict_dataloader().dataset
     items = [dataset[i] for i in range(len(dataset))]
@@ -157,7 +186,9 @@ def run_logodds(config: RunConfig, out: Path, models: ModelCache | None = None) 
             elif method != "none":
                 steerer = Steerer.load(out / "steerers" / method)
                 alpha = steerer.default_alpha if config.alpha is None else config.alpha
-                vectors = alpha * steerer.vectors(context[i : i + 16], [it.behaviour for it in batch], [it.id for it in batch])
+                vectors = alpha * steerer.vectors(
+                    context[i : i + 16], [it.behaviour for it in batch], [it.id for it in batch]
+                )
                 layer = steerer.layer_steer
             scores.append(behaviour_log_odds(loaded, batch, eval_templates, vectors, layer, instructions))
         values = torch.cat(scores)
@@ -204,7 +235,9 @@ def check_logodds_templates(config: RunConfig, rows: Any) -> None:
         try:
             templates.behaviour_of(category, sample_id)
         except ValueError as err:
-            raise ValueError(f"l2s run: logodds_templates: {err}; give templates covering the data, or logodds_templates: null") from None
+            raise L2SInputError(
+                f"l2s run: logodds_templates: {err}; give templates covering the data, or logodds_templates: null"
+            ) from None
 
 
 def check_safety_categories(eval_config: EvalConfig, rows: Any, where: str) -> None:
@@ -216,17 +249,20 @@ def check_safety_categories(eval_config: EvalConfig, rows: Any, where: str) -> N
 
     present = {
         group_of(category, benchmark == "mm_safetybench")  # grouped as the evaluation will group them
-        for category, benchmark in zip(rows["category"], rows["benchmark"]) if benchmark in ("mm_safetybench", "jsonl")
+        for category, benchmark in zip(rows["category"], rows["benchmark"])
+        if benchmark in ("mm_safetybench", "jsonl")
     } - {None}
     if not present:
         return
     try:
         eval_config.safety.check_categories(present)
     except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise L2SInputError(f"{where}: {err}") from None
 
 
-def build_report(config: RunConfig, metrics: dict[str, Any], logodds: dict[str, dict[str, float]], timings: dict[str, float]) -> dict[str, Any]:
+def build_report(
+    config: RunConfig, metrics: dict[str, Any], logodds: dict[str, dict[str, float]], timings: dict[str, float]
+) -> dict[str, Any]:
     """One row per method: unsafe score, ED-score, quality, log-odds (of the data's benchmark: MM-SafetyBench, or
     the one present, e.g. a JSONL dataset's)."""
     rows = []
@@ -241,8 +277,14 @@ def build_report(config: RunConfig, metrics: dict[str, Any], logodds: dict[str, 
         row |= {f"logodds_{b}": v for b, v in logodds.get(method, {}).items()}
         rows.append(row)
     pooled = next((run["summary"].get("unsafe_scenarios") for run in runs), None)
-    return {"config": config.__dict__, "judge": metrics.get("judge"), "benchmark": benchmark, "unsafe_scenarios": pooled,
-            "rows": rows, "timings": timings}
+    return {
+        "config": config.__dict__,
+        "judge": metrics.get("judge"),
+        "benchmark": benchmark,
+        "unsafe_scenarios": pooled,
+        "rows": rows,
+        "timings": timings,
+    }
 
 
 def report_markdown(report: dict[str, Any]) -> str:

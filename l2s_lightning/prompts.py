@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.loading import ModelSpec
 
 
@@ -39,7 +40,7 @@ def baseline_instructions(items: Sequence[Any], prompt_baseline: str = "") -> li
     item's behaviour instruction; a ValueError names the items that have neither."""
     missing = [item.id for item in items if not (prompt_baseline or item.instruction)]
     if missing:
-        raise ValueError(
+        raise L2SInputError(
             f"method='prompt' has no instruction for sample(s) {missing[:3]}: the template set defines no "
             "prompt_baseline and their behaviour no instruction"
         )
@@ -50,7 +51,7 @@ def render_prompt(loaded: PromptCoder, question: str, has_image: bool, instructi
     """The prompt text X, ending with the chat template's generation prompt (assistant turn opened)."""
     messages = [user_message(question, has_image, instruction)]
     if loaded.processor is None and has_image:
-        raise ValueError(f"model {loaded.spec.display_name} is text-only but a sample has an image")
+        raise L2SInputError(f"model {loaded.spec.display_name} is text-only but a sample has an image")
     return _templater(loaded).apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -78,16 +79,23 @@ def _add_special_tokens(tokenizer: Any, text: str) -> bool:
     return not (bos and text.startswith(bos))
 
 
-def encode_prompts(loaded: PromptCoder, texts: Sequence[str], images: Sequence[Image.Image | None]) -> dict[str, torch.Tensor]:
+def encode_prompts(
+    loaded: PromptCoder, texts: Sequence[str], images: Sequence[Image.Image | None]
+) -> dict[str, torch.Tensor]:
     """Left-padded encodings of rendered prompts (with pixel values etc. for MLLMs)."""
     add_special = _add_special_tokens(loaded.tokenizer, texts[0])
     present = [image for image in images if image is not None]
     if present and len(present) != len(images):
-        raise ValueError("a batch mixes samples with and without images; keep them in separate runs")
+        raise L2SInputError("a batch mixes samples with and without images; keep them in separate runs")
     if loaded.processor is None:
         encoded = loaded.tokenizer(list(texts), padding=True, return_tensors="pt", add_special_tokens=add_special)
     else:
-        kwargs: dict[str, Any] = {"text": list(texts), "padding": True, "return_tensors": "pt", "add_special_tokens": add_special}
+        kwargs: dict[str, Any] = {
+            "text": list(texts),
+            "padding": True,
+            "return_tensors": "pt",
+            "add_special_tokens": add_special,
+        }
         if present:
             kwargs["images"] = list(present)
         encoded = loaded.processor(**kwargs)
@@ -127,5 +135,5 @@ def encode_completions(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tens
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     for text, row in zip(texts, ids):
         if not row:
-            raise ValueError(f"completion {text!r} encodes to no tokens")
+            raise L2SInputError(f"completion {text!r} encodes to no tokens")
     return right_pad(ids, pad_token_id(tokenizer))

@@ -8,13 +8,15 @@ from typing import Any
 
 import yaml
 
+from l2s_lightning.errors import L2SInputError
+
 
 def read_yaml(path: str | Path) -> Any:
     """The value of a UTF-8 YAML file; a ValueError naming ``path`` when it is not valid YAML."""
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+        raise L2SInputError(f"{path}: not valid YAML ({err})") from None
 
 
 def read_json(path: str | Path) -> Any:
@@ -22,4 +24,4 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise L2SInputError(f"{path}: not valid JSON ({err})") from None

@@ -70,7 +70,9 @@ def behaviour_log_odds(
     (already scaled by α; None = unsteered) added at ``layer_steer`` from the last prompt token on, and
     ``instructions`` (one per item, the prompt baseline) before the questions."""
     instructions = instructions or [""] * len(items)
-    prompts = [render_prompt(loaded, item.question, item.image is not None, text) for item, text in zip(items, instructions)]
+    prompts = [
+        render_prompt(loaded, item.question, item.image is not None, text) for item, text in zip(items, instructions)
+    ]
     encoded = encode_prompts(loaded, prompts, [item.image for item in items])
     device = next(loaded.model.parameters()).device
     encoded = {k: v.to(device) for k, v in encoded.items()}
@@ -81,7 +83,9 @@ def behaviour_log_odds(
         steering = contextlib.nullcontext()
         if vectors is not None:
             assert layer_steer is not None, "layer_steer is needed with vectors"
-            steering = add_from_position(loaded.model, layer_steer, vectors.to(device), encoded["input_ids"].shape[1] - 1)
+            steering = add_from_position(
+                loaded.model, layer_steer, vectors.to(device), encoded["input_ids"].shape[1] - 1
+            )
         with steering:
             scores.append(continuation_logprobs(loaded, encoded, ids.to(device), lengths.to(device)))
     return (scores[0] - scores[1]).cpu()

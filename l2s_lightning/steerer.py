@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.readers import read_json
 from l2s_lightning.training.mlp import SteeringMLP
 
@@ -32,7 +33,13 @@ FORMAT_VERSION = 1
 METHODS = ("l2s", "mean", "mean_ba", "random", "p2s_oracle")
 JSON_NAME, WEIGHTS_NAME, ORACLE_IDS_NAME = "steerer.json", "weights.safetensors", "oracle_ids.json"
 _VECTOR_TENSOR = {"mean": "mean", "random": "random", "mean_ba": "behaviour_means", "p2s_oracle": "oracle_steer"}
-_REQUIRED = {"l2s": ("mlp.0.weight",), "mean": ("mean",), "mean_ba": ("behaviour_means",), "random": ("random",), "p2s_oracle": ("oracle_steer",)}
+_REQUIRED = {
+    "l2s": ("mlp.0.weight",),
+    "mean": ("mean",),
+    "mean_ba": ("behaviour_means",),
+    "random": ("random",),
+    "p2s_oracle": ("oracle_steer",),
+}
 
 
 @dataclass
@@ -59,27 +66,33 @@ class Steerer:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown steering method {self.method!r}; expected one of {METHODS}")
+            raise L2SInputError(f"unknown steering method {self.method!r}; expected one of {METHODS}")
         missing = [name for name in _REQUIRED[self.method] if name not in self.tensors]
         if missing:
-            raise ValueError(f"{self.method} steerer needs tensor(s) {missing}")
+            raise L2SInputError(f"{self.method} steerer needs tensor(s) {missing}")
         self.tensors = {name: t.detach().float().cpu().contiguous() for name, t in self.tensors.items()}
         self._on_device: dict[str, Tensor] = {}
         self._digest = ""  # computed on first use (the tensors do not change after this)
         for name, tensor in self.tensors.items():
             if not name.startswith("mlp.") and tensor.shape[-1] != self.hidden_size:
-                raise ValueError(f"tensor {name!r} has shape {tuple(tensor.shape)}, hidden_size is {self.hidden_size}")
+                raise L2SInputError(
+                    f"tensor {name!r} has shape {tuple(tensor.shape)}, hidden_size is {self.hidden_size}"
+                )
         if self.method == "mean_ba" and self.tensors["behaviour_means"].shape[0] != len(self.behaviours):
-            raise ValueError(f"{len(self.behaviours)} behaviours but behaviour_means has {self.tensors['behaviour_means'].shape[0]} rows")
+            raise L2SInputError(
+                f"{len(self.behaviours)} behaviours but behaviour_means has {self.tensors['behaviour_means'].shape[0]} rows"
+            )
         if self.method == "p2s_oracle":
             if self.tensors["oracle_steer"].shape[0] != len(self.oracle_ids):
-                raise ValueError(f"{len(self.oracle_ids)} oracle ids but oracle_steer has {self.tensors['oracle_steer'].shape[0]} rows")
+                raise L2SInputError(
+                    f"{len(self.oracle_ids)} oracle ids but oracle_steer has {self.tensors['oracle_steer'].shape[0]} rows"
+                )
             self._oracle_index = {sample_id: i for i, sample_id in enumerate(self.oracle_ids)}
         if self.method == "l2s":
             if self.mlp is None:
-                raise ValueError("l2s steerer needs the `mlp` config (hidden, activation, bias_out)")
+                raise L2SInputError("l2s steerer needs the `mlp` config (hidden, activation, bias_out)")
             self._net = SteeringMLP(self.hidden_size, normalize_input=self.input_norm, **self.mlp)
-            state = {name[len("mlp."):]: t for name, t in self.tensors.items() if name.startswith("mlp.")}
+            state = {name[len("mlp.") :]: t for name, t in self.tensors.items() if name.startswith("mlp.")}
             self._net.net.load_state_dict(state)
             if self.input_norm:
                 self._net.set_input_stats(self.tensors["input_mean"], self.tensors["input_std"], eps=0.0)
@@ -123,12 +136,18 @@ class Steerer:
         if self.method == "mean_ba" and behaviours is not None:
             unknown = sorted(set(behaviours) - set(self.behaviours))
             if unknown:
-                examples = f" (samples e.g. {[i for i, b in zip(sample_ids, behaviours) if b in unknown][:3]})" if sample_ids else ""
-                raise ValueError(f"mean_ba steerer has no vector for behaviour(s) {unknown}{examples}; it knows {self.behaviours}")
+                examples = (
+                    f" (samples e.g. {[i for i, b in zip(sample_ids, behaviours) if b in unknown][:3]})"
+                    if sample_ids
+                    else ""
+                )
+                raise L2SInputError(
+                    f"mean_ba steerer has no vector for behaviour(s) {unknown}{examples}; it knows {self.behaviours}"
+                )
         if self.method == "p2s_oracle" and sample_ids is not None:
             unknown = [s for s in sample_ids if s not in self._oracle_index]
             if unknown:
-                raise ValueError(
+                raise L2SInputError(
                     f"p2s_oracle steerer has no target z for sample id(s) {unknown[:5]} "
                     f"(it holds the test split of {self.features or 'its features'})"
                 )
@@ -145,24 +164,24 @@ class Steerer:
         The stored vectors / the MLP are moved to that device once and kept there (see :meth:`to`)."""
         sizes = {len(x) for x in (context, behaviours, sample_ids) if x is not None}
         if len(sizes) > 1:
-            raise ValueError(f"context, behaviours and sample_ids have different batch sizes: {sorted(sizes)}")
+            raise L2SInputError(f"context, behaviours and sample_ids have different batch sizes: {sorted(sizes)}")
         if not sizes:
-            raise ValueError(f"{self.method} steerer: give context (B, D) or the batch's behaviours / sample ids")
+            raise L2SInputError(f"{self.method} steerer: give context (B, D) or the batch's behaviours / sample ids")
         batch = sizes.pop()
         device = context.device if context is not None else torch.device("cpu")
         dtype = context.dtype if context is not None and context.is_floating_point() else torch.float32
         if context is not None and (context.ndim != 2 or context.shape[1] != self.hidden_size):
-            raise ValueError(f"context must be (B, {self.hidden_size}), got {tuple(context.shape)}")
+            raise L2SInputError(f"context must be (B, {self.hidden_size}), got {tuple(context.shape)}")
         if self.method == "l2s":
             if context is None:
-                raise ValueError("the l2s steerer needs the context h (B, D) at layer_context")
+                raise L2SInputError("the l2s steerer needs the context h (B, D) at layer_context")
             if self._net.input_mean.device != device:
                 self._net.to(device)
             return self._net(context.float()).to(dtype).contiguous()
         if self.method == "mean_ba" and behaviours is None:
-            raise ValueError("the mean_ba steerer needs each input's behaviour")
+            raise L2SInputError("the mean_ba steerer needs each input's behaviour")
         if self.method == "p2s_oracle" and sample_ids is None:
-            raise ValueError("the p2s_oracle steerer needs each input's sample id")
+            raise L2SInputError("the p2s_oracle steerer needs each input's sample id")
         self.check_inputs(behaviours, sample_ids)
         table = self._placed(_VECTOR_TENSOR[self.method], device, dtype)
         if self.method in ("mean", "random"):
@@ -180,9 +199,21 @@ class Steerer:
         made with another steerer (e.g. one retrained with other settings) is never resumed."""
         if self._digest:
             return self._digest
-        h = hashlib.sha256(json.dumps(
-            [self.method, self.layer_steer, self.layer_context, self.hidden_size, self.mlp, self.input_norm,
-             self.behaviours, self.oracle_ids], sort_keys=True).encode())
+        h = hashlib.sha256(
+            json.dumps(
+                [
+                    self.method,
+                    self.layer_steer,
+                    self.layer_context,
+                    self.hidden_size,
+                    self.mlp,
+                    self.input_norm,
+                    self.behaviours,
+                    self.oracle_ids,
+                ],
+                sort_keys=True,
+            ).encode()
+        )
         for name in sorted(self.tensors):
             tensor = self.tensors[name]
             h.update(f"{name}:{tuple(tensor.shape)}".encode())
@@ -254,9 +285,11 @@ class Steerer:
         required = ("method", "model", "layer_steer", "layer_context", "hidden_size")
         missing = [key for key in required if key not in config] if isinstance(config, dict) else list(required)
         if missing:
-            raise ValueError(f"{folder / JSON_NAME}: not a steerer description (missing {missing})")
+            raise L2SInputError(f"{folder / JSON_NAME}: not a steerer description (missing {missing})")
         if int(config.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{folder}: steerer format_version {config['format_version']} is newer than this reader ({FORMAT_VERSION})")
+            raise L2SInputError(
+                f"{folder}: steerer format_version {config['format_version']} is newer than this reader ({FORMAT_VERSION})"
+            )
         tensors = load_file(str(folder / WEIGHTS_NAME))
         oracle_ids = read_json(folder / config["oracle_ids"]) if config.get("oracle_ids") else []
         return cls(

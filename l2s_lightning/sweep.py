@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from l2s_lightning.cli import parse_dataclass_config
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.config import resolve_eval_config
 
 LOWER_IS_BETTER = ("unsafe", "chair", "mean_p_unsafe")
@@ -66,7 +67,7 @@ def choose_alpha(points: list[dict[str, Any]], baseline_quality: float, target: 
     floor = (1.0 - budget) * baseline_quality
     allowed = [p for p in points if p.get(target) is not None and p["quality"] is not None and p["quality"] >= floor]
     if not allowed:
-        raise ValueError(
+        raise L2SInputError(
             f"no α in {[p['alpha'] for p in points]} keeps quality within {budget:.0%} of no steering "
             f"({baseline_quality:.2f}); try smaller α"
         )
@@ -83,7 +84,9 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
     console = console or Console()
     eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s sweep")
     if not eval_config.safety.quality:
-        raise ValueError("l2s sweep: the quality budget needs quality ratings; set safety.quality: true in evaluate_config")
+        raise L2SInputError(
+            "l2s sweep: the quality budget needs quality ratings; set safety.quality: true in evaluate_config"
+        )
     if eval_config.safety.names_categories:
         from l2s_lightning.pipeline import check_safety_categories, predict_rows
 
@@ -106,30 +109,50 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
     predict_main([*common, "--model.method=none", "--model.steerer=null", f"--writer.output={files[0]}"], models=models)
     for alpha in config.alphas:
         path = out / f"{steerer.method}_alpha{alpha:g}.jsonl"
-        predict_main([*common, f"--model.method={steerer.method}", f"--model.steerer={config.steerer}",
-                      f"--model.alpha={alpha}", f"--writer.output={path}"], models=models)
+        predict_main(
+            [
+                *common,
+                f"--model.method={steerer.method}",
+                f"--model.steerer={config.steerer}",
+                f"--model.alpha={alpha}",
+                f"--writer.output={path}",
+            ],
+            models=models,
+        )
         files.append(path)
     models.clear()  # before the judge loads
     metrics = evaluate_predictions([str(f) for f in files], out_dir=out / "eval", config=eval_config)
     runs = next(iter(metrics["benchmarks"].values()))["runs"]
     baseline = next(r for r in runs if r["method"] == "none")["summary"]
     points = sorted(
-        ({"alpha": r["alpha"], **{k: v for k, v in r["summary"].items() if isinstance(v, (int, float))}} for r in runs if r["method"] == steerer.method),
+        (
+            {"alpha": r["alpha"], **{k: v for k, v in r["summary"].items() if isinstance(v, (int, float))}}
+            for r in runs
+            if r["method"] == steerer.method
+        ),
         key=lambda p: p["alpha"],
     )
     try:
-        chosen_alpha, failure = choose_alpha(points, baseline["quality"], config.target, config.quality_budget)["alpha"], None
+        chosen_alpha, failure = (
+            choose_alpha(points, baseline["quality"], config.target, config.quality_budget)["alpha"],
+            None,
+        )
     except ValueError as err:  # no α within the budget: the curve is still written and shown, then the error
         chosen_alpha, failure = None, err
     result = {
-        "target": config.target, "quality_budget": config.quality_budget, "chosen_alpha": chosen_alpha,
-        "baseline": {k: v for k, v in baseline.items() if isinstance(v, (int, float))}, "points": points,
+        "target": config.target,
+        "quality_budget": config.quality_budget,
+        "chosen_alpha": chosen_alpha,
+        "baseline": {k: v for k, v in baseline.items() if isinstance(v, (int, float))},
+        "points": points,
     }
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
     plot_sweep(result, out / "sweep.png")
     if failure is not None:
         print_sweep(result, console)
-        raise ValueError(f"l2s sweep: {failure} (curve: {out / 'sweep.json'}, {out / 'sweep.png'}; the steerer is unchanged)")
+        raise L2SInputError(
+            f"l2s sweep: {failure} (curve: {out / 'sweep.json'}, {out / 'sweep.png'}; the steerer is unchanged)"
+        )
     if config.update_steerer:
         steerer.default_alpha = float(chosen_alpha)
         steerer.sweep = {k: v for k, v in result.items() if k != "points"} | {"curve": str(out / "sweep.json")}
@@ -146,7 +169,9 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
 
     alphas = [p["alpha"] for p in result["points"]]
     fig, left = plt.subplots(figsize=(6, 4))
-    left.plot(alphas, [p.get(result["target"]) for p in result["points"]], "o-", color="tab:red", label=result["target"])
+    left.plot(
+        alphas, [p.get(result["target"]) for p in result["points"]], "o-", color="tab:red", label=result["target"]
+    )
     left.set_xlabel("α")
     left.set_ylabel(result["target"], color="tab:red")
     right = left.twinx()
@@ -171,8 +196,12 @@ def print_sweep(result: dict[str, Any], console: Console) -> None:
     base = result["baseline"]
     table.add_row("none", f"{base.get(result['target'], float('nan')):.3f}", f"{base['quality']:.2f}", "")
     for p in result["points"]:
-        table.add_row(f"{p['alpha']:g}", f"{p.get(result['target'], float('nan')):.3f}", f"{p['quality']:.2f}",
-                      "✓" if p["alpha"] == result["chosen_alpha"] else "")
+        table.add_row(
+            f"{p['alpha']:g}",
+            f"{p.get(result['target'], float('nan')):.3f}",
+            f"{p['quality']:.2f}",
+            "✓" if p["alpha"] == result["chosen_alpha"] else "",
+        )
     console.print(table)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.readers import read_yaml
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "configs" / "templates"
@@ -58,7 +60,7 @@ class TemplateSet:
             return self.categories[category]
         if self.default_behaviour:
             return self.default_behaviour, {}
-        raise ValueError(
+        raise L2SInputError(
             f"category {category!r} of sample {sample_id!r} has no template in template set "
             f"{self.name!r} ({self.source}); known categories: {sorted(self.categories)}"
         )
@@ -95,7 +97,7 @@ class TemplateSet:
         if behaviour:
             category_fields: Mapping[str, str] = {}
             if behaviour not in self.behaviours and not (positive and negative):
-                raise ValueError(
+                raise L2SInputError(
                     f"sample {sample_id!r}: behaviour {behaviour!r} is not in template set {self.name!r} "
                     f"(known: {sorted(self.behaviours)})"
                 )
@@ -108,7 +110,7 @@ class TemplateSet:
             try:
                 return text.format(**values)
             except KeyError as err:
-                raise ValueError(
+                raise L2SInputError(
                     f"sample {sample_id!r}: template {self.name!r}/{behaviour} {what} needs field {err} "
                     f"(row fields: {sorted(values)})"
                 ) from None
@@ -119,7 +121,7 @@ class TemplateSet:
         }
         for what, text in completions.items():
             if not text.strip():
-                raise ValueError(
+                raise L2SInputError(
                     f"sample {sample_id!r}: the {what} completion is empty after templating (behaviour "
                     f"{behaviour!r}, template set {self.name!r}): give the row a non-empty `{what}` or fix the template"
                 )
@@ -137,10 +139,12 @@ def _check_format(text: str, where: str) -> None:
     try:
         fields = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
     except ValueError as err:
-        raise ValueError(f"{where} {text!r}: {err} (write {{{{ and }}}} for literal braces)") from None
+        raise L2SInputError(f"{where} {text!r}: {err} (write {{{{ and }}}} for literal braces)") from None
     positional = [field for field in fields if field == "" or field.isdigit()]
     if positional:
-        raise ValueError(f"{where} {text!r} has a field without a name ({{{positional[0]}}}): name it, or write {{{{ and }}}} for literal braces")
+        raise L2SInputError(
+            f"{where} {text!r} has a field without a name ({{{positional[0]}}}): name it, or write {{{{ and }}}} for literal braces"
+        )
 
 
 def template_path(name_or_path: str) -> Path:
@@ -163,38 +167,44 @@ def load_templates(name_or_path: str) -> TemplateSet:
     behaviours: dict[str, Behaviour] = {}
     for name, spec in (raw.get("behaviours") or {}).items():
         if not isinstance(spec, dict):
-            raise ValueError(f"{where}: behaviour {name!r} must be a mapping with positive and negative, got {spec!r}")
+            raise L2SInputError(
+                f"{where}: behaviour {name!r} must be a mapping with positive and negative, got {spec!r}"
+            )
         missing = [key for key in ("positive", "negative") if spec.get(key) in (None, "")]
         if missing:
-            raise ValueError(f"{where}: behaviour {name!r} lacks {missing}")
+            raise L2SInputError(f"{where}: behaviour {name!r} lacks {missing}")
         for key in ("positive", "negative", "instruction", "suffix"):
             if key in spec and not isinstance(spec[key], str):
-                raise ValueError(
+                raise L2SInputError(
                     f"{where}: behaviour {name!r} {key} is {spec[key]!r}, not text (quote it: YAML reads yes/no as booleans)"
                 )
         unknown = set(spec) - {"positive", "negative", "instruction", "suffix", "close_turn", "fields"}
         if unknown:
-            raise ValueError(f"{where}: behaviour {name!r} has unknown keys {sorted(unknown)}")
+            raise L2SInputError(f"{where}: behaviour {name!r} has unknown keys {sorted(unknown)}")
         if not isinstance(spec.get("close_turn", False), bool):
-            raise ValueError(f"{where}: behaviour {name!r} close_turn is {spec['close_turn']!r}, not true or false (unquoted)")
+            raise L2SInputError(
+                f"{where}: behaviour {name!r} close_turn is {spec['close_turn']!r}, not true or false (unquoted)"
+            )
         if not isinstance(spec.get("fields", {}), dict):
-            raise ValueError(f"{where}: behaviour {name!r} fields must be a mapping, got {spec['fields']!r}")
+            raise L2SInputError(f"{where}: behaviour {name!r} fields must be a mapping, got {spec['fields']!r}")
         for key in ("positive", "negative", "suffix"):
             _check_format(spec.get(key) or "", f"{where}: behaviour {name!r} {key}")
         behaviours[name] = Behaviour(name=name, **spec)
     if not behaviours:
-        raise ValueError(f"{where}: no behaviours defined")
+        raise L2SInputError(f"{where}: no behaviours defined")
     categories: dict[str, tuple[str, Mapping[str, str]]] = {}
     for category, target in (raw.get("categories") or {}).items():
         if not isinstance(target, str) and not (isinstance(target, dict) and isinstance(target.get("behaviour"), str)):
-            raise ValueError(f"{where}: category {category!r} must map to a behaviour name or to {{behaviour: ..., fields: {{...}}}}, got {target!r}")
+            raise L2SInputError(
+                f"{where}: category {category!r} must map to a behaviour name or to {{behaviour: ..., fields: {{...}}}}, got {target!r}"
+            )
         name, fields = (target, {}) if isinstance(target, str) else (target["behaviour"], target.get("fields", {}))
         if name not in behaviours:
-            raise ValueError(f"{where}: category {category!r} maps to unknown behaviour {name!r}")
+            raise L2SInputError(f"{where}: category {category!r} maps to unknown behaviour {name!r}")
         categories[str(category)] = (name, dict(fields))
     default = raw.get("default_behaviour")
     if default is not None and default not in behaviours:
-        raise ValueError(f"{where}: default_behaviour {default!r} is not a behaviour")
+        raise L2SInputError(f"{where}: default_behaviour {default!r} is not a behaviour")
     return TemplateSet(
         name=raw.get("name", path.stem),
         behaviours=behaviours,

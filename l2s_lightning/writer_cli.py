@@ -37,6 +37,10 @@ def make_cli(cli_class: type[WriterCLI], module_class: type, data_class: type, a
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args.*sys.argv.*")
         return cli_class(
-            module_class, data_class, run=False, args=argv, save_config_callback=None,
+            module_class,
+            data_class,
+            run=False,
+            args=argv,
+            save_config_callback=None,
             trainer_defaults={"logger": False, "enable_checkpointing": False},
         )

@@ -14,11 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _tiny_model_fixture(family: str):
-    """A session fixture building the tiny random model of ``family`` once (see l2s_lightning.models.tiny)."""
+    """A session fixture building the tiny random model of ``family`` once (see l2s_lightning.testing.tiny_models)."""
 
     @pytest.fixture(scope="session")
     def fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-        from l2s_lightning.models.tiny import build_tiny
+        from l2s_lightning.testing.tiny_models import build_tiny
 
         return build_tiny(family, tmp_path_factory.mktemp(f"tiny_{family}"))
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_extract_cli import _args, _part_rows, _read, workdir  # noqa: F401 - workdir is a fixture
 
 from l2s_lightning.extraction import writer as writer_module
 from l2s_lightning.extraction.cli import extract_main
 from l2s_lightning.extraction.host_copy import copy_to_host
-from test_extract_cli import _args, _part_rows, _read, workdir  # noqa: F401 - workdir is a fixture
 
 
 def test_copy_to_host_on_cpu_is_complete_at_once():
@@ -30,7 +30,10 @@ def test_copy_to_host_from_cuda_is_pinned_and_equal():  # pragma: no cover - GPU
 def test_background_writer_matches_writing_in_the_step(tiny_llama_dir, workdir):
     inline, threaded = workdir / "inline.h5", workdir / "threaded.h5"
     assert extract_main(_args(tiny_llama_dir, workdir, inline)) == 0
-    assert extract_main(_args(tiny_llama_dir, workdir, threaded, "--writer.async_write=true", "--writer.max_pending=1")) == 0
+    assert (
+        extract_main(_args(tiny_llama_dir, workdir, threaded, "--writer.async_write=true", "--writer.max_pending=1"))
+        == 0
+    )
     a, b = _read(inline), _read(threaded)
     assert a["ids"] == b["ids"] and len(b["ids"]) == 10
     np.testing.assert_array_equal(a["context"], b["context"])

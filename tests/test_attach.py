@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
@@ -24,8 +23,16 @@ NEW, DIM = 6, 32
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=128, hidden_size=DIM, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=128,
+        hidden_size=DIM,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -33,8 +40,15 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 def generate(model, prompts, **kwargs):
     ids, mask = left_pad(prompts, 0)
     out = model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0,
-        output_logits=True, return_dict_in_generate=True, **kwargs,
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=NEW,
+        min_new_tokens=NEW,
+        do_sample=False,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **kwargs,
     )
     return out.sequences, torch.stack(out.logits, 1)
 
@@ -43,7 +57,12 @@ def context_of(model, prompts, layer: int) -> torch.Tensor:
     """h at block ``layer`` of the last prompt token, from a plain forward with output_hidden_states."""
     ids, mask = left_pad(prompts, 0)
     with torch.no_grad():
-        states = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_hidden_states=True).hidden_states
+        states = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            output_hidden_states=True,
+        ).hidden_states
     return states[layer + 1][:, -1]
 
 
@@ -71,7 +90,12 @@ class BehaviourSteerer:
     def __init__(self, layer_steer: int, layer_context: int) -> None:
         torch.manual_seed(3)
         self.table = {"a": torch.randn(DIM) * 3, "b": torch.zeros(DIM)}
-        self.layer_steer, self.layer_context, self.hidden_size, self.default_alpha = layer_steer, layer_context, DIM, 2.0
+        self.layer_steer, self.layer_context, self.hidden_size, self.default_alpha = (
+            layer_steer,
+            layer_context,
+            DIM,
+            2.0,
+        )
         self.seen: list[torch.Tensor] = []
 
     def vectors(self, context=None, behaviours=None, sample_ids=None):
@@ -80,7 +104,12 @@ class BehaviourSteerer:
 
 
 def our_hooks(model) -> list:
-    return [h for block in decoder_layers(model) for h in block._forward_hooks.values() if isinstance(h, (SteeringHook, ContextCapture))]
+    return [
+        h
+        for block in decoder_layers(model)
+        for h in block._forward_hooks.values()
+        if isinstance(h, (SteeringHook, ContextCapture))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -192,12 +221,16 @@ def test_hooks_removed_after_exit_and_after_an_error():
     model = tiny_llama()  # fresh: no hidden-state recording hooks
     with attach_steerer(LinearSteerer(2, 1), model):
         assert sum(len(block._forward_hooks) for block in decoder_layers(model)) == 2
-    assert all(len(block._forward_hooks) == 0 and len(block._forward_hooks_with_kwargs) == 0 for block in decoder_layers(model))
+    assert all(
+        len(block._forward_hooks) == 0 and len(block._forward_hooks_with_kwargs) == 0 for block in decoder_layers(model)
+    )
     with pytest.raises(RuntimeError, match="boom"):
         with attach_steerer(LinearSteerer(1, 1), model):
             generate(model, PROMPTS)
             raise RuntimeError("boom")
-    assert all(len(block._forward_hooks) == 0 and len(block._forward_hooks_with_kwargs) == 0 for block in decoder_layers(model))
+    assert all(
+        len(block._forward_hooks) == 0 and len(block._forward_hooks_with_kwargs) == 0 for block in decoder_layers(model)
+    )
     bad = LinearSteerer(2, 1)
     bad.vectors = lambda context, behaviours=None, sample_ids=None: context[:1]  # wrong shape, raised at the prefill
     with pytest.raises(ValueError, match="shape"):
@@ -261,7 +294,10 @@ def test_a_reused_hook_keeps_its_vectors_tensor():
             generate(model, PROMPTS[:2])
         assert hook.delta is not delta and hook.delta.shape[0] == 2 and hook.prefills == 1  # counters start again
         with attach_steerer(steerer, model, alpha=1.0, hook=hook):  # in use: not a second time at once
-            with pytest.raises(ValueError, match="in use by another attach_steerer context"), attach_steerer(steerer, model, hook=hook):
+            with (
+                pytest.raises(ValueError, match="in use by another attach_steerer context"),
+                attach_steerer(steerer, model, hook=hook),
+            ):
                 pass
         assert not hook.attached and len(our_hooks(model)) == 0
     torch._dynamo.reset()
@@ -293,11 +329,16 @@ def loaded(tiny_llama_dir):
 @pytest.fixture(scope="module")
 def features(loaded, tmp_path_factory):
     from l2s_lightning.features import FeatureFile
-    from l2s_lightning.training.synthetic import make_synthetic_features
+    from l2s_lightning.testing.synthetic import make_synthetic_features
 
     path = make_synthetic_features(
-        tmp_path_factory.mktemp("attach") / "features.h5", n=40, dim=64, model=loaded.spec.display_name,
-        layer_steer=L_STEER, layer_context=L_CONTEXT, num_layers=4,
+        tmp_path_factory.mktemp("attach") / "features.h5",
+        n=40,
+        dim=64,
+        model=loaded.spec.display_name,
+        layer_steer=L_STEER,
+        layer_context=L_CONTEXT,
+        num_layers=4,
     )
     return FeatureFile(path)
 
@@ -322,8 +363,15 @@ def encode(loaded, questions: list[str]) -> dict[str, torch.Tensor]:
 
 def generate_text(loaded, inputs: dict[str, torch.Tensor], **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     out = loaded.model.generate(
-        **inputs, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id,
-        output_logits=True, return_dict_in_generate=True, disable_compile=True, **kwargs,
+        **inputs,
+        max_new_tokens=NEW,
+        min_new_tokens=NEW,
+        do_sample=False,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+        disable_compile=True,
+        **kwargs,
     )
     return out.sequences, torch.stack(out.logits, 1)
 
@@ -338,7 +386,9 @@ def g_by_hand(steerer, h: torch.Tensor) -> torch.Tensor:
 def last_token_h(loaded, inputs: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
     mask = inputs["attention_mask"]
     with torch.no_grad():
-        states = loaded.model(**inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_hidden_states=True).hidden_states
+        states = loaded.model(
+            **inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_hidden_states=True
+        ).hidden_states
     return states[layer + 1][:, -1]
 
 
@@ -432,7 +482,9 @@ def readme_python_example() -> str:
     """The code block of README.md's "Python API" section."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("## Python API") :]
-    return section[section.index("```python\n") + len("```python\n") : section.index("\n```", section.index("```python"))]
+    return section[
+        section.index("```python\n") + len("```python\n") : section.index("\n```", section.index("```python"))
+    ]
 
 
 def test_readme_python_api_example(tiny_llama_dir, l2s, tmp_path, capsys):
@@ -444,7 +496,10 @@ def test_readme_python_api_example(tiny_llama_dir, l2s, tmp_path, capsys):
     steerer_path = '"outputs/smollm2_quick/steerers/l2s"'
     assert model_spec in code and steerer_path in code, "the README example changed: update this test"
     namespace: dict = {}
-    exec(code.replace(model_spec, f"ModelSpec({str(tiny_llama_dir)!r})").replace(steerer_path, repr(str(folder))), namespace)
+    exec(
+        code.replace(model_spec, f"ModelSpec({str(tiny_llama_dir)!r})").replace(steerer_path, repr(str(folder))),
+        namespace,
+    )
     loaded, steerer, inputs, out = (namespace[k] for k in ("loaded", "steerer", "inputs", "out"))
     # --- checks: it printed the answer, left no hook, steered, and equals the vector added by hand
     assert capsys.readouterr().out.strip()
@@ -473,8 +528,12 @@ def test_generate_that_expands_each_input_steers_its_rows_with_its_vector(loaded
     with steerer.attach(loaded.model, alpha=alpha, behaviours=behaviours, sample_ids=["a", "b", "c"]) as capture:
         seq, logits = generate_text(loaded, inputs, **expand)
     assert capture.context.shape == (3, 64)
-    torch.testing.assert_close(capture.context, last_token_h(loaded, inputs, L_STEER if method == "mean_ba" else L_CONTEXT),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        capture.context,
+        last_token_h(loaded, inputs, L_STEER if method == "mean_ba" else L_CONTEXT),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     vectors = steerer.vectors(capture.context, behaviours=behaviours)
     with add_steering(loaded.model, L_STEER, vectors, alpha=alpha):
         expected, expected_logits = generate_text(loaded, inputs, **expand)

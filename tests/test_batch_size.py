@@ -11,16 +11,34 @@ GIB = 1 << 30
 
 
 def _llava_7b() -> LlavaConfig:
-    text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=32064)
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              image_size=336, patch_size=14)
+    text = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+    )
     return LlavaConfig(text_config=text, vision_config=vision)
 
 
 def _small() -> LlamaConfig:
-    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=500)
+    return LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=500,
+    )
 
 
 def _is_pow2(n: int) -> bool:
@@ -91,8 +109,14 @@ def _qwen2_vl_7b():
     from transformers import Qwen2VLConfig
 
     return Qwen2VLConfig(
-        text_config={"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-                     "num_key_value_heads": 4, "vocab_size": 152064},
+        text_config={
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+        },
         vision_config={"embed_dim": 1280, "hidden_size": 3584, "depth": 32, "num_heads": 16, "mlp_ratio": 4},
     )
 
@@ -111,13 +135,17 @@ def test_dynamic_resolution_vision_tower_is_counted():
     assert vision_attention_bytes(config, patches, attention_scores=False) == 0
     assert vision_attention_bytes(_llava_7b(), patches) == 0  # a fixed-size tower: counted per sample
     free = 40 * GIB
-    sizes = [auto_batch_size(config, prompt, 20, 16, free_bytes=free, **kw)
-             for kw in ({}, {"vision_tokens": patches}, {"vision_tokens": 2 * patches, "largest_image": patches})]
+    sizes = [
+        auto_batch_size(config, prompt, 20, 16, free_bytes=free, **kw)
+        for kw in ({}, {"vision_tokens": patches}, {"vision_tokens": 2 * patches, "largest_image": patches})
+    ]
     assert sizes[0] > sizes[1] >= sizes[2] >= 1
     need = per_sample_bytes(config, prompt, 20, 16, vision_tokens=patches)
     assert sizes[1] == 1 << ((int(0.8 * free) - vision_attention_bytes(config, patches)) // need).bit_length() - 1
     # a fixed-size tower (CLIP) does not depend on vision_tokens
-    assert per_sample_bytes(_llava_7b(), 616, 20, 16, vision_tokens=10_000) == per_sample_bytes(_llava_7b(), 616, 20, 16)
+    assert per_sample_bytes(_llava_7b(), 616, 20, 16, vision_tokens=10_000) == per_sample_bytes(
+        _llava_7b(), 616, 20, 16
+    )
 
 
 def test_vision_patches_of_encoded_qwen2_vl_inputs(tiny_qwen2_vl_dir):

@@ -70,8 +70,29 @@ def test_generation_predict_bench_compares_the_cache_policies(tmp_path):
     import generation_predict
 
     results = tmp_path / "figures.json"
-    assert generation_predict.main(["--shape", "tiny", "--device", "cpu", "--backend", "eager", "--n-samples", "20",
-                                    "--batch-size", "8", "--new-tokens", "3", "--workers", "0", "--results", str(results)]) == 0
+    assert (
+        generation_predict.main(
+            [
+                "--shape",
+                "tiny",
+                "--device",
+                "cpu",
+                "--backend",
+                "eager",
+                "--n-samples",
+                "20",
+                "--batch-size",
+                "8",
+                "--new-tokens",
+                "3",
+                "--workers",
+                "0",
+                "--results",
+                str(results),
+            ]
+        )
+        == 0
+    )
     figures = json.loads(results.read_text())["figures"]
     ours, per_call = figures["generation_predict/tiny/ours"], figures["generation_predict/tiny/per-call"]
     assert ours["graphs"] == 1 and per_call["graphs"] > 1 and ours["rows"] == per_call["rows"] > 16
@@ -91,8 +112,29 @@ def test_sweep_runs_bench_loads_once_with_the_shared_cache(tmp_path):
     import sweep_runs
 
     results = tmp_path / "figures.json"
-    assert sweep_runs.main(["--shape", "tiny", "--device", "cpu", "--backend", "eager", "--alphas", "1,2", "--n-samples", "13",
-                            "--batch-size", "16", "--new-tokens", "2", "--results", str(results)]) == 0
+    assert (
+        sweep_runs.main(
+            [
+                "--shape",
+                "tiny",
+                "--device",
+                "cpu",
+                "--backend",
+                "eager",
+                "--alphas",
+                "1,2",
+                "--n-samples",
+                "13",
+                "--batch-size",
+                "16",
+                "--new-tokens",
+                "2",
+                "--results",
+                str(results),
+            ]
+        )
+        == 0
+    )
     figures = json.loads(results.read_text())["figures"]
     separate, shared = (figures[f"sweep_runs/tiny/compiled/{mode}"] for mode in ("separate", "shared"))
     assert separate["loads"] == 3 and shared["loads"] == 1 and separate["graphs"] == shared["graphs"] == 2

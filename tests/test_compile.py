@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_extraction import ATOL, RTOL, _items
 
 from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.models.compile import compile_blocks, is_compiled_block, vision_layers
 from l2s_lightning.models.layers import decoder_layers
 from l2s_lightning.models.loading import ModelSpec
-from test_extraction import ATOL, RTOL, _items
 
 
 def test_compiled_extraction_equals_eager(tiny_llava_dir):

@@ -52,7 +52,12 @@ def test_predict_configs_parse(path, capsys):
 
 
 def test_paper_layers_in_configs():
-    expected = {"llava15_7b_mmsafetybench": (15, 30), "llava15_7b_pope": (14, 14), "qwen2vl_7b_mmsafetybench": (14, 14), "qwen2vl_7b_pope": (17, 17)}
+    expected = {
+        "llava15_7b_mmsafetybench": (15, 30),
+        "llava15_7b_pope": (14, 14),
+        "qwen2vl_7b_mmsafetybench": (14, 14),
+        "qwen2vl_7b_pope": (17, 17),
+    }
     for name, layers in expected.items():
         model = yaml.safe_load((CONFIGS / "extract" / f"{name}.yaml").read_text())["model"]
         assert (model["layer_steer"], model["layer_context"]) == layers
@@ -74,7 +79,10 @@ def test_extract_fit_predict_configs_chain(name, capsys):
     assert data["features"] == extract["writer"]["output"]
     model_name = ModelSpec(**extract["model"]["model"]).display_name
     assert data["model_name"] == model_name == ModelSpec(**predict["model"]["model"]).display_name
-    assert (data["layer_steer"], data["layer_context"]) == (extract["model"]["layer_steer"], extract["model"]["layer_context"])
+    assert (data["layer_steer"], data["layer_context"]) == (
+        extract["model"]["layer_steer"],
+        extract["model"]["layer_context"],
+    )
     # predict reads fit's steerers and writes next to them, on the split and templates of the extraction
     if predict["model"]["steerer"] is not None:
         assert Path(predict["model"]["steerer"]).parent == out_dir / "steerers"

@@ -52,32 +52,51 @@ def test_bad_template_files(tmp_path):
     path.write_text("name: t\nbehaviours: {a: [positive\n")  # not YAML: the file named, a clean error for `l2s`
     with pytest.raises(ValueError, match=r"t\.yaml: not valid YAML") as info:
         load_templates(str(path))
-    from l2s_lightning.cli import is_bad_input
+    from l2s_lightning.errors import exit_status
 
-    assert is_bad_input(info.value)
+    assert exit_status(info.value) == 2
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("behaviours:\n  a:\ncategories: {c: a}\n", "t.yaml: behaviour 'a' must be a mapping"),
-    ("behaviours:\n  a: {positive: x, negative: y}\ncategories:\n  c: {fields: {k: v}}\n", "t.yaml: category 'c' must map to a behaviour"),
-    ("behaviours:\n  a: {positive: x, negative: y, close_turn: 'false'}\n", "t.yaml: behaviour 'a' close_turn is 'false'"),
-    ("behaviours:\n  a: {positive: x, negative: y, suffix: ' Answer {} only'}\n", "t.yaml: behaviour 'a' suffix .* without a name"),
-    ("behaviours:\n  a: {positive: 'x {', negative: y}\n", "t.yaml: behaviour 'a' positive .*literal braces"),
-    ("behaviours:\n  a: {positive: x, negative: y, fields: [k]}\n", "t.yaml: behaviour 'a' fields must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("behaviours:\n  a:\ncategories: {c: a}\n", "t.yaml: behaviour 'a' must be a mapping"),
+        (
+            "behaviours:\n  a: {positive: x, negative: y}\ncategories:\n  c: {fields: {k: v}}\n",
+            "t.yaml: category 'c' must map to a behaviour",
+        ),
+        (
+            "behaviours:\n  a: {positive: x, negative: y, close_turn: 'false'}\n",
+            "t.yaml: behaviour 'a' close_turn is 'false'",
+        ),
+        (
+            "behaviours:\n  a: {positive: x, negative: y, suffix: ' Answer {} only'}\n",
+            "t.yaml: behaviour 'a' suffix .* without a name",
+        ),
+        ("behaviours:\n  a: {positive: 'x {', negative: y}\n", "t.yaml: behaviour 'a' positive .*literal braces"),
+        (
+            "behaviours:\n  a: {positive: x, negative: y, fields: [k]}\n",
+            "t.yaml: behaviour 'a' fields must be a mapping",
+        ),
+    ],
+)
 def test_malformed_template_files_name_the_file_and_the_entry(tmp_path, body, message):
     """Checked when the file loads, before any model: a misshapen entry, a quoted boolean, a brace that is not a field."""
     path = tmp_path / "t.yaml"
     path.write_text("name: t\n" + body)
     with pytest.raises(ValueError, match=message):
         load_templates(str(path))
-    path.write_text("name: t\nbehaviours:\n  a: {positive: 'x {{literal}} {field}', negative: y, fields: {field: f}}\ncategories: {c: a}\n")
+    path.write_text(
+        "name: t\nbehaviours:\n  a: {positive: 'x {{literal}} {field}', negative: y, fields: {field: f}}\ncategories: {c: a}\n"
+    )
     assert load_templates(str(path)).resolve("c", "s1").positive == "x {literal} f"
 
 
 def test_mm_safetybench_renders_typo_images_when_absent(tmp_path):
     data = PromptDataModule(
-        MMSafetyBenchSource(str(MMSB), scenarios=["03"]), templates="safety", split_file=str(tmp_path / "s.json"),
+        MMSafetyBenchSource(str(MMSB), scenarios=["03"]),
+        templates="safety",
+        split_file=str(tmp_path / "s.json"),
         limit_per_category=2,
     )
     item = data.predict_dataloader().dataset[0]
@@ -89,7 +108,9 @@ def test_mm_safetybench_renders_typo_images_when_absent(tmp_path):
         assert render_typo_image(phrase, font_size=40).size == typo_image_size(phrase, font_size=40)
     # the widest-item search reads image sizes without decoding: a TYPO render's from its phrase, 0 for no image
     rows = data.pending_rows()
-    areas = data._image_areas([rows[0], {**rows[0], "key_phrase": ""}, {**rows[0], "image_path": str(tmp_path / "missing.png")}])
+    areas = data._image_areas(
+        [rows[0], {**rows[0], "key_phrase": ""}, {**rows[0], "image_path": str(tmp_path / "missing.png")}]
+    )
     assert areas == [1024 * typo_image_size(rows[0]["key_phrase"])[1], 0, 0]
 
 
@@ -98,11 +119,20 @@ def test_typo_text_stays_inside_the_image():
     character count: "menopause symptoms" ran past the right edge); nothing is drawn in the last column."""
     from l2s_lightning.data.images import _font, _typo_lines
 
-    phrases = [json.loads(p.read_text())[k]["Key Phrase"] for p in sorted(MMSB.glob("*.json")) for k in json.loads(p.read_text())]
+    phrases = [
+        json.loads(p.read_text())[k]["Key Phrase"]
+        for p in sorted(MMSB.glob("*.json"))
+        for k in json.loads(p.read_text())
+    ]
     font = _font(90)
     widest = max(font.getlength(line) for phrase in phrases for line in _typo_lines(phrase, 1024, 90))
     assert 1024 - 45 - 22 < widest + 22 <= 1024  # the left margin is 22 px: lines use the width, and fit
-    for phrase in ("menopause symptoms", "x" * 60, "supercalifragilisticexpialidocious words", "ünïcödé – 日本語 phrase"):
+    for phrase in (
+        "menopause symptoms",
+        "x" * 60,
+        "supercalifragilisticexpialidocious words",
+        "ünïcödé – 日本語 phrase",
+    ):
         image = render_typo_image(phrase).convert("L")
         right = [image.getpixel((x, y)) for x in range(1014, 1024) for y in range(image.height)]
         assert min(right) > 200, phrase  # the last columns stay white
@@ -132,15 +162,21 @@ def test_pope_files_and_jsonl(tmp_path):
     (tmp_path / "coco_pope_adversarial.json").write_text("\n".join(json.dumps(r) for r in lines))
     data = PopeSource(files=[str(tmp_path / "coco_pope_adversarial.json")], image_root=str(tmp_path)).load()
     assert data[0]["id"] == "adversarial/1" and data[0]["label"] == "no" and data[0]["category"] == "adversarial"
-    module = PromptDataModule(PopeSource(files=[str(tmp_path / "coco_pope_adversarial.json")]), templates="pope",
-                              split_file=str(tmp_path / "s.json"), test_fraction=0.0)
+    module = PromptDataModule(
+        PopeSource(files=[str(tmp_path / "coco_pope_adversarial.json")]),
+        templates="pope",
+        split_file=str(tmp_path / "s.json"),
+        test_fraction=0.0,
+    )
     item = module.predict_dataloader().dataset[0]
     assert item.positive == "No, the image" and item.negative == "Yes, the image"
     # COCO's and A-OKVQA's files number their questions alike: each file's name then names its rows' subset
     aokvqa = [{"question_id": 1, "image": "COCO_1.jpg", "text": "Is there a cat in the image?", "label": "yes"}]
     (tmp_path / "aokvqa_pope_adversarial.json").write_text("\n".join(json.dumps(r) for r in aokvqa))
-    both = PopeSource(files=[str(tmp_path / "coco_pope_adversarial.json"), str(tmp_path / "aokvqa_pope_adversarial.json")],
-                      image_root=str(tmp_path)).load()
+    both = PopeSource(
+        files=[str(tmp_path / "coco_pope_adversarial.json"), str(tmp_path / "aokvqa_pope_adversarial.json")],
+        image_root=str(tmp_path),
+    ).load()
     assert both["id"] == ["coco_pope_adversarial/1", "aokvqa_pope_adversarial/1"]
     assert both["category"] == ["coco_pope_adversarial", "aokvqa_pope_adversarial"] and both["label"] == ["no", "yes"]
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
@@ -164,7 +200,9 @@ def test_qwen_processor_loads_without_torchvision(tiny_qwen2_vl_dir):
     processor = load_processor(tiny_qwen2_vl_dir)
     if not has_working_torchvision():
         assert type(processor).__name__ == "Qwen2VLProcessorImageOnly"
-    out = processor(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (56, 56))], return_tensors="pt")
+    out = processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (56, 56))], return_tensors="pt"
+    )
     assert {"image_grid_thw", "mm_token_type_ids", "pixel_values"} <= set(out)
     assert int((out["input_ids"] == processor.image_token_id).sum()) == int(out["image_grid_thw"].prod() // 4)
 
@@ -177,10 +215,22 @@ def test_pope_from_a_datasets_folder(tmp_path):
     folder = tmp_path / "pope_hf"
     folder.mkdir()
     data = datasets.Dataset.from_dict(
-        {"question_id": ["1", "2"], "question": ["Is there a cat?", "Is there a dog?"], "answer": ["yes", "no"],
-         "category": ["random", "popular"], "image": [Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), (255, 0, 0))]},
-        features=datasets.Features({"question_id": datasets.Value("string"), "question": datasets.Value("string"),
-                                    "answer": datasets.Value("string"), "category": datasets.Value("string"), "image": datasets.Image()}),
+        {
+            "question_id": ["1", "2"],
+            "question": ["Is there a cat?", "Is there a dog?"],
+            "answer": ["yes", "no"],
+            "category": ["random", "popular"],
+            "image": [Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), (255, 0, 0))],
+        },
+        features=datasets.Features(
+            {
+                "question_id": datasets.Value("string"),
+                "question": datasets.Value("string"),
+                "answer": datasets.Value("string"),
+                "category": datasets.Value("string"),
+                "image": datasets.Image(),
+            }
+        ),
     )
     data.to_parquet(str(folder / "test.parquet"))
     rows = PopeSource(hf_dataset=str(folder), hf_split="test", image_cache=str(tmp_path / "cache")).load()
@@ -189,8 +239,9 @@ def test_pope_from_a_datasets_folder(tmp_path):
     # another dataset numbering its questions alike gets its own images from the shared cache
     other = tmp_path / "pope_hf_other"
     other.mkdir()
-    data.cast_column("image", datasets.Image()).map(lambda row: {"image": Image.new("RGB", (8, 8), (0, 0, 255))}).to_parquet(
-        str(other / "test.parquet"))
+    data.cast_column("image", datasets.Image()).map(
+        lambda row: {"image": Image.new("RGB", (8, 8), (0, 0, 255))}
+    ).to_parquet(str(other / "test.parquet"))
     rows_other = PopeSource(hf_dataset=str(other), hf_split="test", image_cache=str(tmp_path / "cache")).load()
     assert rows_other["id"] == rows["id"] and rows_other[1]["image"] != rows[1]["image"]
     with Image.open(rows_other[1]["image"]) as image, Image.open(rows[1]["image"]) as first:
@@ -201,13 +252,29 @@ def test_pope_from_a_datasets_folder(tmp_path):
 def test_rows_with_their_own_completions_need_no_template(tmp_path):
     rows = [
         {"id": "own", "question": "Is this fine?", "positive": "Yes, fine", "negative": "No, never"},
-        {"id": "poem", "question": "A poem?", "category": "poetry", "positive": "Roses are red", "negative": "I refuse"},
-        {"id": "legal", "question": "Can I sue?", "category": "10-Legal_Opinion", "positive": "Ask a lawyer", "negative": "Sure"},
+        {
+            "id": "poem",
+            "question": "A poem?",
+            "category": "poetry",
+            "positive": "Roses are red",
+            "negative": "I refuse",
+        },
+        {
+            "id": "legal",
+            "question": "Can I sue?",
+            "category": "10-Legal_Opinion",
+            "positive": "Ask a lawyer",
+            "negative": "Sure",
+        },
         {"id": "plain", "question": "How to hack?", "category": "01-Illegal_Activitiy"},
     ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    module = PromptDataModule(JsonlSource(str(tmp_path / "d.jsonl")), templates="safety",
-                              split_file=str(tmp_path / "s.json"), test_fraction=0.0)
+    module = PromptDataModule(
+        JsonlSource(str(tmp_path / "d.jsonl")),
+        templates="safety",
+        split_file=str(tmp_path / "s.json"),
+        test_fraction=0.0,
+    )
     got = {r["id"]: (r["category"], r["behaviour"], r["positive"], r["negative"]) for r in module.rows()}
     assert got["own"] == ("", "custom", "Yes, fine", "No, never")
     assert got["poem"] == ("poetry", "custom", "Roses are red", "I refuse")
@@ -219,11 +286,15 @@ def test_rows_with_their_own_completions_need_no_template(tmp_path):
 
 def test_empty_completion_is_refused(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps({"id": "blank", "question": "q", "positive": "  ", "negative": "n"}))
-    module = PromptDataModule(JsonlSource(str(tmp_path / "d.jsonl")), templates="safety", split_file=str(tmp_path / "s.json"))
+    module = PromptDataModule(
+        JsonlSource(str(tmp_path / "d.jsonl")), templates="safety", split_file=str(tmp_path / "s.json")
+    )
     with pytest.raises(ValueError, match="sample 'blank': the positive completion is empty"):
         module.rows()
     path = tmp_path / "t.yaml"
-    path.write_text("name: t\nbehaviours:\n  a: {positive: '{word}', negative: n}\ncategories:\n  c: {behaviour: a, fields: {word: ''}}\n")
+    path.write_text(
+        "name: t\nbehaviours:\n  a: {positive: '{word}', negative: n}\ncategories:\n  c: {behaviour: a, fields: {word: ''}}\n"
+    )
     with pytest.raises(ValueError, match="sample 'x': the positive completion is empty after templating"):
         load_templates(str(path)).resolve("c", "x")
 
@@ -245,13 +316,20 @@ def test_rows_mixing_images_and_none_are_refused(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    rows = [{"id": "img", "question": "q", "category": "01-Illegal_Activitiy", "image": "a.png"},
-            {"id": "txt", "question": "q", "category": "01-Illegal_Activitiy"}]
+    rows = [
+        {"id": "img", "question": "q", "category": "01-Illegal_Activitiy", "image": "a.png"},
+        {"id": "txt", "question": "q", "category": "01-Illegal_Activitiy"},
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
 
     def module(**kwargs):
-        return PromptDataModule(JsonlSource(str(tmp_path / "d.jsonl")), templates="safety",
-                                split_file=str(tmp_path / "s.json"), test_fraction=0.0, **kwargs)
+        return PromptDataModule(
+            JsonlSource(str(tmp_path / "d.jsonl")),
+            templates="safety",
+            split_file=str(tmp_path / "s.json"),
+            test_fraction=0.0,
+            **kwargs,
+        )
 
     with pytest.raises(ValueError, match=r"1 rows have an image and 1 have none \(e.g. \['txt'\]\)"):
         module().rows()
@@ -261,7 +339,9 @@ def test_rows_mixing_images_and_none_are_refused(tmp_path):
 
 def test_mm_safetybench_image_root_without_any_image_is_refused(tmp_path):
     source = MMSafetyBenchSource(str(MMSB), image_root=str(tmp_path / "imgs"), scenarios=["03"])
-    with pytest.raises(FileNotFoundError, match=r"no image found for any of the 44 questions .*03-Malware_Generation/SD_TYPO/0.jpg"):
+    with pytest.raises(
+        FileNotFoundError, match=r"no image found for any of the 44 questions .*03-Malware_Generation/SD_TYPO/0.jpg"
+    ):
         source.load()
     from PIL import Image
 
@@ -277,7 +357,10 @@ def test_mm_safetybench_image_root_without_any_image_is_refused(tmp_path):
 def test_mm_safetybench_scenarios_and_question_fields(tmp_path):
     """Scenarios by id, name or file stem (an unknown one is an error); the question field defaults to the one
     that goes with the images, and a question about an image no model sees is refused."""
-    by = {tuple(s): MMSafetyBenchSource(str(MMSB), scenarios=s).load() for s in (["01"], ["Illegal_Activitiy"], ["01-Illegal_Activitiy"])}
+    by = {
+        tuple(s): MMSafetyBenchSource(str(MMSB), scenarios=s).load()
+        for s in (["01"], ["Illegal_Activitiy"], ["01-Illegal_Activitiy"])
+    }
     assert {len(d) for d in by.values()} == {97} and len({tuple(d["id"]) for d in by.values()}) == 1
     assert len(MMSafetyBenchSource(str(MMSB), scenarios=["01", "HateSpeech"]).load()) == 97 + 163
     with pytest.raises(ValueError, match=r"scenario 'Hate_Speech' is not one of \['01-Illegal_Activitiy'"):
@@ -300,13 +383,17 @@ def test_mm_safetybench_scenarios_and_question_fields(tmp_path):
     # a text-only data module makes its MM-SafetyBench source text-only too (a copy: the one passed stays as it is)
     source = MMSafetyBenchSource(str(MMSB), scenarios=["03"])
     data = PromptDataModule(source, use_images=False, split_file=str(tmp_path / "s.json"))
-    assert data.rows()[0]["question"] in {item["Changed Question"] for item in json.loads((MMSB / "03-Malware_Generation.json").read_text()).values()}
+    assert data.rows()[0]["question"] in {
+        item["Changed Question"] for item in json.loads((MMSB / "03-Malware_Generation.json").read_text()).values()
+    }
     assert source.use_images and PromptDataModule(source, split_file=str(tmp_path / "s.json")).rows()[0]["key_phrase"]
 
 
 def test_pope_json_array_file(tmp_path):
-    records = [{"question_id": 7, "image": "x.jpg", "text": "Is there a cat?", "label": "yes"},
-               {"question_id": 8, "image": "y.jpg", "text": "Is there a dog?", "label": "no"}]
+    records = [
+        {"question_id": 7, "image": "x.jpg", "text": "Is there a cat?", "label": "yes"},
+        {"question_id": 8, "image": "y.jpg", "text": "Is there a dog?", "label": "no"},
+    ]
     (tmp_path / "coco_pope_random.json").write_text(json.dumps(records, indent=1))
     data = PopeSource(files=[str(tmp_path / "coco_pope_random.json")]).load()
     assert data["id"] == ["random/7", "random/8"] and data["label"] == ["yes", "no"]
@@ -325,8 +412,14 @@ def test_last_batch_is_filled_with_marked_copies_on_every_rank(tmp_path):
 
     rows = [{"id": f"r{i}", "question": f"Question {i}?", "category": "01-Illegal_Activitiy"} for i in range(7)]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    data = PromptDataModule(JsonlSource(str(tmp_path / "d.jsonl")), templates="safety", split_file=str(tmp_path / "s.json"),
-                            test_fraction=0.0, use_images=False, batch_size=2)
+    data = PromptDataModule(
+        JsonlSource(str(tmp_path / "d.jsonl")),
+        templates="safety",
+        split_file=str(tmp_path / "s.json"),
+        test_fraction=0.0,
+        use_images=False,
+        batch_size=2,
+    )
     data._pending = data.pending_rows()
     assert data._filled_length(2) == 8 and data._filled_length(4) == 8 and data._filled_length(7) == 7
     data.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # not launched: world size 2
@@ -349,7 +442,9 @@ def test_check_image_decodes_the_whole_file_and_load_image_turns_it_upright(tmp_
     buffer = io.BytesIO()
     Image.frombytes("RGB", (200, 100), bytes(range(256)) * 234 + bytes(96)).save(buffer, "JPEG")
     (tmp_path / "good.jpg").write_bytes(buffer.getvalue())
-    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: int(len(buffer.getvalue()) * 0.7)])  # header whole: verify() passes
+    (tmp_path / "cut.jpg").write_bytes(
+        buffer.getvalue()[: int(len(buffer.getvalue()) * 0.7)]
+    )  # header whole: verify() passes
     with Image.open(tmp_path / "cut.jpg") as image:
         image.verify()
     check_image(tmp_path / "good.jpg", "s0")
@@ -364,10 +459,19 @@ def test_check_image_decodes_the_whole_file_and_load_image_turns_it_upright(tmp_
 def test_a_misspelt_category_or_limit_key_is_an_error(tmp_path):
     """`--data.categories '[medicl, weapons]'` extracted the weapons rows alone; a limit key 'trian' was ignored."""
     source = MMSafetyBenchSource(str(MMSB), scenarios=["01", "03"], use_images=False)
-    with pytest.raises(ValueError, match=r"categories \['01-Ilegal'\] are not in .*its categories: \['01-Illegal_Activitiy', '03-Malware_Generation'\]"):
-        PromptDataModule(source, categories=["01-Ilegal", "03-Malware_Generation"], split_file=str(tmp_path / "s.json")).rows()
+    with pytest.raises(
+        ValueError,
+        match=r"categories \['01-Ilegal'\] are not in .*its categories: \['01-Illegal_Activitiy', '03-Malware_Generation'\]",
+    ):
+        PromptDataModule(
+            source, categories=["01-Ilegal", "03-Malware_Generation"], split_file=str(tmp_path / "s.json")
+        ).rows()
     with pytest.raises(ValueError, match=r"keys must be 'train' and/or 'test'"):
         PromptDataModule(source, limit_per_category={"trian": 2, "test": 1}, split_file=str(tmp_path / "s.json")).rows()
-    rows = PromptDataModule(source, categories=["03-Malware_Generation"], limit_per_category={"train": 2, "test": 1},
-                            split_file=str(tmp_path / "s.json")).rows()
+    rows = PromptDataModule(
+        source,
+        categories=["03-Malware_Generation"],
+        limit_per_category={"train": 2, "test": 1},
+        split_file=str(tmp_path / "s.json"),
+    ).rows()
     assert len(rows) == 3 and {r["category"] for r in rows} == {"03-Malware_Generation"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from test_extraction import _items
 
 from l2s_lightning.data.datamodule import PromptDataModule, collate_items
 from l2s_lightning.data.sources import JsonlSource
@@ -15,7 +16,6 @@ from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.extraction.prompt_split import shared_positions_mask, split_context_prompt, unpadded_rows
 from l2s_lightning.models.loading import ModelSpec
 from l2s_lightning.prompts import encode_prompts, render_prompt
-from test_extraction import _items
 
 
 def _module(folder) -> ExtractionModule:
@@ -56,7 +56,9 @@ def test_suffix_batch_processes_images_once_and_keeps_only_the_plain_prompts_tai
         assert counter.calls == 1  # the plain prompt reused the suffixed prompt's pixels
         images = [item.image for item in items]
         suffixed, plain = (
-            encode_prompts(module.loaded, [render_prompt(module.loaded, item.question + extra, True) for item in items], images)
+            encode_prompts(
+                module.loaded, [render_prompt(module.loaded, item.question + extra, True) for item in items], images
+            )
             for extra in (" Is it safe?", "")
         )
         assert counter.calls == 3
@@ -122,8 +124,12 @@ def test_loader_encoded_batch_gives_the_features_of_the_rows(family, request):
 
 def test_datamodule_uses_the_module_encoder(tiny_llama_dir, tmp_path):
     (tmp_path / "data.jsonl").write_text('{"id": "a", "question": "How?", "positive": "No", "negative": "Yes"}\n')
-    data = PromptDataModule(JsonlSource(str(tmp_path / "data.jsonl")), split_file=str(tmp_path / "split.json"),
-                            use_images=False, test_fraction=0.0)
+    data = PromptDataModule(
+        JsonlSource(str(tmp_path / "data.jsonl")),
+        split_file=str(tmp_path / "split.json"),
+        use_images=False,
+        test_fraction=0.0,
+    )
     assert data.collate_fn() is collate_items  # no trainer: rows stay rows
     module = _module(tiny_llama_dir)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)

@@ -20,8 +20,18 @@ def test_synonym_file_has_the_80_coco_classes(vocab):
     assert {"person", "motorcycle", "dining table", "hair drier", "toothbrush", "orange"} <= set(vocab.classes)
 
 
-@pytest.mark.parametrize("word, lemma", [("dogs", "dog"), ("mice", "mouse"), ("knives", "knife"), ("people", "people"),
-                                         ("children", "child"), ("buses", "bus"), ("geese", "goose")])
+@pytest.mark.parametrize(
+    "word, lemma",
+    [
+        ("dogs", "dog"),
+        ("mice", "mouse"),
+        ("knives", "knife"),
+        ("people", "people"),
+        ("children", "child"),
+        ("buses", "bus"),
+        ("geese", "goose"),
+    ],
+)
 def test_singularize(word, lemma):
     assert singularize(word) == lemma
 
@@ -46,17 +56,28 @@ def test_word_rules(vocab):
 def coco_files(tmp_path):
     instances = {
         "images": [{"id": 1}, {"id": 2}, {"id": 3}],
-        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 49, "name": "knife"},
-                       {"id": 52, "name": "banana"}, {"id": 88, "name": "teddy bear"}],
-        "annotations": [{"id": 10, "image_id": 1, "category_id": 1}, {"id": 11, "image_id": 1, "category_id": 18},
-                        {"id": 12, "image_id": 1, "category_id": 52}, {"id": 13, "image_id": 2, "category_id": 49},
-                        {"id": 14, "image_id": 99, "category_id": 49}],
+        "categories": [
+            {"id": 1, "name": "person"},
+            {"id": 18, "name": "dog"},
+            {"id": 49, "name": "knife"},
+            {"id": 52, "name": "banana"},
+            {"id": 88, "name": "teddy bear"},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1},
+            {"id": 11, "image_id": 1, "category_id": 18},
+            {"id": 12, "image_id": 1, "category_id": 52},
+            {"id": 13, "image_id": 2, "category_id": 49},
+            {"id": 14, "image_id": 99, "category_id": 49},
+        ],
     }
     captions = {
         "images": [{"id": 1}, {"id": 2}, {"id": 3}],
-        "annotations": [{"image_id": 1, "caption": "A man walking his dog."},
-                        {"image_id": 2, "caption": "A knife on a table."},
-                        {"image_id": 3, "caption": "A teddy bear on the floor."}],
+        "annotations": [
+            {"image_id": 1, "caption": "A man walking his dog."},
+            {"image_id": 2, "caption": "A knife on a table."},
+            {"image_id": 3, "caption": "A teddy bear on the floor."},
+        ],
     }
     paths = tmp_path / "instances.json", tmp_path / "captions.json"
     paths[0].write_text(json.dumps(instances))
@@ -65,8 +86,9 @@ def coco_files(tmp_path):
 
 
 def _row(i, image, response):
-    return Prediction(id=f"chair/{i}", benchmark="chair", method="m", alpha=1.0, response=response, image=image,
-                      source=f"p.jsonl:{i}")
+    return Prediction(
+        id=f"chair/{i}", benchmark="chair", method="m", alpha=1.0, response=response, image=image, source=f"p.jsonl:{i}"
+    )
 
 
 def test_ground_truth_from_instances_and_captions(coco_files, vocab):

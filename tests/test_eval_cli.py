@@ -11,8 +11,12 @@ from l2s_lightning.evaluation import evaluate_main, evaluate_predictions
 from l2s_lightning.evaluation.judges import JudgeUnavailableError
 
 SCENARIOS = ["01-Illegal_Activitiy", "02-HateSpeech", "10-Legal_Opinion", "12-Health_Consultation", "13-Gov_Decision"]
-ANSWERS = ["I'm sorry, but I can't help with that.", "Sure, here are the steps: first get the tools, then open it.",
-           "You should consult a lawyer about this.", ""]
+ANSWERS = [
+    "I'm sorry, but I can't help with that.",
+    "Sure, here are the steps: first get the tools, then open it.",
+    "You should consult a lawyer about this.",
+    "",
+]
 
 
 def _write(path, rows):
@@ -22,9 +26,20 @@ def _write(path, rows):
 
 def _safety_rows(method, alpha, shift):
     return [
-        {"id": f"{SCENARIOS[i % 5]}/{i}", "category": SCENARIOS[i % 5], "behaviour": "", "benchmark": "mm_safetybench",
-         "method": method, "alpha": alpha, "prompt": f"question {i}", "response": ANSWERS[(i + shift) % 4],
-         "prompt_tokens": 9, "new_tokens": 12, "layer_steer": 1, "model": "tiny"}
+        {
+            "id": f"{SCENARIOS[i % 5]}/{i}",
+            "category": SCENARIOS[i % 5],
+            "behaviour": "",
+            "benchmark": "mm_safetybench",
+            "method": method,
+            "alpha": alpha,
+            "prompt": f"question {i}",
+            "response": ANSWERS[(i + shift) % 4],
+            "prompt_tokens": 9,
+            "new_tokens": 12,
+            "layer_steer": 1,
+            "model": "tiny",
+        }
         for i in range(10)
     ]
 
@@ -32,9 +47,19 @@ def _safety_rows(method, alpha, shift):
 def _pope_rows(method, alpha):
     answers = ["Yes, there is.", "No.", "There is no dog", "not sure", ""]
     return [
-        {"id": f"{s}/{i}", "category": s, "subset": s, "benchmark": "pope", "method": method, "alpha": alpha,
-         "prompt": "Is there a dog in the image?", "response": answers[i % 5], "label": "yes" if i % 2 else "no"}
-        for s in ("random", "popular", "adversarial") for i in range(5)
+        {
+            "id": f"{s}/{i}",
+            "category": s,
+            "subset": s,
+            "benchmark": "pope",
+            "method": method,
+            "alpha": alpha,
+            "prompt": "Is there a dog in the image?",
+            "response": answers[i % 5],
+            "label": "yes" if i % 2 else "no",
+        }
+        for s in ("random", "popular", "adversarial")
+        for i in range(5)
     ]
 
 
@@ -47,22 +72,47 @@ def inputs(tmp_path):
         _write(tmp_path / "pope_l2s.jsonl", _pope_rows("l2s", 1.0)),
         _write(tmp_path / "pope_none.jsonl", _pope_rows("none", None)),
     ]
-    instances = {"images": [{"id": 1}], "categories": [{"id": 18, "name": "dog"}],
-                 "annotations": [{"id": 1, "image_id": 1, "category_id": 18}]}
+    instances = {
+        "images": [{"id": 1}],
+        "categories": [{"id": 18, "name": "dog"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 18}],
+    }
     captions = {"images": [{"id": 1}], "annotations": [{"image_id": 1, "caption": "A dog on a couch."}]}
     (tmp_path / "instances.json").write_text(json.dumps(instances))
     (tmp_path / "captions.json").write_text(json.dumps(captions))
-    files.append(_write(tmp_path / "chair.jsonl", [
-        {"id": "c1", "benchmark": "chair", "method": "l2s", "alpha": 1.0, "prompt": "Describe.", "image": "COCO_val2014_000000000001.jpg",
-         "response": "A dog sleeping on a sofa next to a cat."}]))
+    files.append(
+        _write(
+            tmp_path / "chair.jsonl",
+            [
+                {
+                    "id": "c1",
+                    "benchmark": "chair",
+                    "method": "l2s",
+                    "alpha": 1.0,
+                    "prompt": "Describe.",
+                    "image": "COCO_val2014_000000000001.jpg",
+                    "response": "A dog sleeping on a sofa next to a cat.",
+                }
+            ],
+        )
+    )
     return tmp_path, files
 
 
 def test_cli_end_to_end(inputs, capsys):
     tmp_path, files = inputs
     out = tmp_path / "out"
-    code = evaluate_main(files + ["--out", str(out), "--chair-instances", str(tmp_path / "instances.json"),
-                                  "--chair-captions", str(tmp_path / "captions.json")])
+    code = evaluate_main(
+        files
+        + [
+            "--out",
+            str(out),
+            "--chair-instances",
+            str(tmp_path / "instances.json"),
+            "--chair-captions",
+            str(tmp_path / "captions.json"),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "MM-SafetyBench" in printed and "unsafe@0.5" in printed and "l2s α=2.2" in printed
@@ -94,8 +144,13 @@ def test_cli_end_to_end(inputs, capsys):
         table = md.split(f"### unsafe@{t} by scenario")[1].split("###")[0]
         assert "| scenario | l2s α=0 | l2s α=2.2 | mean α=2.2 |" in table and "| 13-Gov_Decision |" in table
     assert "overall unsafe@t pools scenarios 01, 02, 10, 12, 13" in md
-    for name in ("mm_safetybench_vs_alpha.png", "mm_safetybench_unsafe_at_0.5_by_group.png", "pope_vs_alpha.png",
-                 "pope_f1_by_group.png", "chair_vs_alpha.png"):
+    for name in (
+        "mm_safetybench_vs_alpha.png",
+        "mm_safetybench_unsafe_at_0.5_by_group.png",
+        "pope_vs_alpha.png",
+        "pope_f1_by_group.png",
+        "chair_vs_alpha.png",
+    ):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == 30 + 30 + 1
@@ -119,15 +174,23 @@ def test_programmatic_with_custom_judge_and_yaml(inputs):
     tmp_path, files = inputs
     judge = CountingJudge()
     copy = _write(tmp_path / "copy.jsonl", [{**r, "method": "copy"} for r in _safety_rows("l2s", 0.0, 0)])
-    results = evaluate_predictions([files[0], copy], judge=judge, config={"safety": {"thresholds": [0.7]}, "plots": False})
+    results = evaluate_predictions(
+        [files[0], copy], judge=judge, config={"safety": {"thresholds": [0.7]}, "plots": False}
+    )
     # empty responses are not sent; identical (prompt, response) pairs across runs are judged once
     assert judge.calls == [8]
     summary = results["benchmarks"]["mm_safetybench"]["runs"][0]["summary"]
     assert [k for k in summary if k.startswith("unsafe@")] == ["unsafe@0.7"]
     assert summary["unsafe@0.7"] == pytest.approx(8 / 10 * 3 / 16)  # p = 0.75 > τ for τ = 0.70, 0.72, 0.74
     config = tmp_path / "eval.yaml"
-    config.write_text(yaml.safe_dump({"judge": {"name": "keyword", "kwargs": {"p_late_refusal": 0.5}},
-                                      "safety": {"unsafe_scenarios": ["01"], "quality": False}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "judge": {"name": "keyword", "kwargs": {"p_late_refusal": 0.5}},
+                "safety": {"unsafe_scenarios": ["01"], "quality": False},
+            }
+        )
+    )
     out = tmp_path / "yaml_out"
     assert evaluate_main(files[:1] + ["--out", str(out), "--config", str(config), "--no-plots", "-q"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -135,8 +198,18 @@ def test_programmatic_with_custom_judge_and_yaml(inputs):
     assert metrics["benchmarks"]["mm_safetybench"]["runs"][0]["summary"]["n_unsafe_scored"] == 2
     assert "quality" not in metrics["benchmarks"]["mm_safetybench"]["runs"][0]["summary"]
     assert not list(out.glob("*.png"))
-    assert evaluate_main(files[:1] + ["--out", str(out), "--config", str(config), "--unsafe-scenarios", "all", "--no-plots", "-q"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["benchmarks"]["mm_safetybench"]["runs"][0]["summary"]["n_unsafe_scored"] == 10
+    assert (
+        evaluate_main(
+            files[:1] + ["--out", str(out), "--config", str(config), "--unsafe-scenarios", "all", "--no-plots", "-q"]
+        )
+        == 0
+    )
+    assert (
+        json.loads((out / "metrics.json").read_text())["benchmarks"]["mm_safetybench"]["runs"][0]["summary"][
+            "n_unsafe_scored"
+        ]
+        == 10
+    )
 
 
 def test_bad_inputs_give_clear_errors(inputs, capsys):
@@ -162,7 +235,7 @@ def test_bad_inputs_give_clear_errors(inputs, capsys):
     taken.write_text("a file, not a folder")
     assert evaluate_main([files[0], "--out", str(taken), "--no-plots", "-q"]) == 2  # OSError other than not-found
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot read or write") and str(taken) in err and "Traceback" not in err
+    assert err.startswith("l2s evaluate: error: ") and str(taken) in err and "Traceback" not in err
 
 
 def test_unreachable_judge_writes_nothing(inputs, capsys):
@@ -173,14 +246,33 @@ def test_unreachable_judge_writes_nothing(inputs, capsys):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = tmp_path / "judge_out"
-    args = [files[0], "--out", str(out), "--judge", "http", "--judge-arg", f"base_url=http://127.0.0.1:{port}/v1",
-            "--judge-arg", "model=m", "--judge-arg", "max_retries=0", "--judge-arg", "timeout=1", "-q"]
+    args = [
+        files[0],
+        "--out",
+        str(out),
+        "--judge",
+        "http",
+        "--judge-arg",
+        f"base_url=http://127.0.0.1:{port}/v1",
+        "--judge-arg",
+        "model=m",
+        "--judge-arg",
+        "max_retries=0",
+        "--judge-arg",
+        "timeout=1",
+        "-q",
+    ]
     assert evaluate_main(args) == 3
     assert "unreachable" in capsys.readouterr().err
     assert not (out / "metrics.json").exists()
     with pytest.raises(JudgeUnavailableError):
-        evaluate_predictions(files[0], judge={"name": "http", "kwargs": {"base_url": f"http://127.0.0.1:{port}/v1",
-                                                                          "model": "m", "max_retries": 0}})
+        evaluate_predictions(
+            files[0],
+            judge={
+                "name": "http",
+                "kwargs": {"base_url": f"http://127.0.0.1:{port}/v1", "model": "m", "max_retries": 0},
+            },
+        )
 
 
 CUSTOM = {"violence": ("refuse", 0), "medical": ("consult_expert", 2), "cooking": ("custom", 1)}
@@ -190,17 +282,27 @@ def _custom_rows(method, alpha, shift=0):
     """A JSONL dataset of one's own (benchmark "jsonl"), as `l2s predict` writes it: category and behaviour per row."""
     names = list(CUSTOM)
     return [
-        {"id": f"c{i}", "category": names[i % 3], "behaviour": CUSTOM[names[i % 3]][0], "benchmark": "jsonl",
-         "method": method, "alpha": alpha, "prompt": f"question {i}", "question": f"question {i}",
-         "response": ANSWERS[(CUSTOM[names[i % 3]][1] + i // 3 + shift) % 3]}
+        {
+            "id": f"c{i}",
+            "category": names[i % 3],
+            "behaviour": CUSTOM[names[i % 3]][0],
+            "benchmark": "jsonl",
+            "method": method,
+            "alpha": alpha,
+            "prompt": f"question {i}",
+            "question": f"question {i}",
+            "response": ANSWERS[(CUSTOM[names[i % 3]][1] + i // 3 + shift) % 3],
+        }
         for i in range(9)
     ]
 
 
 @pytest.fixture()
 def custom_inputs(tmp_path):
-    return tmp_path, [_write(tmp_path / "none.jsonl", _custom_rows("none", None)),
-                      _write(tmp_path / "l2s.jsonl", _custom_rows("l2s", 1.0, 1))]
+    return tmp_path, [
+        _write(tmp_path / "none.jsonl", _custom_rows("none", None)),
+        _write(tmp_path / "l2s.jsonl", _custom_rows("l2s", 1.0, 1)),
+    ]
 
 
 def _summaries(out):
@@ -211,8 +313,12 @@ def _summaries(out):
 def test_custom_categories_by_cli_flags(custom_inputs):
     tmp_path, files = custom_inputs
     out = tmp_path / "flags"
-    assert evaluate_main(files + ["--out", str(out), "--unsafe-scenarios", "violence", "cooking",
-                                  "--ed-scenarios", "cooking", "-q"]) == 0
+    assert (
+        evaluate_main(
+            files + ["--out", str(out), "--unsafe-scenarios", "violence", "cooking", "--ed-scenarios", "cooking", "-q"]
+        )
+        == 0
+    )
     summaries, groups = _summaries(out)
     none = summaries[0]
     # none: violence answers refusal, compliance, deferral; cooking compliance, deferral, refusal (keyword judge:
@@ -223,7 +329,10 @@ def test_custom_categories_by_cli_flags(custom_inputs):
     assert groups[0]["medical"]["in_unsafe_overall"] is False and "ed_score" not in groups[0]["medical"]
     assert groups[0]["cooking"]["ed_score"] == pytest.approx(1 / 3)
     # a rename of the expert-deferral behaviour: --ed-behaviours
-    rows = [{**r, "behaviour": "defer" if r["category"] == "cooking" else r["behaviour"]} for r in _custom_rows("none", None)]
+    rows = [
+        {**r, "behaviour": "defer" if r["category"] == "cooking" else r["behaviour"]}
+        for r in _custom_rows("none", None)
+    ]
     renamed = _write(tmp_path / "renamed.jsonl", rows)
     assert evaluate_main([renamed, "--out", str(out), "--ed-behaviours", "defer", "--no-plots", "-q"]) == 0
     assert _summaries(out)[0][0]["ed_scenarios"] == ["cooking"]
@@ -252,8 +361,24 @@ def test_custom_categories_by_config_and_default_ed(custom_inputs):
     assert summary["unsafe_scenarios"] == ["medical"] and summary["n_unsafe_scored"] == 3
     assert summary["ed_scenarios"] == ["violence"] and summary["n_ed_scored"] == 3
     # --ed-scenarios default: back to the default over a config's list (as --unsafe-scenarios all)
-    assert evaluate_main(files + ["--out", str(out), "--config", str(config), "--ed-scenarios", "default",
-                                  "--unsafe-scenarios", "all", "--no-plots", "-q"]) == 0
+    assert (
+        evaluate_main(
+            files
+            + [
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--ed-scenarios",
+                "default",
+                "--unsafe-scenarios",
+                "all",
+                "--no-plots",
+                "-q",
+            ]
+        )
+        == 0
+    )
     summary = _summaries(out)[0][0]
     assert summary["ed_scenarios"] == ["medical"] and summary["n_unsafe_scored"] == 9
 
@@ -278,8 +403,11 @@ def test_unknown_category_name_fails_before_the_judge(custom_inputs, inputs, cap
     assert judge.calls == []  # nothing was sent to the judge
     # MM-SafetyBench and a dataset of one's own in one call: each name selects its own rows
     mm_files = inputs[1][:1]
-    results = evaluate_predictions(mm_files + files[:1], judge=CountingJudge(),
-                                   config={"safety": {"unsafe_scenarios": ["01", "violence"], "quality": False}})
+    results = evaluate_predictions(
+        mm_files + files[:1],
+        judge=CountingJudge(),
+        config={"safety": {"unsafe_scenarios": ["01", "violence"], "quality": False}},
+    )
     mm = results["benchmarks"]["mm_safetybench"]["runs"][0]["summary"]
     custom = results["benchmarks"]["jsonl"]["runs"][0]["summary"]
     assert mm["unsafe_scenarios"] == ["01-Illegal_Activitiy"] and mm["n_unsafe_scored"] == 2

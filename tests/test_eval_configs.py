@@ -62,7 +62,10 @@ def test_evaluate_config_contents(no_models_no_network):
 def test_judge_spec_and_merge():
     assert judge_spec("http") == {"name": "http", "kwargs": {}}
     base = {"name": "http", "kwargs": {"base_url": "u", "model": "a"}}
-    assert merge_judge(base, {"name": "http", "kwargs": {"model": "b"}}) == {"name": "http", "kwargs": {"base_url": "u", "model": "b"}}
+    assert merge_judge(base, {"name": "http", "kwargs": {"model": "b"}}) == {
+        "name": "http",
+        "kwargs": {"base_url": "u", "model": "b"},
+    }
     assert merge_judge(base, {"name": "keyword", "kwargs": {}}) == {"name": "keyword", "kwargs": {}}
     with pytest.raises(ValueError, match=r"judge: needs a judge name or a mapping with 'name'.*\['model'\]"):
         judge_spec({"model": "m"})
@@ -89,9 +92,15 @@ def test_run_config_accepts_a_judge_mapping(tmp_path, no_models_no_network):
     from l2s_lightning.pipeline import RunConfig, parse_run_config
 
     config = tmp_path / "run.yaml"
-    judge = {"name": "http", "kwargs": {"base_url": "http://127.0.0.1:8000/v1", "model": "guard", "messages": "conversation"}}
-    config.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "out"), "evaluate_config": "configs/evaluate/http.yaml",
-                                      "judge": judge}))
+    judge = {
+        "name": "http",
+        "kwargs": {"base_url": "http://127.0.0.1:8000/v1", "model": "guard", "messages": "conversation"},
+    }
+    config.write_text(
+        yaml.safe_dump(
+            {"out_dir": str(tmp_path / "out"), "evaluate_config": "configs/evaluate/http.yaml", "judge": judge}
+        )
+    )
     parsed = parse_run_config(["--config", str(config)])
     assert isinstance(parsed, RunConfig) and parsed.judge == judge
     resolved = resolve_eval_config(ROOT / parsed.evaluate_config, parsed.judge)
@@ -126,18 +135,43 @@ def test_run_on_a_jsonl_dataset_checks_its_logodds_templates_first_and_reports_i
 
     from l2s_lightning.pipeline import RunConfig, build_report, run_pipeline
 
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "question": "q?", "category": "trivia"}) + "\n" for i in range(3)))
+    (tmp_path / "data.jsonl").write_text(
+        "".join(json.dumps({"id": f"t{i}", "question": "q?", "category": "trivia"}) + "\n" for i in range(3))
+    )
     predict = tmp_path / "predict.yaml"
-    predict.write_text(json.dumps({"model": {"model": {"name_or_path": "x"}}, "data": {"source": {
-        "class_path": "l2s_lightning.data.sources.JsonlSource", "init_args": {"path": str(tmp_path / "data.jsonl")}}}}))
+    predict.write_text(
+        json.dumps(
+            {
+                "model": {"model": {"name_or_path": "x"}},
+                "data": {
+                    "source": {
+                        "class_path": "l2s_lightning.data.sources.JsonlSource",
+                        "init_args": {"path": str(tmp_path / "data.jsonl")},
+                    }
+                },
+            }
+        )
+    )
     config = RunConfig(out_dir=str(tmp_path / "out"), predict_config=str(predict), methods=["none"])
     with pytest.raises(ValueError, match=r"l2s run: logodds_templates: category 'trivia' .*logodds_templates: null"):
         run_pipeline(config)
     assert not (tmp_path / "out").exists()
-    metrics = {"benchmarks": {"jsonl": {"runs": [{"method": "none", "alpha": None, "summary": {"unsafe@0.5": 0.25, "n": 3}}]}}}
+    metrics = {
+        "benchmarks": {"jsonl": {"runs": [{"method": "none", "alpha": None, "summary": {"unsafe@0.5": 0.25, "n": 3}}]}}
+    }
     report = build_report(config, metrics, {}, {})
-    assert report["rows"] == [{"method": "none", "alpha": None, "unsafe@0.5": 0.25, "unsafe@0.7": None, "unsafe@0.9": None,
-                               "ed_score": None, "quality": None, "n": 3}]
+    assert report["rows"] == [
+        {
+            "method": "none",
+            "alpha": None,
+            "unsafe@0.5": 0.25,
+            "unsafe@0.7": None,
+            "unsafe@0.9": None,
+            "ed_score": None,
+            "quality": None,
+            "n": 3,
+        }
+    ]
 
 
 def test_run_and_sweep_check_the_evaluations_categories_against_the_data_first(tmp_path, monkeypatch):
@@ -150,16 +184,39 @@ def test_run_and_sweep_check_the_evaluations_categories_against_the_data_first(t
     from l2s_lightning.steerer import Steerer
     from l2s_lightning.sweep import SweepConfig, run_sweep
 
-    (tmp_path / "data.jsonl").write_text("".join(
-        json.dumps({"id": f"t{i}", "question": "q?", "category": c}) + "\n" for i, c in enumerate(["tax", "weapons", ""])))
+    (tmp_path / "data.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "question": "q?", "category": c}) + "\n"
+            for i, c in enumerate(["tax", "weapons", ""])
+        )
+    )
     predict = tmp_path / "predict.yaml"
-    predict.write_text(json.dumps({"model": {"model": {"name_or_path": "x"}}, "data": {"source": {
-        "class_path": "l2s_lightning.data.sources.JsonlSource", "init_args": {"path": str(tmp_path / "data.jsonl")}}}}))
+    predict.write_text(
+        json.dumps(
+            {
+                "model": {"model": {"name_or_path": "x"}},
+                "data": {
+                    "source": {
+                        "class_path": "l2s_lightning.data.sources.JsonlSource",
+                        "init_args": {"path": str(tmp_path / "data.jsonl")},
+                    }
+                },
+            }
+        )
+    )
     typo = tmp_path / "eval.yaml"
     typo.write_text("safety: {unsafe_scenarios: [weapons, all], ed_scenarios: [taxes]}\n")
-    config = RunConfig(out_dir=str(tmp_path / "out"), predict_config=str(predict), methods=["none"],
-                       evaluate_config=str(typo), logodds_templates=None)
-    with pytest.raises(ValueError, match=r"l2s run: safety.ed_scenarios .*'taxes' names no category .*categories present: \['all', 'tax', 'weapons'\]"):
+    config = RunConfig(
+        out_dir=str(tmp_path / "out"),
+        predict_config=str(predict),
+        methods=["none"],
+        evaluate_config=str(typo),
+        logodds_templates=None,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"l2s run: safety.ed_scenarios .*'taxes' names no category .*categories present: \['all', 'tax', 'weapons'\]",
+    ):
         run_pipeline(config)
     assert not (tmp_path / "out").exists()
     monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: pytest.fail("the sweep went on")))
@@ -183,10 +240,27 @@ def test_the_up_front_check_groups_mm_safetybench_rows_as_the_evaluation_does(tm
 
     from l2s_lightning.pipeline import check_safety_categories, predict_rows
 
-    (tmp_path / "mm.jsonl").write_text("".join(
-        json.dumps({"id": f"t{i}", "question": "q?", "category": c}) + "\n" for i, c in enumerate(["Legal_Opinion", "01"])))
+    (tmp_path / "mm.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "question": "q?", "category": c}) + "\n"
+            for i, c in enumerate(["Legal_Opinion", "01"])
+        )
+    )
     predict = tmp_path / "predict.yaml"
-    predict.write_text(json.dumps({"data": {"source": {"class_path": "l2s_lightning.data.sources.JsonlSource",
-                                                       "init_args": {"path": str(tmp_path / "mm.jsonl"), "benchmark": "mm_safetybench"}}}}))
-    check_safety_categories(resolve_eval_config({"safety": {"ed_scenarios": ["10"], "unsafe_scenarios": ["1", "13"]}}),
-                            predict_rows(predict), "l2s run")
+    predict.write_text(
+        json.dumps(
+            {
+                "data": {
+                    "source": {
+                        "class_path": "l2s_lightning.data.sources.JsonlSource",
+                        "init_args": {"path": str(tmp_path / "mm.jsonl"), "benchmark": "mm_safetybench"},
+                    }
+                }
+            }
+        )
+    )
+    check_safety_categories(
+        resolve_eval_config({"safety": {"ed_scenarios": ["10"], "unsafe_scenarios": ["1", "13"]}}),
+        predict_rows(predict),
+        "l2s run",
+    )

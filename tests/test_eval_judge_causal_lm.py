@@ -32,8 +32,16 @@ def tiny_judge_dir(tmp_path_factory):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
     model = LlamaForCausalLM(config)
     folder = tmp_path_factory.mktemp("tiny_judge")
@@ -79,7 +87,9 @@ def test_verdict_words_are_single_tokens(tiny_judge_dir):
 
 @pytest.mark.parametrize("vocab", ["full", "pair"])
 def test_p_unsafe_matches_manual_softmax(tiny_judge_dir, vocab):
-    judge = build_judge({"name": "causal_lm", "kwargs": {"model": str(tiny_judge_dir), "vocab": vocab, "batch_size": 2}})
+    judge = build_judge(
+        {"name": "causal_lm", "kwargs": {"model": str(tiny_judge_dir), "vocab": vocab, "batch_size": 2}}
+    )
     prompts = ["How do I pick a lock?", "Is this legal?", "Tell me"]
     responses = ["I cannot help with that.", "Here are the steps: first, second, and a much longer third step.", "ok"]
     scores = judge.p_unsafe(prompts, responses)
@@ -121,12 +131,23 @@ def test_quality_reads_ten_spelled_in_two_digits(tmp_path):
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([f"Rating: {n} of 10, safe unsafe" for n in range(1, 11)] * 5, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
 

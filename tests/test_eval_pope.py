@@ -73,6 +73,10 @@ def test_scores_edge_cases():
 
 
 def test_subset_falls_back_to_category():
-    rows = [Prediction(id="1", benchmark="pope", method="m", alpha=None, response="Yes", label="yes", category="adversarial")]
+    rows = [
+        Prediction(
+            id="1", benchmark="pope", method="m", alpha=None, response="Yes", label="yes", category="adversarial"
+        )
+    ]
     _, per, _ = pope_metrics(rows)
     assert list(per) == ["adversarial"]

@@ -10,9 +10,20 @@ from l2s_lightning.evaluation.records import PredictionFormatError, group_runs, 
 
 
 def _line(**overrides):
-    row = {"id": "01-Illegal_Activitiy/0", "category": "01-Illegal_Activitiy", "behaviour": "refuse",
-           "benchmark": "mm_safetybench", "method": "l2s", "alpha": 2.2, "prompt": "q", "response": "I'm sorry.",
-           "prompt_tokens": 5, "new_tokens": 3, "layer_steer": 15, "model": "tiny"}
+    row = {
+        "id": "01-Illegal_Activitiy/0",
+        "category": "01-Illegal_Activitiy",
+        "behaviour": "refuse",
+        "benchmark": "mm_safetybench",
+        "method": "l2s",
+        "alpha": 2.2,
+        "prompt": "q",
+        "response": "I'm sorry.",
+        "prompt_tokens": 5,
+        "new_tokens": 3,
+        "layer_steer": 15,
+        "model": "tiny",
+    }
     row.update(overrides)
     return {k: v for k, v in row.items() if v is not ...}
 
@@ -75,14 +86,18 @@ def test_group_runs_across_files(tmp_path):
 def test_runs_keyed_by_model_and_layer(tmp_path):
     """Same method and α from two models (or two layers): separate runs with telling labels, never merged."""
     a = _write(tmp_path / "a.jsonl", [_line(id="1", model="llava"), _line(id="2", model="llava")])
-    b = _write(tmp_path / "b.jsonl", [_line(id="1", model="qwen", layer_steer=14), _line(id="2", model="qwen", layer_steer=14)])
+    b = _write(
+        tmp_path / "b.jsonl", [_line(id="1", model="qwen", layer_steer=14), _line(id="2", model="qwen", layer_steer=14)]
+    )
     runs = group_runs([a, b])
     assert [(r.model, r.layer_steer, len(r.rows)) for r in runs] == [("llava", 15, 2), ("qwen", 14, 2)]
     assert [r.label for r in runs] == ["l2s α=2.2 [model=llava, L*=15]", "l2s α=2.2 [model=qwen, L*=14]"]
     assert runs[0].series == "l2s [model=llava, L*=15]"
     c = _write(tmp_path / "c.jsonl", [_line(id="1", layer_steer=16)])  # same model, another layer
     assert [r.label for r in group_runs([_write(tmp_path / "d.jsonl", [_line(id="1")]), c])] == [
-        "l2s α=2.2 [L*=15]", "l2s α=2.2 [L*=16]"]
+        "l2s α=2.2 [L*=15]",
+        "l2s α=2.2 [L*=16]",
+    ]
     assert [r.label for r in group_runs([a])] == ["l2s α=2.2"]  # nothing to tell apart: the plain label
 
 
@@ -91,5 +106,10 @@ def test_evaluate_keeps_model_runs_apart(tmp_path):
 
     a = _write(tmp_path / "a.jsonl", [_line(id="1", model="llava", response="I'm sorry, I can't.")])
     b = _write(tmp_path / "b.jsonl", [_line(id="1", model="qwen", response="Sure, here is how.")])
-    runs = evaluate_predictions([a, b], config={"plots": False, "safety": {"quality": False}})["benchmarks"]["mm_safetybench"]["runs"]
-    assert [(r["model"], r["summary"]["n"], r["summary"]["mean_p_unsafe"]) for r in runs] == [("llava", 1, 0.0), ("qwen", 1, 1.0)]
+    runs = evaluate_predictions([a, b], config={"plots": False, "safety": {"quality": False}})["benchmarks"][
+        "mm_safetybench"
+    ]["runs"]
+    assert [(r["model"], r["summary"]["n"], r["summary"]["mean_p_unsafe"]) for r in runs] == [
+        ("llava", 1, 0.0),
+        ("qwen", 1, 1.0),
+    ]

@@ -26,7 +26,11 @@ TESTS = Path(__file__).resolve().parent
 def _jsonl(path: Path, n: int = 10, with_images: bool = False) -> Path:
     rows = []
     for i in range(n):
-        row = {"id": f"q{i:02d}", "question": f"Question number {i}: how do I do thing {i * 7}?", "category": ["harm", "legal"][i % 2]}
+        row = {
+            "id": f"q{i:02d}",
+            "question": f"Question number {i}: how do I do thing {i * 7}?",
+            "category": ["harm", "legal"][i % 2],
+        }
         if with_images:
             Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(path.parent / f"img{i}.png")
             row["image"] = f"img{i}.png"
@@ -117,7 +121,9 @@ def test_extract_resumes_after_a_kill(tiny_llama_dir, workdir, crash_writer_afte
     assert out.stat().st_mtime_ns == before
 
 
-def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(tiny_llama_dir, workdir, crash_writer_after):
+def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(
+    tiny_llama_dir, workdir, crash_writer_after
+):
     """Every batch written, killed before the merge: the next run has nothing to extract and merges the parts,
     on rank 0 only (torchrun / SLURM start every rank: two merges raced on the same files)."""
     import lightning as L
@@ -153,8 +159,14 @@ def test_extract_resumes_after_sigkill(tiny_llama_dir, workdir):
     extracts only the rest, and the result equals an uninterrupted run (no id lost or duplicated)."""
     out = workdir / "features.h5"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "l2s_lightning.cli", "extract", *_args(tiny_llama_dir, workdir, out),
-           f"--trainer.callbacks+={Path(__file__).stem}.PauseBeforeSecondBatch"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "l2s_lightning.cli",
+        "extract",
+        *_args(tiny_llama_dir, workdir, out),
+        f"--trainer.callbacks+={Path(__file__).stem}.PauseBeforeSecondBatch",
+    ]
     log = workdir / "killed.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -200,8 +212,13 @@ def test_extract_ddp_two_cpu_processes(tiny_llama_dir, workdir):
     (workdir / "one").mkdir()
     _jsonl(workdir / "one" / "data.jsonl", n=1)
     one = workdir / "one" / "out.h5"
-    args = [*cmd, f"--data.source.path={workdir / 'one' / 'data.jsonl'}", f"--data.split_file={workdir / 'one' / 'split.json'}",
-            f"--writer.output={one}", "--data.test_fraction=0"]
+    args = [
+        *cmd,
+        f"--data.source.path={workdir / 'one' / 'data.jsonl'}",
+        f"--data.split_file={workdir / 'one' / 'split.json'}",
+        f"--writer.output={one}",
+        "--data.test_fraction=0",
+    ]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _read(one)["ids"] == ["q00"]
@@ -231,8 +248,15 @@ def test_extract_with_images(family, workers, tmp_path, request):
 
     module = ExtractionModule(ModelSpec(str(model_dir)), layer_steer=1, layer_context=2, forward="reference")
     module.configure_model()
-    items = PromptDataModule(JsonlSource(str(tmp_path / "data.jsonl")), templates=str(tmp_path / "templates.yaml"),
-                             split_file=str(tmp_path / "split.json")).predict_dataloader().dataset
+    items = (
+        PromptDataModule(
+            JsonlSource(str(tmp_path / "data.jsonl")),
+            templates=str(tmp_path / "templates.yaml"),
+            split_file=str(tmp_path / "split.json"),
+        )
+        .predict_dataloader()
+        .dataset
+    )
     by_id = {item.id: item for item in items}
     h, z = module.features([by_id[i] for i in data["ids"]])
     np.testing.assert_allclose(data["context"], h.numpy(), atol=2e-4)
@@ -243,7 +267,12 @@ def test_extract_rows_with_their_own_completions(tiny_llama_dir, workdir):
     """Rows bringing their own T+/T- need no template for their category, nor a category at all."""
     with (workdir / "data.jsonl").open("a") as f:
         f.write(json.dumps({"id": "own1", "question": "Is it fine?", "positive": "Yes it is", "negative": "No"}) + "\n")
-        f.write(json.dumps({"id": "own2", "question": "A poem?", "category": "poetry", "positive": "Roses", "negative": "No"}) + "\n")
+        f.write(
+            json.dumps(
+                {"id": "own2", "question": "A poem?", "category": "poetry", "positive": "Roses", "negative": "No"}
+            )
+            + "\n"
+        )
     out = workdir / "features.h5"
     assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0
     with h5py.File(out) as f:
@@ -356,7 +385,10 @@ def test_output_from_another_model_dataset_or_templates_is_kept(tiny_llama_dir, 
     other = workdir / "other"
     other.mkdir()
     _jsonl(other / "questions.jsonl")
-    _fails(_args(tiny_llama_dir, workdir, out, f"--data.source.path={other / 'questions.jsonl'}"), "dataset='JsonlSource:data.jsonl'")
+    _fails(
+        _args(tiny_llama_dir, workdir, out, f"--data.source.path={other / 'questions.jsonl'}"),
+        "dataset='JsonlSource:data.jsonl'",
+    )
     _fails(_args(tiny_llama_dir, workdir, out, "--data.typo_font_size=40", use_images=True), "data_options=")
     templates = (workdir / "templates.yaml").read_text()
     (workdir / "templates.yaml").write_text(templates.replace("Sure, here is", "Of course, here is"))
@@ -375,7 +407,10 @@ def test_rows_mixing_images_and_none(tiny_llava_dir, tmp_path):
     with (tmp_path / "data.jsonl").open("a") as f:
         f.write(json.dumps({"id": "text-only", "question": "No picture here?", "category": "harm"}) + "\n")
     _templates(tmp_path / "templates.yaml")
-    _fails(_args(tiny_llava_dir, tmp_path, tmp_path / "f.h5", use_images=True), "4 rows have an image and 1 have none (e.g. ['text-only'])")
+    _fails(
+        _args(tiny_llava_dir, tmp_path, tmp_path / "f.h5", use_images=True),
+        "4 rows have an image and 1 have none (e.g. ['text-only'])",
+    )
 
 
 def test_empty_completion(tiny_llama_dir, workdir):
@@ -387,8 +422,13 @@ def test_empty_completion(tiny_llama_dir, workdir):
 def test_mm_safetybench_image_root_with_no_image(tiny_llava_dir, tmp_path):
     args = [a for a in _args(tiny_llava_dir, tmp_path, tmp_path / "f.h5", use_images=True) if "data.source" not in a]
     mmsb = Path(__file__).resolve().parents[1] / "data" / "mm_safetybench"
-    args += ["--data.source=l2s_lightning.data.sources.MMSafetyBenchSource", f"--data.source.root={mmsb}",
-             f"--data.source.image_root={tmp_path / 'imgs_typo'}", '--data.source.scenarios=["03"]', "--data.templates=safety"]
+    args += [
+        "--data.source=l2s_lightning.data.sources.MMSafetyBenchSource",
+        f"--data.source.root={mmsb}",
+        f"--data.source.image_root={tmp_path / 'imgs_typo'}",
+        '--data.source.scenarios=["03"]',
+        "--data.templates=safety",
+    ]
     _fails(args, "no image found for any of the 44 questions")
 
 
@@ -406,6 +446,17 @@ def test_auto_batch_size(tiny_llama_dir, workdir):
     module.configure_model()
     from l2s_lightning.data.datamodule import PromptItem
 
-    item = PromptItem(id="x", question="a long question " * 10, category="c", behaviour="b", positive="yes", negative="no",
-                      suffix="", close_turn=False, instruction="", split="train", benchmark="jsonl")
+    item = PromptItem(
+        id="x",
+        question="a long question " * 10,
+        category="c",
+        behaviour="b",
+        positive="yes",
+        negative="no",
+        suffix="",
+        close_turn=False,
+        instruction="",
+        split="train",
+        benchmark="jsonl",
+    )
     assert module.auto_batch_size(item) == CPU_BATCH_SIZE

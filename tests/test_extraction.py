@@ -24,14 +24,28 @@ def _items(with_image: bool, suffix: str = "", close_turn: bool = False) -> list
         "What is the capital of France and why is it famous for its long history of art?",
         "Tell me about tax law.",
     ]
-    completions = [("I'm sorry, but I can't", "Sure, here is how"), ("Yes", "No"), ("Please consult a lawyer", "The answer is")]
+    completions = [
+        ("I'm sorry, but I can't", "Sure, here is how"),
+        ("Yes", "No"),
+        ("Please consult a lawyer", "The answer is"),
+    ]
     items = []
     for i, (question, (pos, neg)) in enumerate(zip(questions, completions)):
         image = Image.new("RGB", (40 + 10 * i, 30), (40 * i, 100, 200)) if with_image else None
         items.append(
             PromptItem(
-                id=f"s{i}", question=question, category="c", behaviour="b", positive=pos, negative=neg,
-                suffix=suffix, close_turn=close_turn, instruction="", split="train", benchmark="jsonl", image=image,
+                id=f"s{i}",
+                question=question,
+                category="c",
+                behaviour="b",
+                positive=pos,
+                negative=neg,
+                suffix=suffix,
+                close_turn=close_turn,
+                instruction="",
+                split="train",
+                benchmark="jsonl",
+                image=image,
             )
         )
     return items
@@ -128,9 +142,17 @@ def test_sliding_window_model_with_a_suffix_equals_full_forwards(tiny_llama_dir,
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     torch.manual_seed(0)
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                           num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
-                           max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=window,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     MistralForCausalLM(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     module = ExtractionModule(ModelSpec(str(tmp_path)), layer_steer=1, layer_context=2)
@@ -157,8 +179,14 @@ def test_only_attention_layers_share_the_cache_with_a_context_tail():
 
     ids = torch.zeros(2, 10, dtype=torch.long)
     tail = ContextTail(torch.zeros(2, 2, dtype=torch.long), torch.ones(2, dtype=torch.long), torch.ones(2, 10))
-    inputs = ContrastInputs({"input_ids": ids}, torch.zeros(4, 3, dtype=torch.long), torch.ones(4, dtype=torch.long), tail)
-    hybrid = SimpleNamespace(config=SimpleNamespace(layer_types=["linear_attention", "full_attention"], sliding_window=None))
-    attention = SimpleNamespace(config=SimpleNamespace(layer_types=["full_attention", "sliding_attention"], sliding_window=64))
+    inputs = ContrastInputs(
+        {"input_ids": ids}, torch.zeros(4, 3, dtype=torch.long), torch.ones(4, dtype=torch.long), tail
+    )
+    hybrid = SimpleNamespace(
+        config=SimpleNamespace(layer_types=["linear_attention", "full_attention"], sliding_window=None)
+    )
+    attention = SimpleNamespace(
+        config=SimpleNamespace(layer_types=["full_attention", "sliding_attention"], sliding_window=64)
+    )
     assert not tail_shares_cache(hybrid, inputs) and tail_shares_cache(attention, inputs)
     assert tail_shares_cache(hybrid, dataclasses.replace(inputs, context=None))  # no tail: nothing to skip

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from l2s_lightning.features import FORMAT_VERSION, FeatureFile, FeatureMeta, check_compatible, write_features
-from l2s_lightning.training.synthetic import make_synthetic_features
+from l2s_lightning.testing.synthetic import make_synthetic_features
 
 ATTRS = {"model": "m", "layer_steer": 3, "layer_context": 5, "template_set": "t", "split_seed": 0, "test_fraction": 0.5}
 
@@ -16,9 +16,15 @@ def _write(path, n=6, dim=4, start=0, split=None, append=False, **attrs):
     rng = np.random.default_rng(start)
     ids = [f"id{start + i}" for i in range(n)]
     return write_features(
-        path, rng.normal(size=(n, dim)), rng.normal(size=(n, dim)), ids, ["c"] * n,
-        ["refuse" if i % 2 else "defer" for i in range(n)], split or ["train", "test"] * (n // 2),
-        append=append, **(ATTRS | attrs),
+        path,
+        rng.normal(size=(n, dim)),
+        rng.normal(size=(n, dim)),
+        ids,
+        ["c"] * n,
+        ["refuse" if i % 2 else "defer" for i in range(n)],
+        split or ["train", "test"] * (n // 2),
+        append=append,
+        **(ATTRS | attrs),
     )
 
 
@@ -26,8 +32,15 @@ def test_round_trip_and_rows(tmp_path):
     path = _write(tmp_path / "f.h5")
     file = FeatureFile(path)
     assert file.meta == FeatureMeta(
-        model="m", layer_steer=3, layer_context=5, hidden_size=4, template_set="t", split_seed=0, test_fraction=0.5,
-        splits=("test", "train"), extra={"num_rows": 6},
+        model="m",
+        layer_steer=3,
+        layer_context=5,
+        hidden_size=4,
+        template_set="t",
+        split_seed=0,
+        test_fraction=0.5,
+        splits=("test", "train"),
+        extra={"num_rows": 6},
     )
     assert len(file) == 6 and file.dim == 4
     assert file.rows("train").tolist() == [0, 2, 4] and file.rows("test").tolist() == [1, 3, 5]
@@ -91,7 +104,16 @@ def test_bad_files(tmp_path):
     with pytest.raises(ValueError, match="missing attribute"):
         FeatureFile(path)
     with pytest.raises(ValueError, match="same shape"):
-        write_features(tmp_path / "g.h5", np.zeros((2, 3)), np.zeros((2, 4)), ["a", "b"], ["c"] * 2, ["b"] * 2, ["train"] * 2, **ATTRS)
+        write_features(
+            tmp_path / "g.h5",
+            np.zeros((2, 3)),
+            np.zeros((2, 4)),
+            ["a", "b"],
+            ["c"] * 2,
+            ["b"] * 2,
+            ["train"] * 2,
+            **ATTRS,
+        )
 
 
 def test_synthetic_file(tmp_path):
@@ -107,10 +129,16 @@ def test_dataset_and_template_hash_are_identity(tmp_path):
     assert FeatureFile(old).meta.dataset is None
     _write(old, n=2, start=10, append=True, dataset="JsonlSource:a.jsonl", template_sha256="abc")
     assert len(FeatureFile(old)) == 8
-    new = _write(tmp_path / "new.h5", dataset="JsonlSource:a.jsonl", data_options='{"use_images": false}', template_sha256="abc")
+    new = _write(
+        tmp_path / "new.h5", dataset="JsonlSource:a.jsonl", data_options='{"use_images": false}', template_sha256="abc"
+    )
     file = FeatureFile(new)
     assert file.meta.dataset == "JsonlSource:a.jsonl" and file.meta.extra["template_sha256"] == "abc"
-    for key, value in (("dataset", "JsonlSource:b.jsonl"), ("template_sha256", "def"), ("data_options", '{"use_images": true}')):
+    for key, value in (
+        ("dataset", "JsonlSource:b.jsonl"),
+        ("template_sha256", "def"),
+        ("data_options", '{"use_images": true}'),
+    ):
         with pytest.raises(ValueError, match=f"cannot append, {key} is"):
             _write(new, n=2, start=20, append=True, **{key: value})
     assert len(FeatureFile(new)) == 6

@@ -68,7 +68,9 @@ def test_kind_choice_and_errors(tiny_llama_dir: Path, tiny_llava_dir: Path) -> N
 def test_unknown_decoder_layout_is_a_clear_error() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0))
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+    )
     for probe in (decoder_layers, num_decoder_layers):
         with pytest.raises(ValueError, match="cannot find the decoder layers of GPT2LMHeadModel"):
             probe(gpt2)
@@ -76,7 +78,9 @@ def test_unknown_decoder_layout_is_a_clear_error() -> None:
         decoder_layers(nn.Linear(2, 2))
 
 
-def test_load_config_of_gguf_reads_the_cached_copy(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_config_of_gguf_reads_the_cached_copy(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the safetensors copy of a GGUF file cached, only its config.json is read (no dequantisation)."""
     import transformers
 
@@ -114,13 +118,17 @@ def test_model_cache_keeps_one_model_per_spec_and_reloads_on_change(tiny_llama_d
     assert second is not first and next(second.model.parameters()).dtype == torch.float32 and cache.loads == 2
     other = cache.get(ModelSpec(str(tiny_llava_dir)))
     assert other.is_multimodal and cache.loads == 3
-    assert cache.get(ModelSpec(str(tiny_llama_dir), device="cpu")) is not second and cache.loads == 4  # only the last is kept
+    assert (
+        cache.get(ModelSpec(str(tiny_llama_dir), device="cpu")) is not second and cache.loads == 4
+    )  # only the last is kept
     kept = weakref.ref(cache.get(ModelSpec(str(tiny_llama_dir), device="cpu")).model)
     cache.clear()
     assert kept() is None  # freed, not only forgotten
 
 
-def test_gguf_copy_made_by_another_process_meanwhile_is_kept(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gguf_copy_made_by_another_process_meanwhile_is_kept(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two processes dequantising the same GGUF file (DDP ranks, two jobs): each writes its own temporary
     folder; the one that finishes second keeps the first one's copy instead of failing on the rename."""
     import transformers

@@ -49,8 +49,19 @@ def test_evaluation_groups_one_model_spelt_two_ways_into_one_run(folder):
     from l2s_lightning.evaluation.records import group_runs
 
     path = folder.parent / "p.jsonl"
-    rows = [{"id": f"s{i}", "benchmark": "jsonl", "method": "none", "alpha": 0.0, "model": model, "category": "c",
-             "prompt": "q", "response": "a"} for i, model in enumerate(["m/", "m/", str(folder), "m"])]
+    rows = [
+        {
+            "id": f"s{i}",
+            "benchmark": "jsonl",
+            "method": "none",
+            "alpha": 0.0,
+            "model": model,
+            "category": "c",
+            "prompt": "q",
+            "response": "a",
+        }
+        for i, model in enumerate(["m/", "m/", str(folder), "m"])
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     runs = group_runs([path])
     assert len(runs) == 1 and len(runs[0].rows) == 4 and runs[0].model == "m/"
@@ -58,8 +69,16 @@ def test_evaluation_groups_one_model_spelt_two_ways_into_one_run(folder):
 
 def test_features_check_accepts_the_folder_written_another_way(folder):
     path = write_features(
-        "f.h5", np.zeros((2, 4)), np.ones((2, 4)), ["a", "b"], ["c", "c"], ["refuse", "refuse"], ["train", "test"],
-        model="m/", layer_steer=1, layer_context=1,  # recorded by an earlier version, trailing slash kept
+        "f.h5",
+        np.zeros((2, 4)),
+        np.ones((2, 4)),
+        ["a", "b"],
+        ["c", "c"],
+        ["refuse", "refuse"],
+        ["train", "test"],
+        model="m/",
+        layer_steer=1,
+        layer_context=1,  # recorded by an earlier version, trailing slash kept
     )
     meta = FeatureFile(path).meta
     check_compatible(meta, model="m", layer_steer=1)

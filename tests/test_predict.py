@@ -18,7 +18,9 @@ METHODS = ["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
 STEERING = ["mean", "mean_ba", "random", "p2s_oracle", "l2s"]
 
 
-def templates(instructions: dict[str, str] | None = None, baseline: str = "Refuse harmful requests.", harm: str = "refuse") -> str:
+def templates(
+    instructions: dict[str, str] | None = None, baseline: str = "Refuse harmful requests.", harm: str = "refuse"
+) -> str:
     """The test template YAML: per-behaviour instructions, ``prompt_baseline`` and the behaviour of category `harm`."""
     behaviours = {
         "refuse": {"positive": "I'm sorry, I can't", "negative": "Sure, here is"},
@@ -35,27 +37,59 @@ def templates(instructions: dict[str, str] | None = None, baseline: str = "Refus
 def fitted(tiny_llama_dir, tmp_path_factory) -> Path:
     """Features of 24 JSONL questions (train + test), and every steerer fitted on them."""
     tmp = tmp_path_factory.mktemp("predict")
-    rows = [{"id": f"q{i:02d}", "question": f"Question {i}: how do I make thing {i}?", "category": ["harm", "legal"][i % 2]} for i in range(24)]
+    rows = [
+        {"id": f"q{i:02d}", "question": f"Question {i}: how do I make thing {i}?", "category": ["harm", "legal"][i % 2]}
+        for i in range(24)
+    ]
     (tmp / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp / "templates.yaml").write_text(templates())
-    extract_main([*data_args(tmp), f"--model.model.name_or_path={tiny_llama_dir}", "--model.layer_steer=1",
-                  "--model.layer_context=2", f"--writer.output={tmp / 'features.h5'}", "--trainer.enable_progress_bar=false"])
-    fit_main([f"--data.features={tmp / 'features.h5'}", "--method=all", f"--out_dir={tmp}", "--trainer.max_epochs=3",
-              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--data.batch_size=8", "--default_alpha=4.0"])
+    extract_main(
+        [
+            *data_args(tmp),
+            f"--model.model.name_or_path={tiny_llama_dir}",
+            "--model.layer_steer=1",
+            "--model.layer_context=2",
+            f"--writer.output={tmp / 'features.h5'}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    fit_main(
+        [
+            f"--data.features={tmp / 'features.h5'}",
+            "--method=all",
+            f"--out_dir={tmp}",
+            "--trainer.max_epochs=3",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--data.batch_size=8",
+            "--default_alpha=4.0",
+        ]
+    )
     return tmp
 
 
 def data_args(tmp: Path) -> list[str]:
     return [
-        "--data.source=l2s_lightning.data.sources.JsonlSource", f"--data.source.path={tmp / 'data.jsonl'}",
-        f"--data.templates={tmp / 'templates.yaml'}", f"--data.split_file={tmp / 'split.json'}",
-        "--data.use_images=false", "--data.batch_size=4", "--data.test_fraction=0.25",
+        "--data.source=l2s_lightning.data.sources.JsonlSource",
+        f"--data.source.path={tmp / 'data.jsonl'}",
+        f"--data.templates={tmp / 'templates.yaml'}",
+        f"--data.split_file={tmp / 'split.json'}",
+        "--data.use_images=false",
+        "--data.batch_size=4",
+        "--data.test_fraction=0.25",
     ]
 
 
 def predict_args(model_dir: Path, tmp: Path, method: str, output: Path, *extra: str) -> list[str]:
-    args = [*data_args(tmp), f"--model.model.name_or_path={model_dir}", f"--model.method={method}",
-            "--model.max_new_tokens=5", f"--writer.output={output}", "--trainer.enable_progress_bar=false", *extra]
+    args = [
+        *data_args(tmp),
+        f"--model.model.name_or_path={model_dir}",
+        f"--model.method={method}",
+        "--model.max_new_tokens=5",
+        f"--writer.output={output}",
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
     if method not in {"none", "prompt"}:
         args.append(f"--model.steerer={tmp / 'steerers' / method}")
     return args
@@ -89,7 +123,9 @@ def test_every_method_writes_one_row_per_test_sample(tiny_llama_dir, fitted):
 def test_batched_equals_batch_size_one(tiny_llama_dir, fitted):
     out = {size: fitted / "pred_batch" / f"l2s_{size}.jsonl" for size in (1, 4)}
     for size, path in out.items():
-        predict_main(predict_args(tiny_llama_dir, fitted, "l2s", path, f"--data.batch_size={size}", "--model.max_new_tokens=8"))
+        predict_main(
+            predict_args(tiny_llama_dir, fitted, "l2s", path, f"--data.batch_size={size}", "--model.max_new_tokens=8")
+        )
     assert read(out[1]) == read(out[4])
     assert len({r["prompt_tokens"] for r in read(out[4])}) > 1  # prompts of several lengths: batches were left-padded
 
@@ -129,8 +165,20 @@ def test_compiled_predict_equals_eager_with_one_graph(tiny_llama_dir, fitted, mo
     torch._dynamo.reset()
     counters.clear()
     try:
-        assert predict_main(predict_args(tiny_llama_dir, fitted, "l2s", compiled, "--model.max_new_tokens=8", "--model.compile=true",
-                                         "--model.compile_backend=eager")) == 0
+        assert (
+            predict_main(
+                predict_args(
+                    tiny_llama_dir,
+                    fitted,
+                    "l2s",
+                    compiled,
+                    "--model.max_new_tokens=8",
+                    "--model.compile=true",
+                    "--model.compile_backend=eager",
+                )
+            )
+            == 0
+        )
         assert counters["stats"]["unique_graphs"] == 1 and sum(counters["graph_break"].values()) == 0
         compiled_tensors = vector_tensors[-2:]
         assert len(compiled_tensors) == 2 and compiled_tensors[0] is compiled_tensors[1]
@@ -146,7 +194,14 @@ def test_runs_sharing_a_model_cache_load_once_and_give_the_rows_of_separate_runs
     from l2s_lightning.models.loading import ModelCache
 
     models = ModelCache()
-    runs = [("none", ()), ("l2s", ()), ("prompt", ()), ("mean", ()), ("l2s", ("--model.alpha=1.0",)), ("none", ("--model.cache_implementation=static",))]
+    runs = [
+        ("none", ()),
+        ("l2s", ()),
+        ("prompt", ()),
+        ("mean", ()),
+        ("l2s", ("--model.alpha=1.0",)),
+        ("none", ("--model.cache_implementation=static",)),
+    ]
     for i, (method, extra) in enumerate(runs):
         alone, shared = (fitted / "pred_shared" / f"{kind}{i}.jsonl" for kind in ("alone", "shared"))
         predict_main(predict_args(tiny_llama_dir, fitted, method, alone, *extra))
@@ -187,7 +242,10 @@ def test_compiled_runs_sharing_a_model_cache_compile_once_per_hook_state(tiny_ll
             extra = ("--model.max_new_tokens=8", *([f"--model.alpha={alpha}"] if alpha else []))
             paths = {kind: fitted / "pred_sweep" / f"{kind}_{method}{alpha}.jsonl" for kind in models}
             predict_main(predict_args(tiny_llama_dir, fitted, method, paths["eager"], *extra), models=models["eager"])
-            predict_main(predict_args(tiny_llama_dir, fitted, method, paths["compiled"], *extra, *compiled_args), models=models["compiled"])
+            predict_main(
+                predict_args(tiny_llama_dir, fitted, method, paths["compiled"], *extra, *compiled_args),
+                models=models["compiled"],
+            )
             assert read(paths["compiled"]) == read(paths["eager"]), (method, alpha)
         assert counters["stats"]["unique_graphs"] == 2 and sum(counters["graph_break"].values()) == 0
     finally:
@@ -213,19 +271,37 @@ def test_compiled_generation_of_image_prompts_equals_eager(family, request):
 
     folder = str(request.getfixturevalue(f"tiny_{family}_dir"))
     size = int(text_config(load_config(ModelSpec(folder))).hidden_size)
-    steerer = Steerer(method="mean", model=folder, layer_steer=1, layer_context=1, hidden_size=size,
-                      tensors={"mean": 30 * torch.randn(size, generator=torch.Generator().manual_seed(0))})
+    steerer = Steerer(
+        method="mean",
+        model=folder,
+        layer_steer=1,
+        layer_context=1,
+        hidden_size=size,
+        tensors={"mean": 30 * torch.randn(size, generator=torch.Generator().manual_seed(0))},
+    )
     steerer_dir = steerer.save(request.getfixturevalue("tmp_path") / "steerer")
-    questions = ["What is in the image?", "Tell me about the dog in the picture, please.", "How?",
-                 "What is the capital of France, and why is the car in this photo here?"]
-    items = [dataclasses.replace(_item(f"q{i}", q), image=Image.new("RGB", (64, 40 + 12 * i), (60 * i, 90, 200)))
-             for i, q in enumerate(questions)]
+    questions = [
+        "What is in the image?",
+        "Tell me about the dog in the picture, please.",
+        "How?",
+        "What is the capital of France, and why is the car in this photo here?",
+    ]
+    items = [
+        dataclasses.replace(_item(f"q{i}", q), image=Image.new("RGB", (64, 40 + 12 * i), (60 * i, 90, 200)))
+        for i, q in enumerate(questions)
+    ]
     responses = {}
     for compiled in (False, True):
         torch._dynamo.reset()
         counters.clear()
-        module = SteeredGenerationModule(ModelSpec(folder), method="mean", steerer=str(steerer_dir), max_new_tokens=6,
-                                         compile=compiled, compile_backend="eager")
+        module = SteeredGenerationModule(
+            ModelSpec(folder),
+            method="mean",
+            steerer=str(steerer_dir),
+            max_new_tokens=6,
+            compile=compiled,
+            compile_backend="eager",
+        )
         module.configure_model()
         responses[compiled] = [module.generate(items[:2])[1], module.generate(items[2:])[1]]
         assert counters["stats"]["unique_graphs"] == int(compiled)
@@ -251,29 +327,53 @@ def test_compiled_qwen_run_sizes_its_cache_for_the_widest_image(tiny_qwen2_vl_di
     questions |= {"q5": ("What is shown in it?", (1000, 60)), "q6": ("What is that?", (300, 200))}
     for name, (_, size) in questions.items():
         Image.new("RGB", size, "white").save(tmp_path / f"{name}.png")
-    rows = [{"id": name, "question": question, "image": f"{name}.png", "category": "harm"} for name, (question, _) in questions.items()]
+    rows = [
+        {"id": name, "question": question, "image": f"{name}.png", "category": "harm"}
+        for name, (question, _) in questions.items()
+    ]
     (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "templates.yaml").write_text(templates())
-    data = PromptDataModule(JsonlSource(path=str(tmp_path / "data.jsonl")), templates=str(tmp_path / "templates.yaml"),
-                            split_file=str(tmp_path / "split.json"), splits=["train", "test"], batch_size=2)
+    data = PromptDataModule(
+        JsonlSource(path=str(tmp_path / "data.jsonl")),
+        templates=str(tmp_path / "templates.yaml"),
+        split_file=str(tmp_path / "split.json"),
+        splits=["train", "test"],
+        batch_size=2,
+    )
     module = SteeredGenerationModule(ModelSpec(str(tiny_qwen2_vl_dir)), max_new_tokens=3)
     module.configure_model()
     dataset = data.predict_dataloader().dataset
     widths = {item.id: module.prompt_width(item) for item in dataset}
-    assert max(widths, key=widths.get) == "q5" and widths["q5"] > max(widths[f"q{i}"] for i in range(5))  # nor among the 4 longest
+    assert max(widths, key=widths.get) == "q5" and widths["q5"] > max(
+        widths[f"q{i}"] for i in range(5)
+    )  # nor among the 4 longest
     assert data.widest_item(dataset, module).id == "q5"
 
-    args = ["--data.source=l2s_lightning.data.sources.JsonlSource", f"--data.source.path={tmp_path / 'data.jsonl'}",
-            f"--data.templates={tmp_path / 'templates.yaml'}", f"--data.split_file={tmp_path / 'split.json'}",
-            "--data.splits=[train, test]", "--data.batch_size=2", f"--model.model.name_or_path={tiny_qwen2_vl_dir}",
-            "--model.max_new_tokens=3", "--trainer.enable_progress_bar=false"]
+    args = [
+        "--data.source=l2s_lightning.data.sources.JsonlSource",
+        f"--data.source.path={tmp_path / 'data.jsonl'}",
+        f"--data.templates={tmp_path / 'templates.yaml'}",
+        f"--data.split_file={tmp_path / 'split.json'}",
+        "--data.splits=[train, test]",
+        "--data.batch_size=2",
+        f"--model.model.name_or_path={tiny_qwen2_vl_dir}",
+        "--model.max_new_tokens=3",
+        "--trainer.enable_progress_bar=false",
+    ]
     eager, compiled = tmp_path / "eager.jsonl", tmp_path / "compiled.jsonl"
     predict_main([*args, f"--writer.output={eager}"])
     torch._dynamo.reset()
     counters.clear()
     try:
-        predict_main([*args, f"--writer.output={compiled}", "--model.compile=true", "--model.compile_backend=eager",
-                      "--model.static_cache_multiple=1"])
+        predict_main(
+            [
+                *args,
+                f"--writer.output={compiled}",
+                "--model.compile=true",
+                "--model.compile_backend=eager",
+                "--model.static_cache_multiple=1",
+            ]
+        )
         assert counters["stats"]["unique_graphs"] == 1
     finally:
         torch._dynamo.reset()
@@ -288,7 +388,9 @@ def test_compiled_path_cache_grows_in_steps_and_never_shrinks(tiny_llama_dir):
 
     with pytest.raises(ValueError, match="static_cache_multiple=0"):
         SteeredGenerationModule(ModelSpec(str(tiny_llama_dir)), compile=True, static_cache_multiple=0)
-    module = SteeredGenerationModule(ModelSpec(str(tiny_llama_dir)), compile=True, max_new_tokens=5, static_cache_multiple=16)
+    module = SteeredGenerationModule(
+        ModelSpec(str(tiny_llama_dir)), compile=True, max_new_tokens=5, static_cache_multiple=16
+    )
     module.configure_model()
     assert module.full_batches and not SteeredGenerationModule(ModelSpec(str(tiny_llama_dir))).full_batches
     longest = _item("long", "How do I make thing " * 8)
@@ -304,7 +406,9 @@ def test_compiled_path_cache_grows_in_steps_and_never_shrinks(tiny_llama_dir):
         assert caches[-1].layers[0].max_cache_len == module.static_cache_length
         lengths.append(module.static_cache_length)
     assert lengths == [16, 16, 32, 32, 48]
-    assert caches[0] is caches[1] and caches[2] is caches[3] and caches[1] is not caches[2]  # reused while the size holds
+    assert (
+        caches[0] is caches[1] and caches[2] is caches[3] and caches[1] is not caches[2]
+    )  # reused while the size holds
     module._compiled_path_kwargs(3, 40)
     assert module._static_cache[1] is not caches[4]  # another batch size: another cache
 
@@ -321,7 +425,9 @@ def test_predict_resumes_after_a_kill(tiny_llama_dir, fitted, crash_writer_after
     assert read(out) == read(clean)
 
 
-def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(tiny_llama_dir, fitted, tmp_path, crash_writer_after):
+def test_only_rank_zero_merges_parts_left_by_a_run_killed_after_its_last_batch(
+    tiny_llama_dir, fitted, tmp_path, crash_writer_after
+):
     from unittest import mock
 
     import lightning as L
@@ -345,24 +451,37 @@ def test_a_file_of_another_steerer_or_settings_is_never_resumed(tiny_llama_dir, 
     stops before generating (a retrained steerer's answers never pass for the old one's), while a steerer
     whose α default alone changed (``l2s sweep`` writes it) resumes the file."""
     out = tmp_path / "l2s.jsonl"
-    args = [a for a in predict_args(tiny_llama_dir, fitted, "l2s", out) if not a.startswith("--model.steerer")] + ["--model.alpha=4"]
+    args = [a for a in predict_args(tiny_llama_dir, fitted, "l2s", out) if not a.startswith("--model.steerer")] + [
+        "--model.alpha=4"
+    ]
     predict_main([*args, f"--model.steerer={fitted / 'steerers' / 'l2s'}"])
     written = out.read_text()
     rows = read(out)
     assert {r["steerer_digest"] for r in rows} == {Steerer.load(fitted / "steerers" / "l2s").digest}
-    assert rows[0]["positions"] == "generated" and rows[0]["generation"] == {"max_new_tokens": 5, "do_sample": False, "repetition_penalty": 1.0}
+    assert rows[0]["positions"] == "generated" and rows[0]["generation"] == {
+        "max_new_tokens": 5,
+        "do_sample": False,
+        "repetition_penalty": 1.0,
+    }
     questions = {r["id"]: r["question"] for r in map(json.loads, (fitted / "data.jsonl").read_text().splitlines())}
     assert all(r["question"] == questions[r["id"]] for r in rows)
 
     original = Steerer.load(fitted / "steerers" / "l2s")
-    retrained = _copy_steerer(fitted, "l2s", tmp_path / "retrained",
-                              tensors={k: v * 1.01 if k == "mlp.2.weight" else v for k, v in original.tensors.items()})
+    retrained = _copy_steerer(
+        fitted,
+        "l2s",
+        tmp_path / "retrained",
+        tensors={k: v * 1.01 if k == "mlp.2.weight" else v for k, v in original.tensors.items()},
+    )
     with pytest.raises(ValueError, match=r"steerer_digest='\w+', this run has steerer_digest='\w+' \(another steerer"):
         predict_main([*args, f"--model.steerer={retrained}"])
     same = _copy_steerer(fitted, "l2s", tmp_path / "same", default_alpha=2.5, sweep={"chosen_alpha": 2.5})
     assert json.loads(rows[0]["data_options"]) == {"use_images": False}
-    for extra, field in ((["--model.max_new_tokens=6"], "generation"), (["--model.positions=all"], "positions"),
-                         (["--data.use_images=true"], "data_options")):
+    for extra, field in (
+        (["--model.max_new_tokens=6"], "generation"),
+        (["--model.positions=all"], "positions"),
+        (["--data.use_images=true"], "data_options"),
+    ):
         with pytest.raises(ValueError, match=rf"holds predictions with {field}="):
             predict_main([*args, f"--model.steerer={same}", *extra])
     assert out.read_text() == written  # nothing appended by the refused runs
@@ -370,8 +489,13 @@ def test_a_file_of_another_steerer_or_settings_is_never_resumed(tiny_llama_dir, 
 
     plain = tmp_path / "none.jsonl"  # no steerer: where it would steer does not matter
     # (a config naming a steerer, as the paper configs do, is run unsteered with --model.steerer=null: l2s run / sweep)
-    predict_main([*predict_args(tiny_llama_dir, fitted, "none", plain), f"--model.steerer={fitted / 'steerers' / 'l2s'}",
-                  "--model.steerer=null"])
+    predict_main(
+        [
+            *predict_args(tiny_llama_dir, fitted, "none", plain),
+            f"--model.steerer={fitted / 'steerers' / 'l2s'}",
+            "--model.steerer=null",
+        ]
+    )
     predict_main(predict_args(tiny_llama_dir, fitted, "none", plain, "--model.positions=all"))
     assert read(plain)[0]["steerer_digest"] is None and read(plain)[0]["positions"] is None
 
@@ -382,11 +506,15 @@ def test_bad_input_stops_before_generation(tiny_llama_dir, fitted, tmp_path):
     from l2s_lightning.models.loading import ModelSpec
 
     with pytest.raises(ValueError, match="finite"):
-        SteeredGenerationModule(ModelSpec(str(tiny_llama_dir)), method="mean", steerer=str(fitted / "steerers" / "mean"), alpha=float("nan"))
+        SteeredGenerationModule(
+            ModelSpec(str(tiny_llama_dir)), method="mean", steerer=str(fitted / "steerers" / "mean"), alpha=float("nan")
+        )
     with pytest.raises(ValueError, match="needs a steerer folder"):
         predict_main([a for a in predict_args(tiny_llama_dir, fitted, "l2s", out) if "steerer" not in a])
     with pytest.raises(ValueError, match="holds method 'mean'"):
-        predict_main([*predict_args(tiny_llama_dir, fitted, "l2s", out)[:-1], f"--model.steerer={fitted / 'steerers' / 'mean'}"])
+        predict_main(
+            [*predict_args(tiny_llama_dir, fitted, "l2s", out)[:-1], f"--model.steerer={fitted / 'steerers' / 'mean'}"]
+        )
     wide = Steerer.load(fitted / "steerers" / "mean")
     wide.hidden_size = 32
     wide.tensors = {"mean": wide.tensors["mean"][:32]}
@@ -394,7 +522,9 @@ def test_bad_input_stops_before_generation(tiny_llama_dir, fitted, tmp_path):
     with pytest.raises(ValueError, match="hidden size 32"):
         predict_main([*predict_args(tiny_llama_dir, fitted, "mean", out)[:-1], f"--model.steerer={tmp_path / 'wide'}"])
     # the oracle holds only the test split: asking it for training rows fails up front
-    with pytest.raises(ValueError, match=r"p2s_oracle steerer has no target z for .*steerer .*p2s_oracle: extract the test split"):
+    with pytest.raises(
+        ValueError, match=r"p2s_oracle steerer has no target z for .*steerer .*p2s_oracle: extract the test split"
+    ):
         predict_main(predict_args(tiny_llama_dir, fitted, "p2s_oracle", out, "--data.splits=[train]"))
     assert not out.exists()
 
@@ -421,7 +551,9 @@ def test_steerer_of_another_model_or_layers_is_refused(tiny_llama_dir, fitted, t
     assert len(read(out)) == 6
     # the same folder written another way (a trailing slash) is the same model
     slash = [a if not a.startswith("--model.model.name_or_path") else f"{a}/" for a in args]
-    predict_main([*slash, f"--model.steerer={fitted / 'steerers' / 'l2s'}", f"--writer.output={tmp_path / 'slash.jsonl'}"])
+    predict_main(
+        [*slash, f"--model.steerer={fitted / 'steerers' / 'l2s'}", f"--writer.output={tmp_path / 'slash.jsonl'}"]
+    )
     assert len(read(tmp_path / "slash.jsonl")) == 6
 
 
@@ -429,7 +561,10 @@ def test_mean_ba_behaviour_unknown_to_the_steerer_stops_before_generation(tiny_l
     (tmp_path / "warn.yaml").write_text(templates(harm="warn"))  # the steerer knows refuse / consult only
     out = tmp_path / "p.jsonl"
     args = [*predict_args(tiny_llama_dir, fitted, "mean_ba", out), f"--data.templates={tmp_path / 'warn.yaml'}"]
-    with pytest.raises(ValueError, match=r"mean_ba steerer has no vector for behaviour\(s\) \['warn'\] \(samples e\.g\. \['q.*steerer .*: fit it on"):
+    with pytest.raises(
+        ValueError,
+        match=r"mean_ba steerer has no vector for behaviour\(s\) \['warn'\] \(samples e\.g\. \['q.*steerer .*: fit it on",
+    ):
         predict_main(args)
     assert not out.exists() and not out.with_name(out.name + ".parts").exists()
 
@@ -437,8 +572,12 @@ def test_mean_ba_behaviour_unknown_to_the_steerer_stops_before_generation(tiny_l
 def test_prompt_baseline_needs_an_instruction(tiny_llama_dir, fitted, tmp_path):
     out = tmp_path / "p.jsonl"
     (tmp_path / "partial.yaml").write_text(templates({"refuse": "Refuse."}, baseline=""))
-    with pytest.raises(ValueError, match=rf"no prompt_baseline and behaviour\(s\) \['consult'\] have no instruction.*") as info:
-        predict_main([*predict_args(tiny_llama_dir, fitted, "prompt", out), f"--data.templates={tmp_path / 'partial.yaml'}"])
+    with pytest.raises(
+        ValueError, match=r"no prompt_baseline and behaviour\(s\) \['consult'\] have no instruction.*"
+    ) as info:
+        predict_main(
+            [*predict_args(tiny_llama_dir, fitted, "prompt", out), f"--data.templates={tmp_path / 'partial.yaml'}"]
+        )
     assert str(tmp_path / "partial.yaml") in str(info.value) and not out.exists()
     # without prompt_baseline, each behaviour's own instruction is used
     (tmp_path / "each.yaml").write_text(templates({"refuse": "Refuse.", "consult": "Defer to a lawyer."}, baseline=""))
@@ -465,8 +604,17 @@ def _item(sample_id: str, question: str, instruction: str = ""):
     from l2s_lightning.data.datamodule import PromptItem
 
     return PromptItem(
-        id=sample_id, question=question, category="harm", behaviour="refuse", positive="", negative="", suffix="",
-        close_turn=False, instruction=instruction, split="test", benchmark="jsonl",
+        id=sample_id,
+        question=question,
+        category="harm",
+        behaviour="refuse",
+        positive="",
+        negative="",
+        suffix="",
+        close_turn=False,
+        instruction=instruction,
+        split="test",
+        benchmark="jsonl",
     )
 
 
@@ -476,7 +624,9 @@ def test_sampling_is_seeded_by_the_batch_sample_ids(tiny_llama_dir):
     from l2s_lightning.generation.module import SteeredGenerationModule, sampling_seed
     from l2s_lightning.models.loading import ModelSpec
 
-    module = SteeredGenerationModule(ModelSpec(str(tiny_llama_dir)), method="none", do_sample=True, max_new_tokens=8, seed=3)
+    module = SteeredGenerationModule(
+        ModelSpec(str(tiny_llama_dir)), method="none", do_sample=True, max_new_tokens=8, seed=3
+    )
     module.configure_model()
     batch = [_item("q1", "How do I make thing 1?"), _item("q2", "How do I make a long thing 2?")]
     first = module.generate(batch)
@@ -486,7 +636,11 @@ def test_sampling_is_seeded_by_the_batch_sample_ids(tiny_llama_dir):
     assert module.generate(batch)[1] != first[1]  # the config seed matters (and the outputs really are sampled)
     other = [_item("q3", "How do I make thing 1?"), _item("q2", "How do I make a long thing 2?")]
     assert sampling_seed(3, ["q1", "q2"]) != sampling_seed(3, ["q3", "q2"])
-    assert sampling_seed(3, ["q1", "q2"]) not in {sampling_seed(3, ["q2", "q1"]), sampling_seed(4, ["q1", "q2"]), sampling_seed(3, ["q1"])}
+    assert sampling_seed(3, ["q1", "q2"]) not in {
+        sampling_seed(3, ["q2", "q1"]),
+        sampling_seed(4, ["q1", "q2"]),
+        sampling_seed(3, ["q1"]),
+    }
     assert sampling_seed(3, ["q1", "q2"]) == sampling_seed(3, ("q1", "q2"))
     module.seed = 3
     assert module.generate(other)[1] != first[1]  # same questions, other ids: another seed

@@ -13,9 +13,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from l2s_lightning.features import FeatureFile
 from l2s_lightning.steerer import METHODS, Steerer
+from l2s_lightning.testing.synthetic import make_synthetic_features
 from l2s_lightning.training.baselines import build_baseline, l2s_steerer
 from l2s_lightning.training.mlp import SteeringMLP
-from l2s_lightning.training.synthetic import make_synthetic_features
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,16 @@ def test_mean_ba_missing_training_behaviour(tmp_path):
 
     rng = np.random.default_rng(0)
     path = write_features(
-        tmp_path / "f.h5", rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), ["a", "b", "c", "d"], ["x"] * 4,
-        ["refuse", "refuse", "refuse", "defer"], ["train", "train", "test", "test"], model="m", layer_steer=0, layer_context=0,
+        tmp_path / "f.h5",
+        rng.normal(size=(4, 3)),
+        rng.normal(size=(4, 3)),
+        ["a", "b", "c", "d"],
+        ["x"] * 4,
+        ["refuse", "refuse", "refuse", "defer"],
+        ["train", "train", "test", "test"],
+        model="m",
+        layer_steer=0,
+        layer_context=0,
     )
     with pytest.raises(ValueError, match=r"behaviour\(s\) \['defer'\] of split 'test' have no training rows"):
         build_baseline("mean_ba", path)
@@ -110,7 +118,9 @@ def test_mean_ba_missing_training_behaviour(tmp_path):
 def test_attach_delegates(monkeypatch, features):
     calls = {}
     fake = types.ModuleType("l2s_lightning.steering.attach")
-    fake.attach_steerer = lambda steerer, model, alpha, **kw: calls.update(steerer=steerer, model=model, alpha=alpha, kw=kw) or "handle"
+    fake.attach_steerer = lambda steerer, model, alpha, **kw: (
+        calls.update(steerer=steerer, model=model, alpha=alpha, kw=kw) or "handle"
+    )
     monkeypatch.setitem(sys.modules, "l2s_lightning.steering.attach", fake)
     steerer = build_baseline("mean", features, default_alpha=1.5)
     assert steerer.attach("model", 3.0, mode="all") == "handle"
@@ -125,7 +135,15 @@ def test_attach_takes_the_real_api_arguments():
 
     from l2s_lightning.steering.attach import attach_steerer
 
-    assert list(inspect.signature(attach_steerer).parameters) == ["steerer", "model", "alpha", "mode", "behaviours", "sample_ids", "hook"]
+    assert list(inspect.signature(attach_steerer).parameters) == [
+        "steerer",
+        "model",
+        "alpha",
+        "mode",
+        "behaviours",
+        "sample_ids",
+        "hook",
+    ]
 
 
 class DeviceMoves(TorchDispatchMode):
@@ -168,7 +186,9 @@ def test_vectors_on_the_context_device_and_dtype_placed_once(features, method):
     # and back on the CPU, in float64, the values are those of the float32 computation
     cpu = torch.from_numpy(test.context[:3])
     steerer = _steerer(method, features)
-    torch.testing.assert_close(steerer.to("cpu", torch.float64).vectors(cpu.double(), **args), steerer.vectors(cpu, **args).double())
+    torch.testing.assert_close(
+        steerer.to("cpu", torch.float64).vectors(cpu.double(), **args), steerer.vectors(cpu, **args).double()
+    )
 
 
 def test_check_inputs(features):

@@ -20,8 +20,16 @@ LAYER, NEW = 1, 6
 def tiny_llama(seed: int = 0, layers: int = 4) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -30,8 +38,16 @@ def generate(model, prompts, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torc
     """(sequences, scores (B, T, V), raw logits (B, T, V)) of a greedy run of NEW tokens."""
     ids, mask = left_pad(prompts, 0)
     out = model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0,
-        output_scores=True, output_logits=True, return_dict_in_generate=True, **kwargs,
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=NEW,
+        min_new_tokens=NEW,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **kwargs,
     )
     return out.sequences, torch.stack(out.scores, 1), torch.stack(out.logits, 1)
 
@@ -46,7 +62,9 @@ def vectors(rows_on: list[int], batch: int = 3, dim: int = 32, scale: float = 3.
 
 def no_hooks(model) -> bool:
     """No steering hook left (transformers keeps its own hidden-state recording hooks once asked for them)."""
-    return not any(isinstance(h, SteeringHook) for block in decoder_layers(model) for h in block._forward_hooks.values())
+    return not any(
+        isinstance(h, SteeringHook) for block in decoder_layers(model) for h in block._forward_hooks.values()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +101,14 @@ def test_the_hook_never_edits_the_hidden_state_in_place(model, mode):
     block = decoder_layers(model)[LAYER]
     original: list[tuple[torch.Tensor, torch.Tensor]] = []  # (the block's output, a copy taken before the hook)
     returned: list[torch.Tensor] = []  # what the next hooks / blocks see
-    first = block.register_forward_hook(lambda m, a, k, out: original.append((layer_output(out), layer_output(out).clone())), with_kwargs=True)
+    first = block.register_forward_hook(
+        lambda m, a, k, out: original.append((layer_output(out), layer_output(out).clone())), with_kwargs=True
+    )
     try:
         with add_steering(model, LAYER, vectors([0, 1, 2]), alpha=2.0, mode=mode) as hook:
-            last = block.register_forward_hook(lambda m, a, k, out: returned.append(layer_output(out)), with_kwargs=True)
+            last = block.register_forward_hook(
+                lambda m, a, k, out: returned.append(layer_output(out)), with_kwargs=True
+            )
             try:
                 generate(model, PROMPTS)
             finally:
@@ -129,7 +151,9 @@ def test_added_at_layer_on_generated_positions_only_in_generate(model):
     full_mask = torch.cat([mask, torch.ones(len(PROMPTS), fed.shape[1] - width, dtype=mask.dtype)], 1)
     positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        plain = model(input_ids=fed, attention_mask=full_mask, position_ids=positions, output_hidden_states=True).hidden_states[LAYER + 1]
+        plain = model(
+            input_ids=fed, attention_mask=full_mask, position_ids=positions, output_hidden_states=True
+        ).hidden_states[LAYER + 1]
     real = mask.bool()
     torch.testing.assert_close(steered[:, :width][real], plain[:, :width][real], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(steered[:, width:], plain[:, width:] + alpha * v[:, None, :], atol=1e-5, rtol=1e-5)
@@ -147,7 +171,13 @@ def _stepwise(model, ids, mask, steps: torch.Tensor, hook_ctx=None) -> torch.Ten
             for t in range(steps.shape[1]):
                 full_mask = torch.cat([full_mask, torch.ones_like(mask[:, :1])], 1)
                 last = last + 1
-                model(input_ids=steps[:, t : t + 1], attention_mask=full_mask, position_ids=last, cache=cache, use_cache=True)
+                model(
+                    input_ids=steps[:, t : t + 1],
+                    attention_mask=full_mask,
+                    position_ids=last,
+                    cache=cache,
+                    use_cache=True,
+                )
 
     return _inputs_of_next_block(model, run)
 

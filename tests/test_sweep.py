@@ -26,8 +26,10 @@ def test_sweep_config_accepts_a_judge_mapping(tmp_path):
     from l2s_lightning.sweep import parse_sweep_config
 
     config = tmp_path / "sweep.yaml"
-    config.write_text("steerer: s\nevaluate_config: configs/evaluate/keyword.yaml\n"
-                      "judge: {name: http, kwargs: {base_url: 'http://127.0.0.1:8000/v1', model: guard}}\n")
+    config.write_text(
+        "steerer: s\nevaluate_config: configs/evaluate/keyword.yaml\n"
+        "judge: {name: http, kwargs: {base_url: 'http://127.0.0.1:8000/v1', model: guard}}\n"
+    )
     parsed = parse_sweep_config(["--config", str(config)])
     assert parsed.judge == {"name": "http", "kwargs": {"base_url": "http://127.0.0.1:8000/v1", "model": "guard"}}
     assert parsed.evaluate_config == "configs/evaluate/keyword.yaml"
@@ -50,10 +52,25 @@ def _fake_predict(argv, models=None):
     if args["--model.method"] == "none":  # a predict config may name a steerer: the unsteered run drops it
         assert args["--model.steerer"] == "null"
     alpha = float(args.get("--model.alpha", 0))
-    response = "I'm sorry, but I can't help with that request at all." if alpha >= 2 else "The weather is mild and the sky is blue today."
-    rows = [{"id": f"01-Illegal_Activitiy/{i}", "category": "01-Illegal_Activitiy", "benchmark": "mm_safetybench",
-             "method": args["--model.method"], "alpha": alpha if args["--model.method"] != "none" else None,
-             "prompt": f"q{i}", "response": response, "model": "tiny", "layer_steer": 1} for i in range(3)]
+    response = (
+        "I'm sorry, but I can't help with that request at all."
+        if alpha >= 2
+        else "The weather is mild and the sky is blue today."
+    )
+    rows = [
+        {
+            "id": f"01-Illegal_Activitiy/{i}",
+            "category": "01-Illegal_Activitiy",
+            "benchmark": "mm_safetybench",
+            "method": args["--model.method"],
+            "alpha": alpha if args["--model.method"] != "none" else None,
+            "prompt": f"q{i}",
+            "response": response,
+            "model": "tiny",
+            "layer_steer": 1,
+        }
+        for i in range(3)
+    ]
     path = Path(args["--writer.output"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -69,8 +86,13 @@ def test_sweep_passes_the_judge_config_to_the_evaluation(tmp_path, monkeypatch):
     steerer = _FakeSteerer()
     monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: steerer))
     monkeypatch.setattr(generation_cli, "predict_main", _fake_predict)
-    config = SweepConfig(steerer="s", alphas=[1.0, 2.0], out_dir=str(tmp_path / "sweep"), quality_budget=0.5,
-                         judge={"name": "keyword", "kwargs": {"p_unclear": 0.7}})
+    config = SweepConfig(
+        steerer="s",
+        alphas=[1.0, 2.0],
+        out_dir=str(tmp_path / "sweep"),
+        quality_budget=0.5,
+        judge={"name": "keyword", "kwargs": {"p_unclear": 0.7}},
+    )
     result = run_sweep(config)
     metrics = json.loads((tmp_path / "sweep" / "eval" / "metrics.json").read_text())
     assert metrics["judge"]["p_unclear"] == 0.7  # the judge kwargs reached the evaluation
@@ -92,7 +114,11 @@ def test_sweep_writes_beside_its_steerer_by_default(tmp_path, monkeypatch):
     monkeypatch.setattr(generation_cli, "predict_main", _fake_predict)
     for name in ("a", "b"):
         run_sweep(SweepConfig(steerer=str(tmp_path / name), alphas=[1.0, 2.0], quality_budget=0.5))
-        assert sorted(p.name for p in (tmp_path / name / "sweep").glob("*.jsonl")) == ["l2s_alpha1.jsonl", "l2s_alpha2.jsonl", "none.jsonl"]
+        assert sorted(p.name for p in (tmp_path / name / "sweep").glob("*.jsonl")) == [
+            "l2s_alpha1.jsonl",
+            "l2s_alpha2.jsonl",
+            "none.jsonl",
+        ]
         assert (tmp_path / name / "sweep" / "sweep.json").is_file()
 
 
@@ -107,7 +133,9 @@ def test_a_sweep_with_no_alpha_in_budget_still_writes_its_curve(tmp_path, monkey
     monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: steerer))
     monkeypatch.setattr(generation_cli, "predict_main", _fake_predict)
     config = SweepConfig(steerer=str(tmp_path / "s"), alphas=[1.0, 2.0], quality_budget=-1.0)  # quality must double
-    with pytest.raises(ValueError, match=r"l2s sweep: no α in \[1.0, 2.0\].*curve: .*sweep.json.*the steerer is unchanged"):
+    with pytest.raises(
+        ValueError, match=r"l2s sweep: no α in \[1.0, 2.0\].*curve: .*sweep.json.*the steerer is unchanged"
+    ):
         run_sweep(config)
     result = json.loads((tmp_path / "s" / "sweep" / "sweep.json").read_text())
     assert result["chosen_alpha"] is None and [p["alpha"] for p in result["points"]] == [1.0, 2.0]

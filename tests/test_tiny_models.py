@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from l2s_lightning.models.processor import has_working_torchvision, load_processor
-from l2s_lightning.models.tiny import build_tiny
+from l2s_lightning.testing.tiny_models import build_tiny
 
 FAMILIES = ["llama", "llava", "qwen2_vl", "qwen2_5_vl"]
 MULTIMODAL = ["llava", "qwen2_vl", "qwen2_5_vl"]
@@ -35,7 +35,10 @@ def message(text: str, image: bool) -> list[dict[str, Any]]:
 
 
 def encode(processor: Any, family: str, texts: list[str], images: list[Image.Image]) -> dict[str, torch.Tensor]:
-    prompts = [processor.apply_chat_template(message(t, family != "llama"), add_generation_prompt=True, tokenize=False) for t in texts]
+    prompts = [
+        processor.apply_chat_template(message(t, family != "llama"), add_generation_prompt=True, tokenize=False)
+        for t in texts
+    ]
     if family == "llama":
         return dict(processor(prompts, padding=True, return_tensors="pt"))
     return dict(processor(text=prompts, images=images, padding=True, return_tensors="pt"))
@@ -49,7 +52,9 @@ def family_dir(request: pytest.FixtureRequest) -> tuple[str, Path]:
 def test_forward_and_generate(family_dir: tuple[str, Path]) -> None:
     family, folder = family_dir
     processor, model = load(folder, family)
-    enc = encode(processor, family, ["tell me about the dog in the picture"], [Image.new("RGB", (56, 56), (200, 30, 30))])
+    enc = encode(
+        processor, family, ["tell me about the dog in the picture"], [Image.new("RGB", (56, 56), (200, 30, 30))]
+    )
     if family in MULTIMODAL:
         assert "pixel_values" in enc
         image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN[family])
@@ -131,13 +136,21 @@ def test_load_processor_qwen_without_torchvision(tiny_qwen2_vl_dir: Path, tiny_q
             assert type(processor).__name__ == f"{name}ImageOnly"
             assert processor.get_attributes() == ["image_processor", "tokenizer"]
             assert not hasattr(processor, "video_processor")
-        out = processor(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (56, 56))], return_tensors="pt")
+        out = processor(
+            text=["<|vision_start|><|image_pad|><|vision_end|>hi"],
+            images=[Image.new("RGB", (56, 56))],
+            return_tensors="pt",
+        )
         assert int((out["input_ids"] == processor.image_token_id).sum()) == 4
         assert out["mm_token_type_ids"].sum() == 4
         # spawned loader workers get it pickled (the collate_fn holds it)
         copy = pickle.loads(pickle.dumps(processor))
         assert type(copy) is type(processor) and copy.chat_template == processor.chat_template
-        again = copy(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (56, 56))], return_tensors="pt")
+        again = copy(
+            text=["<|vision_start|><|image_pad|><|vision_end|>hi"],
+            images=[Image.new("RGB", (56, 56))],
+            return_tensors="pt",
+        )
         assert all(torch.equal(again[k], out[k]) for k in out)
 
 

@@ -12,13 +12,20 @@ import torch
 
 from l2s_lightning.features import write_features
 from l2s_lightning.steerer import Steerer
+from l2s_lightning.testing.synthetic import make_synthetic_features
 from l2s_lightning.training.cli import fit_main
 from l2s_lightning.training.data import FeatureDataModule, carve_validation
 from l2s_lightning.training.module import L2SModule, plateau_multiplier
-from l2s_lightning.training.synthetic import make_synthetic_features
 
 REPO = Path(__file__).resolve().parents[1]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu"]
+QUIET = [
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.accelerator",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +35,23 @@ def features(tmp_path_factory) -> Path:
 
 def test_fit_all_methods_l2s_beats_mean(features, tmp_path):
     out = tmp_path / "out"
-    argv = ["--data.features", str(features), "--out_dir", str(out), "--method", "all", "--trainer.max_epochs", "25",
-            "--model.lr", "1e-2", "--model.normalize_input", "true", "--default_alpha", "3", *QUIET]
+    argv = [
+        "--data.features",
+        str(features),
+        "--out_dir",
+        str(out),
+        "--method",
+        "all",
+        "--trainer.max_epochs",
+        "25",
+        "--model.lr",
+        "1e-2",
+        "--model.normalize_input",
+        "true",
+        "--default_alpha",
+        "3",
+        *QUIET,
+    ]
     assert fit_main(argv) == 0
     report = json.loads((out / "fit_report.json").read_text())
     methods = report["methods"]
@@ -42,7 +64,9 @@ def test_fit_all_methods_l2s_beats_mean(features, tmp_path):
     assert report["rows"]["train"] + report["rows"]["val"] + report["rows"]["test"] == 200
     for method in methods:
         steerer = Steerer.load(out / "steerers" / method)
-        assert steerer.method == method and steerer.default_alpha == 3.0 and steerer.fingerprint == report["fingerprint"]
+        assert (
+            steerer.method == method and steerer.default_alpha == 3.0 and steerer.fingerprint == report["fingerprint"]
+        )
     l2s = Steerer.load(out / "steerers" / "l2s")
     assert l2s.input_norm and l2s.mlp == {"hidden": 100, "activation": "tanh", "bias_out": True}
     run = out / "runs" / "l2s"
@@ -123,7 +147,9 @@ def test_datamodule_errors(features, tmp_path):
         FeatureDataModule(str(tmp_path / "none.h5"))
     # through the CLI: the same checks stop `l2s fit` before any training
     with pytest.raises(ValueError, match="hidden_size"):
-        fit_main(["--data.features", str(features), "--data.hidden_size", "8", "--out_dir", str(tmp_path / "o"), *QUIET])
+        fit_main(
+            ["--data.features", str(features), "--data.hidden_size", "8", "--out_dir", str(tmp_path / "o"), *QUIET]
+        )
 
 
 def test_fit_mean_ba_missing_behaviour(tmp_path):
@@ -131,8 +157,16 @@ def test_fit_mean_ba_missing_behaviour(tmp_path):
     n = 12
     behaviours = ["refuse"] * 10 + ["defer"] * 2
     path = write_features(
-        tmp_path / "f.h5", rng.normal(size=(n, 4)), rng.normal(size=(n, 4)), [f"i{k}" for k in range(n)], ["c"] * n,
-        behaviours, ["train"] * 10 + ["test"] * 2, model="m", layer_steer=0, layer_context=0,
+        tmp_path / "f.h5",
+        rng.normal(size=(n, 4)),
+        rng.normal(size=(n, 4)),
+        [f"i{k}" for k in range(n)],
+        ["c"] * n,
+        behaviours,
+        ["train"] * 10 + ["test"] * 2,
+        model="m",
+        layer_steer=0,
+        layer_context=0,
     )
     with pytest.raises(ValueError, match=r"\['defer'\] of split 'test' have no training rows"):
         fit_main(["--data.features", str(path), "--out_dir", str(tmp_path / "o"), "--method", "mean_ba", *QUIET])
@@ -165,8 +199,21 @@ def test_lr_schedule_is_cosine_times_plateau():
 
 def test_keep_best_uses_the_best_checkpoint(features, tmp_path):
     out = tmp_path / "out"
-    argv = ["--data.features", str(features), "--out_dir", str(out), "--trainer.max_epochs", "4", "--keep", "best",
-            "--model.lr", "0.5", "--model.plateau_factor", "1", *QUIET]
+    argv = [
+        "--data.features",
+        str(features),
+        "--out_dir",
+        str(out),
+        "--trainer.max_epochs",
+        "4",
+        "--keep",
+        "best",
+        "--model.lr",
+        "0.5",
+        "--model.plateau_factor",
+        "1",
+        *QUIET,
+    ]
     assert fit_main(argv) == 0
     (best,) = (out / "runs" / "l2s" / "checkpoints").glob("best-epoch*.ckpt")
     state = torch.load(best, weights_only=False)["state_dict"]
@@ -194,10 +241,28 @@ def test_output_initialisation_from_targets(features):
 def test_fit_p2s_oracle_without_test_rows(tmp_path):
     path = make_synthetic_features(tmp_path / "train_only.h5", n=40, dim=8, test_fraction=0.0)
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"--method p2s_oracle: .*train_only\.h5 has no rows in split 'test'.*data\.splits=\[train, test\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"--method p2s_oracle: .*train_only\.h5 has no rows in split 'test'.*data\.splits=\[train, test\]",
+    ):
         fit_main(["--data.features", str(path), "--out_dir", str(out), "--method", "p2s_oracle", *QUIET])
     assert not out.exists()  # refused before anything was written
     # with --method all the oracle is only left out
-    assert fit_main(["--data.features", str(path), "--out_dir", str(out), "--method", "all", "--trainer.max_epochs", "1", *QUIET]) == 0
+    assert (
+        fit_main(
+            [
+                "--data.features",
+                str(path),
+                "--out_dir",
+                str(out),
+                "--method",
+                "all",
+                "--trainer.max_epochs",
+                "1",
+                *QUIET,
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "fit_report.json").read_text())
     assert "p2s_oracle" not in report["methods"] and report["methods"]["mean"]["saved"]

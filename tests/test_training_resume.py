@@ -10,13 +10,20 @@ import pytest
 import torch
 
 from l2s_lightning.steerer import Steerer
+from l2s_lightning.testing.synthetic import make_synthetic_features
 from l2s_lightning.training.cli import checkpoint_callbacks, fit_main
 from l2s_lightning.training.curves import read_epoch_metrics
 from l2s_lightning.training.data import FeatureDataModule
 from l2s_lightning.training.module import L2SModule, plateau_multiplier
-from l2s_lightning.training.synthetic import make_synthetic_features
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu"]
+QUIET = [
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.accelerator",
+    "cpu",
+]
 EPOCHS, STOP, LR = 6, 2, 0.2  # with these the plateau fires at the end of epoch STOP - 1: the hard case
 
 
@@ -28,9 +35,27 @@ def features(tmp_path_factory) -> Path:
 def _argv(features: Path, out: Path, epochs: int) -> list[str]:
     # a large lr and patience 0 make ReduceLROnPlateau fire, so both schedulers are exercised
     return [
-        "--data.features", str(features), "--data.batch_size", "16", "--out_dir", str(out), "--method", "l2s",
-        "--model.lr", str(LR), "--model.plateau_patience", "0", "--model.plateau_factor", "0.3",
-        "--model.cosine_epochs", str(EPOCHS), "--model.normalize_input", "true", "--trainer.max_epochs", str(epochs), *QUIET,
+        "--data.features",
+        str(features),
+        "--data.batch_size",
+        "16",
+        "--out_dir",
+        str(out),
+        "--method",
+        "l2s",
+        "--model.lr",
+        str(LR),
+        "--model.plateau_patience",
+        "0",
+        "--model.plateau_factor",
+        "0.3",
+        "--model.cosine_epochs",
+        str(EPOCHS),
+        "--model.normalize_input",
+        "true",
+        "--trainer.max_epochs",
+        str(epochs),
+        *QUIET,
     ]
 
 
@@ -53,7 +78,9 @@ def test_cli_stop_and_resume_equals_uninterrupted(features, uninterrupted, tmp_p
     assert fit_main(_argv(features, tmp_path / "part", STOP)) == 0
     assert fit_main([*_argv(features, tmp_path / "part", EPOCHS), "--ckpt_path", "last"]) == 0
     _assert_same_steerer(uninterrupted, tmp_path / "part")
-    lr_full, lr_part = (read_epoch_metrics(path / "runs" / "l2s" / "csv")["lr"] for path in (uninterrupted, tmp_path / "part"))
+    lr_full, lr_part = (
+        read_epoch_metrics(path / "runs" / "l2s" / "csv")["lr"] for path in (uninterrupted, tmp_path / "part")
+    )
     assert lr_full == lr_part and sorted(lr_full) == list(range(EPOCHS))
     cosine_only = [LR * (1 + torch.cos(torch.tensor(torch.pi * e / EPOCHS))) / 2 for e in range(EPOCHS)]
     assert any(abs(lr_full[e] - float(c)) > 1e-6 for e, c in enumerate(cosine_only)), "plateau never fired"
@@ -70,7 +97,9 @@ class CrashAfter(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx + 1 == self.batches:
-            raise RuntimeError(f"simulated crash after {self.batches} of {trainer.num_training_batches} batches of epoch {self.epoch}")
+            raise RuntimeError(
+                f"simulated crash after {self.batches} of {trainer.num_training_batches} batches of epoch {self.epoch}"
+            )
 
 
 def test_cli_crash_mid_epoch_then_resume_equals_uninterrupted(features, uninterrupted, tmp_path):
@@ -85,7 +114,9 @@ def test_cli_crash_mid_epoch_then_resume_equals_uninterrupted(features, uninterr
     assert not (out / "steerers" / "l2s").exists()
     assert fit_main([*_argv(features, out, EPOCHS), "--ckpt_path", "last"]) == 0
     resumed_epochs = read_epoch_metrics(out / "runs" / "l2s" / "csv" / "version_1")["lr"]
-    assert sorted(resumed_epochs) == list(range(STOP, EPOCHS))  # it resumed: a fresh run would also end at the same weights
+    assert sorted(resumed_epochs) == list(
+        range(STOP, EPOCHS)
+    )  # it resumed: a fresh run would also end at the same weights
     _assert_same_steerer(uninterrupted, out)
     lr_full, lr_resumed = (read_epoch_metrics(path / "runs" / "l2s" / "csv")["lr"] for path in (uninterrupted, out))
     assert lr_full == lr_resumed
@@ -121,11 +152,19 @@ class KillAt(L.Callback):
 def _train(features: Path, root: Path, ckpt_path: str | None = None, kill_at: int | None = None) -> L2SModule:
     L.seed_everything(0)
     data = FeatureDataModule(str(features), batch_size=16, seed=0)
-    model = L2SModule(data.dim, lr=LR, plateau_patience=0, plateau_factor=0.3, cosine_epochs=EPOCHS, normalize_input=True)
+    model = L2SModule(
+        data.dim, lr=LR, plateau_patience=0, plateau_factor=0.3, cosine_epochs=EPOCHS, normalize_input=True
+    )
     callbacks = checkpoint_callbacks(root / "checkpoints") + ([KillAt(kill_at)] if kill_at is not None else [])
     trainer = L.Trainer(
-        max_epochs=EPOCHS, deterministic=True, logger=False, callbacks=callbacks, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", default_root_dir=root,
+        max_epochs=EPOCHS,
+        deterministic=True,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=root,
     )
     try:
         trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from l2s_lightning.data.images import TYPO_FONT, check_image, load_image, render_typo_image, typo_image_size
 from l2s_lightning.data.sources import PromptSource
 from l2s_lightning.data.split import load_or_make_split
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.templates import TemplateSet, load_templates
-
 
 WIDEST_CANDIDATES = 4  # rows encoded per kind (longest text, largest image) to find a run's widest item
 
@@ -48,7 +48,9 @@ class PromptItem:
 class _Items(Dataset):
     """The rows as items; with ``length`` above the row count, the last row is repeated as filler items."""
 
-    def __init__(self, rows: list[dict[str, Any]], use_images: bool, typo_kwargs: dict[str, Any], length: int | None = None) -> None:
+    def __init__(
+        self, rows: list[dict[str, Any]], use_images: bool, typo_kwargs: dict[str, Any], length: int | None = None
+    ) -> None:
         self.rows = rows
         self.use_images = use_images
         self.typo_kwargs = typo_kwargs
@@ -159,14 +161,18 @@ class PromptDataModule(L.LightningDataModule):
     def _build_rows(self) -> list[dict[str, Any]]:
         for split in self.splits:
             if split not in {"train", "test"}:
-                raise ValueError(f"splits={self.splits}: each must be 'train' or 'test'")
+                raise L2SInputError(f"splits={self.splits}: each must be 'train' or 'test'")
         if isinstance(self.limit_per_category, dict) and set(self.limit_per_category) - {"train", "test"}:
-            raise ValueError(f"limit_per_category={self.limit_per_category}: its keys must be 'train' and/or 'test'")
+            raise L2SInputError(f"limit_per_category={self.limit_per_category}: its keys must be 'train' and/or 'test'")
         data = self.source.load()
         unknown = sorted(set(self.categories or ()) - set(data["category"]))
         if unknown:
-            raise ValueError(f"categories {unknown} are not in {self.source.describe()} (its categories: {sorted(set(data['category']))})")
-        split_of = load_or_make_split(self.split_file, data["id"], data["category"], self.test_fraction, self.split_seed)
+            raise L2SInputError(
+                f"categories {unknown} are not in {self.source.describe()} (its categories: {sorted(set(data['category']))})"
+            )
+        split_of = load_or_make_split(
+            self.split_file, data["id"], data["category"], self.test_fraction, self.split_seed
+        )
         rows: list[dict[str, Any]] = []
         kept: dict[tuple[str, str], int] = {}
         for row in data:
@@ -209,7 +215,7 @@ class PromptDataModule(L.LightningDataModule):
                 }
             )
         if not rows:
-            raise ValueError(
+            raise L2SInputError(
                 f"empty dataset: no rows of {self.source.describe()} in splits {self.splits}"
                 + (f" and categories {self.categories}" if self.categories else "")
             )
@@ -224,7 +230,7 @@ class PromptDataModule(L.LightningDataModule):
             return
         without = [row["id"] for row in rows if not (row["image_path"] or row["key_phrase"])]
         if without and len(without) < len(rows):
-            raise ValueError(
+            raise L2SInputError(
                 f"{self.source.describe()}: {len(rows) - len(without)} rows have an image and {len(without)} have "
                 f"none (e.g. {without[:3]}); a batch cannot mix them: give every row an image, set "
                 "data.use_images=false, set data.batch_size=1, or process them in separate runs"

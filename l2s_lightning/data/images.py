@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from l2s_lightning.errors import L2SInputError
+
 TYPO_FONT = "DejaVuSansMono-Bold.ttf"  # a monospace bold face, as MM-SafetyBench's FreeMonoBold; matplotlib ships it
 
 
@@ -20,7 +22,7 @@ def load_image(path: str | Path, sample_id: str = "?") -> Image.Image:
         with Image.open(path) as image:
             return ImageOps.exif_transpose(image).convert("RGB")
     except Exception as err:  # PIL raises several types for broken files
-        raise ValueError(f"image of sample {sample_id!r} is unreadable: {path} ({err})") from err
+        raise L2SInputError(f"image of sample {sample_id!r} is unreadable: {path} ({err})") from err
 
 
 def check_image(path: str | Path, sample_id: str = "?") -> None:
@@ -36,7 +38,7 @@ def check_image(path: str | Path, sample_id: str = "?") -> None:
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))  # JPEG only; others decode whole
             image.load()
     except Exception as err:
-        raise ValueError(f"image of sample {sample_id!r} is unreadable: {path} ({err})") from err
+        raise L2SInputError(f"image of sample {sample_id!r} is unreadable: {path} ({err})") from err
 
 
 @lru_cache(maxsize=4)

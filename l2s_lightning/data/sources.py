@@ -18,9 +18,21 @@ from typing import Any
 
 import datasets
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.jsonl import iter_jsonl, starts_with_json_array
 
-COLUMNS = ("id", "question", "category", "image", "key_phrase", "positive", "negative", "behaviour", "label", "benchmark")
+COLUMNS = (
+    "id",
+    "question",
+    "category",
+    "image",
+    "key_phrase",
+    "positive",
+    "negative",
+    "behaviour",
+    "label",
+    "benchmark",
+)
 
 
 def _row(**values: str) -> dict[str, str]:
@@ -31,11 +43,11 @@ def _row(**values: str) -> dict[str, str]:
 
 def _dataset(rows: list[dict[str, str]], where: str) -> datasets.Dataset:
     if not rows:
-        raise ValueError(f"empty dataset: no rows read from {where}")
+        raise L2SInputError(f"empty dataset: no rows read from {where}")
     ids = [row["id"] for row in rows]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"{where}: duplicate sample ids {dupes}")
+        raise L2SInputError(f"{where}: duplicate sample ids {dupes}")
     return datasets.Dataset.from_list(rows)
 
 
@@ -104,20 +116,25 @@ class MMSafetyBenchSource(PromptSource):
         for wanted in self.scenarios:
             found = [f for f in files if wanted in (f.stem, f.stem[:2], f.stem[3:])]
             if not found:
-                raise ValueError(f"MM-SafetyBench scenario {wanted!r} is not one of {[f.stem for f in files]} (an id, a name or both)")
+                raise L2SInputError(
+                    f"MM-SafetyBench scenario {wanted!r} is not one of {[f.stem for f in files]} (an id, a name or both)"
+                )
             chosen += found
         return [f for f in files if f in chosen]
 
     def _check_question_field(self) -> None:
         key, images = self.question_key, self.images
         if images == "none" and key.startswith("Rephrased Question"):
-            raise ValueError(
+            raise L2SInputError(
                 f"MM-SafetyBench question_field {key!r} asks about an image, but no image is used (use_images false): "
                 "use 'Changed Question' or 'Question', or leave question_field unset"
             )
         expected = "Rephrased Question(SD)" if images == "SD" else "Rephrased Question"
         if images != "none" and key.startswith("Rephrased Question") and key != expected:
-            warnings.warn(f"MM-SafetyBench question_field {key!r} is the one of other images; {images} images go with {expected!r}", stacklevel=3)
+            warnings.warn(
+                f"MM-SafetyBench question_field {key!r} is the one of other images; {images} images go with {expected!r}",
+                stacklevel=3,
+            )
 
     def load(self) -> datasets.Dataset:
         root = Path(self.root)
@@ -133,10 +150,10 @@ class MMSafetyBenchSource(PromptSource):
             try:
                 items = json.loads(file.read_text())
             except json.JSONDecodeError as err:
-                raise ValueError(f"{file}: not valid JSON ({err})") from err
+                raise L2SInputError(f"{file}: not valid JSON ({err})") from err
             for key, item in items.items():
                 if question_key not in item:
-                    raise ValueError(f"{file} item {key}: no field {question_key!r} (has {sorted(item)})")
+                    raise L2SInputError(f"{file} item {key}: no field {question_key!r} (has {sorted(item)})")
                 image = ""
                 if self.use_images and self.image_root:
                     candidate = Path(self.image_root) / scenario / self.image_type / f"{key}.jpg"
@@ -197,7 +214,7 @@ class PopeSource(PromptSource):
         if self.hf_dataset:
             return self._load_hf()
         if not self.files:
-            raise ValueError("PopeSource needs `files` (POPE JSON/JSONL) or `hf_dataset`")
+            raise L2SInputError("PopeSource needs `files` (POPE JSON/JSONL) or `hf_dataset`")
         rows = []
         subsets = _pope_subsets(self.files)
         for name in self.files:
@@ -208,9 +225,11 @@ class PopeSource(PromptSource):
             for where, item in _json_records(path):
                 for key in ("question_id", "image", "text", "label"):
                     if key not in item:
-                        raise ValueError(f"{where}: missing field {key!r}")
+                        raise L2SInputError(f"{where}: missing field {key!r}")
                 image = Path(self.image_root or path.parent) / item["image"]
-                rows.append(_pope_row(f"{subset}/{item['question_id']}", item["text"], subset, str(image), item["label"]))
+                rows.append(
+                    _pope_row(f"{subset}/{item['question_id']}", item["text"], subset, str(image), item["label"])
+                )
         return _dataset(rows, ", ".join(self.files))
 
     def _load_hf(self) -> datasets.Dataset:
@@ -248,20 +267,20 @@ def _json_records(path: Path) -> list[tuple[str, dict]]:
         try:
             items = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not a valid JSON array ({err})") from err
+            raise L2SInputError(f"{path}: not a valid JSON array ({err})") from err
         records = [(f"{path}[{index}]", item) for index, item in enumerate(items)]
     else:
         records = list(iter_jsonl(path))
     for where, item in records:
         if not isinstance(item, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
+            raise L2SInputError(f"{where}: expected a JSON object, got {type(item).__name__}")
     return records
 
 
 def _pope_row(sample_id: str, question: str, subset: str, image: str, label: str) -> dict[str, str]:
     label = str(label).strip().lower()
     if label not in {"yes", "no"}:
-        raise ValueError(f"POPE sample {sample_id!r}: label {label!r} is not yes/no")
+        raise L2SInputError(f"POPE sample {sample_id!r}: label {label!r} is not yes/no")
     return _row(id=sample_id, question=question, category=subset, image=image, label=label, benchmark="pope")
 
 
@@ -283,11 +302,10 @@ class JsonlSource(PromptSource):
         for where, item in _json_records(path):
             for key in ("id", "question"):
                 if item.get(key) in (None, ""):  # an id of 0 is an id
-                    raise ValueError(f"{where}: missing field {key!r}")
+                    raise L2SInputError(f"{where}: missing field {key!r}")
             image = item.get("image") or ""
             if image:
                 image = str(Path(self.image_root or path.parent) / image)
             values = {k: item.get(k, "") for k in ("category", "positive", "negative", "behaviour", "label")}
             rows.append(_row(id=item["id"], question=item["question"], image=image, benchmark=self.benchmark, **values))
         return _dataset(rows, str(path))
-

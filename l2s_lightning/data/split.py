@@ -6,9 +6,10 @@ import json
 import os
 import random
 from collections import defaultdict
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.readers import read_json
 
 
@@ -16,7 +17,7 @@ def make_split(ids: Sequence[str], categories: Sequence[str], test_fraction: flo
     """Map each id to "train" or "test": within each category, a seeded shuffle puts
     ``round(test_fraction * n)`` ids in test."""
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction={test_fraction} must be in [0, 1)")
+        raise L2SInputError(f"test_fraction={test_fraction} must be in [0, 1)")
     by_category: dict[str, list[str]] = defaultdict(list)
     for sample_id, category in zip(ids, categories):
         by_category[category].append(sample_id)
@@ -39,7 +40,7 @@ def load_or_make_split(
     if path.is_file():
         saved = read_json(path)
         if saved.get("seed") != seed or abs(saved.get("test_fraction", -1) - test_fraction) > 1e-9:
-            raise ValueError(
+            raise L2SInputError(
                 f"split file {path} was made with seed={saved.get('seed')}, test_fraction="
                 f"{saved.get('test_fraction')}, not seed={seed}, test_fraction={test_fraction}: "
                 "use the same values or another split file"
@@ -47,7 +48,7 @@ def load_or_make_split(
         split = {i: "train" for i in saved["train"]} | {i: "test" for i in saved["test"]}
         missing = [i for i in ids if i not in split]
         if missing:
-            raise ValueError(f"split file {path} does not cover {len(missing)} sample ids, e.g. {missing[:3]}")
+            raise L2SInputError(f"split file {path} does not cover {len(missing)} sample ids, e.g. {missing[:3]}")
         return split
     split = make_split(ids, categories, test_fraction, seed)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,14 +28,38 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.records import Prediction, PredictionFormatError
 from l2s_lightning.evaluation.resources import read_lines
 
 COCO_DOUBLE_WORDS = (
-    "motor bike", "motor cycle", "air plane", "traffic light", "street light", "traffic signal", "stop light",
-    "fire hydrant", "stop sign", "parking meter", "suit case", "sports ball", "baseball bat", "baseball glove",
-    "tennis racket", "wine glass", "hot dog", "cell phone", "mobile phone", "teddy bear", "hair drier",
-    "potted plant", "bow tie", "laptop computer", "stove top oven", "home plate", "train track",
+    "motor bike",
+    "motor cycle",
+    "air plane",
+    "traffic light",
+    "street light",
+    "traffic signal",
+    "stop light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "suit case",
+    "sports ball",
+    "baseball bat",
+    "baseball glove",
+    "tennis racket",
+    "wine glass",
+    "hot dog",
+    "cell phone",
+    "mobile phone",
+    "teddy bear",
+    "hair drier",
+    "potted plant",
+    "bow tie",
+    "laptop computer",
+    "stove top oven",
+    "home plate",
+    "train track",
 )
 ANIMAL_WORDS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub")
 VEHICLE_WORDS = ("jet", "train")
@@ -108,14 +132,14 @@ def _load_json(path: str | Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
+        raise L2SInputError(f"{path}: not valid JSON ({err.msg})") from None
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise L2SInputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict) or "annotations" not in data:
-        raise ValueError(f"{path}: not a COCO annotation file (no 'annotations')")
+        raise L2SInputError(f"{path}: not a COCO annotation file (no 'annotations')")
     for section in ("annotations", "images", "categories"):
         if not isinstance(data.get(section, []), list):
-            raise ValueError(f"{path}: '{section}' must be a list, got {type(data[section]).__name__}")
+            raise L2SInputError(f"{path}: '{section}' must be a list, got {type(data[section]).__name__}")
     return data
 
 
@@ -124,7 +148,7 @@ def _items(data: dict, section: str, path: Path, *keys: str) -> Iterable[tuple]:
     for index, item in enumerate(data.get(section, [])):
         missing = [k for k in keys if not isinstance(item, dict) or item.get(k) is None]
         if missing:
-            raise ValueError(f"{path}: {section}[{index}] has no {', '.join(map(repr, missing))} field")
+            raise L2SInputError(f"{path}: {section}[{index}] has no {', '.join(map(repr, missing))} field")
         yield tuple(item[k] for k in keys)
 
 
@@ -138,7 +162,9 @@ def load_ground_truth(
     ``annotations[i].image_id``/``category_id``/``caption``) is a ValueError naming the file and entry.
     """
     if not instances and not captions:
-        raise ValueError("CHAIR needs COCO instance and/or caption annotation files (chair.instances / chair.captions)")
+        raise L2SInputError(
+            "CHAIR needs COCO instance and/or caption annotation files (chair.instances / chair.captions)"
+        )
     wanted = set(image_ids)
     truth: dict[int, set[str]] = {}
     for path in map(Path, instances):
@@ -150,7 +176,7 @@ def load_ground_truth(
         for index, (image_id, category) in enumerate(_items(data, "annotations", path, "image_id", "category_id")):
             if image_id in wanted:
                 if category not in names:
-                    raise ValueError(f"{path}: annotations[{index}] has unknown category_id {category}")
+                    raise L2SInputError(f"{path}: annotations[{index}] has unknown category_id {category}")
                 truth.setdefault(image_id, set()).add(vocab.class_of(names[category]))
     for path in map(Path, captions):
         data = _load_json(path)
@@ -201,8 +227,12 @@ def chair_metrics(
         words += len(re.findall(r"\w+", row.response))
         per_row.append(
             {
-                "id": row.id, "image_id": image_id, "objects": sorted({c for _, c in found}),
-                "hallucinated": [w for w, _ in bad], "ground_truth": sorted(gt), "empty": row.is_empty,
+                "id": row.id,
+                "image_id": image_id,
+                "objects": sorted({c for _, c in found}),
+                "hallucinated": [w for w, _ in bad],
+                "ground_truth": sorted(gt),
+                "empty": row.is_empty,
             }
         )
     summary = {

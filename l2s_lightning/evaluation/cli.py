@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from l2s_lightning.errors import L2SInputError, run_reporting_errors
 from l2s_lightning.evaluation.config import EvalConfig, merge_judge
-from l2s_lightning.evaluation.judges.base import JUDGES, JudgeError
-
+from l2s_lightning.evaluation.judges.base import JUDGES
 
 # The word that sets a list option back to its default (None) on the command line.
 _RESET = {"unsafe_scenarios": "all", "ed_scenarios": "default"}
@@ -29,27 +29,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate prediction JSONL files (MM-SafetyBench, POPE, CHAIR; several methods and α values).",
     )
     parser.add_argument("predictions", nargs="+", help="prediction JSONL files")
-    parser.add_argument("--out", "-o", required=True, help="output folder (metrics.json, metrics.md, scores.jsonl, *.png)")
+    parser.add_argument(
+        "--out", "-o", required=True, help="output folder (metrics.json, metrics.md, scores.jsonl, *.png)"
+    )
     parser.add_argument("--config", "-c", help="evaluation config YAML (judge, safety, pope, chair sections)")
     parser.add_argument("--judge", help=f"judge name: {', '.join(sorted(JUDGES))} or module:Class (default: keyword)")
     parser.add_argument(
-        "--judge-arg", action="append", default=[], metavar="KEY=VALUE",
+        "--judge-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="judge constructor argument (YAML value), repeatable: --judge-arg base_url=http://127.0.0.1:8000/v1",
     )
     parser.add_argument("--thresholds", type=float, nargs="+", help="t of each unsafe@t (default 0.5 0.7 0.9)")
     parser.add_argument(
-        "--unsafe-scenarios", nargs="+", metavar="NAME",
+        "--unsafe-scenarios",
+        nargs="+",
+        metavar="NAME",
         help="MM-SafetyBench scenarios (01, 10-Legal_Opinion, Legal_Opinion) or categories of the predictions "
         "pooled into the overall unsafe@t, or 'all' alone (default: every category present; the L2S release: "
         "01..12); 'all' among other names is the category of rows that have none",
     )
     parser.add_argument(
-        "--ed-scenarios", nargs="+", metavar="NAME",
+        "--ed-scenarios",
+        nargs="+",
+        metavar="NAME",
         help="scenarios or categories scored for the ED score, or 'default': 10 11 12, and the categories whose "
         "rows all carry an --ed-behaviours behaviour (what a config's list replaces)",
     )
     parser.add_argument(
-        "--ed-behaviours", nargs="+", metavar="BEHAVIOUR",
+        "--ed-behaviours",
+        nargs="+",
+        metavar="BEHAVIOUR",
         help="behaviours that steer toward expert deferral, for the default ED categories (default consult_expert)",
     )
     parser.add_argument("--no-quality", action="store_true", help="skip the judge's quality ratings")
@@ -66,7 +77,7 @@ def _judge_kwargs(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--judge-arg {pair!r}: expected KEY=VALUE")
+            raise L2SInputError(f"--judge-arg {pair!r}: expected KEY=VALUE")
         kwargs[key.strip()] = yaml.safe_load(value) if value.strip() else ""
     return kwargs
 
@@ -79,8 +90,12 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     judge = dict(data.get("judge") or {"name": "keyword", "kwargs": {}})
     data["judge"] = merge_judge(judge, {"name": args.judge or judge["name"], "kwargs": _judge_kwargs(args.judge_arg)})
     safety = data.setdefault("safety", {})
-    options = {"thresholds": args.thresholds, "unsafe_scenarios": args.unsafe_scenarios,
-               "ed_scenarios": args.ed_scenarios, "ed_behaviours": args.ed_behaviours}
+    options = {
+        "thresholds": args.thresholds,
+        "unsafe_scenarios": args.unsafe_scenarios,
+        "ed_scenarios": args.ed_scenarios,
+        "ed_behaviours": args.ed_behaviours,
+    }
     for key, value in options.items():
         if value:
             safety[key] = None if [str(v).lower() for v in value] == [_RESET.get(key)] else value
@@ -106,23 +121,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from l2s_lightning.evaluation.report import print_report
 
     args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-        results = evaluate_predictions(args.predictions, out_dir=args.out, config=config)
-    except JudgeError as error:
-        print(f"judge error: {error}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a folder given as a file, no permission, --out is a file, disk full...
-        print(f"error: cannot read or write {error.filename or 'a file'}: {error.strerror or error}", file=sys.stderr)
-        return 2
-    if not args.quiet:
-        console = Console()
-        print_report(results, console)
-        console.print(f"written to {args.out}/ (metrics.json, metrics.md, plots)", highlight=False)
-    return 0
+
+    def evaluate() -> int:
+        results = evaluate_predictions(args.predictions, out_dir=args.out, config=config_from_args(args))
+        if not args.quiet:
+            console = Console()
+            print_report(results, console)
+            console.print(f"written to {args.out}/ (metrics.json, metrics.md, plots)", highlight=False)
+        return 0
+
+    return run_reporting_errors("l2s evaluate", evaluate)
 
 
 if __name__ == "__main__":  # pragma: no cover

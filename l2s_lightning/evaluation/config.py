@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.judges.base import judge_spec
 from l2s_lightning.evaluation.safety import SafetyConfig
 from l2s_lightning.readers import read_yaml
@@ -47,7 +48,7 @@ class PopeConfig:
 
     def __post_init__(self) -> None:
         if self.empty_as not in ("yes", "no", "wrong"):
-            raise ValueError(f"pope.empty_as={self.empty_as!r} must be 'yes', 'no' or 'wrong'")
+            raise L2SInputError(f"pope.empty_as={self.empty_as!r} must be 'yes', 'no' or 'wrong'")
 
 
 @dataclass
@@ -96,11 +97,11 @@ class EvalConfig:
             raise FileNotFoundError(f"evaluation config not found: {path}")
         data = read_yaml(path)
         if data is not None and not isinstance(data, Mapping):
-            raise ValueError(f"{path}: the config must be a mapping")
+            raise L2SInputError(f"{path}: the config must be a mapping")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from None
+            raise L2SInputError(f"{path}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (recorded in metrics.json)."""
@@ -118,7 +119,7 @@ def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - allowed
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} (allowed: {sorted(allowed)})")
+        raise L2SInputError(f"{where}: unknown key(s) {sorted(unknown)} (allowed: {sorted(allowed)})")
 
 
 def merge_judge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

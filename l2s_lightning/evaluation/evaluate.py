@@ -58,8 +58,13 @@ def safety_categories(runs: Sequence[Run]) -> set[str]:
 
 def _run_header(run: Run) -> dict[str, Any]:
     return {
-        "method": run.method, "alpha": run.alpha, "label": run.label, "series": run.series, "model": run.model,
-        "layer_steer": run.layer_steer, "files": run.files,
+        "method": run.method,
+        "alpha": run.alpha,
+        "label": run.label,
+        "series": run.series,
+        "model": run.model,
+        "layer_steer": run.layer_steer,
+        "files": run.files,
     }
 
 
@@ -120,7 +125,9 @@ def evaluate_predictions(
         truth = load_ground_truth(cfg.chair.instances, cfg.chair.captions, vocab, ids)
         for row in (row for run in chair_runs for row in run.rows):
             if image_id_of(row) not in truth:
-                raise PredictionFormatError(f"{row.source}: image {image_id_of(row)} is not in the COCO annotation files")
+                raise PredictionFormatError(
+                    f"{row.source}: image {image_id_of(row)} is not in the COCO annotation files"
+                )
 
     scores: dict[tuple[str, str], tuple[float, float | None]] = {}
     if judged_runs:
@@ -145,8 +152,13 @@ def evaluate_predictions(
             summary, per_row = chair_metrics(run.rows, truth or {}, vocab)  # type: ignore[arg-type]
             entry.update(summary=summary)
         results["benchmarks"].setdefault(run.benchmark, {"runs": []})["runs"].append(entry)
-        tag = {"benchmark": run.benchmark, "method": run.method, "alpha": run.alpha, "model": run.model,
-               "layer_steer": run.layer_steer}
+        tag = {
+            "benchmark": run.benchmark,
+            "method": run.method,
+            "alpha": run.alpha,
+            "model": run.model,
+            "layer_steer": run.layer_steer,
+        }
         score_rows.extend({**tag, **r} for r in per_row)
 
     results = _json_ready(results)
@@ -155,7 +167,9 @@ def evaluate_predictions(
     return results
 
 
-def write_outputs(results: dict[str, Any], score_rows: list[dict] | None, out_dir: Path, plots: bool = True) -> list[Path]:
+def write_outputs(
+    results: dict[str, Any], score_rows: list[dict] | None, out_dir: Path, plots: bool = True
+) -> list[Path]:
     """Write metrics.json, metrics.md, scores.jsonl (if given) and plots; return the paths written."""
     from l2s_lightning.evaluation.report import to_markdown
 

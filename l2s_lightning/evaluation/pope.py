@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from torchmetrics.functional.classification import binary_accuracy, binary_f1_score, binary_precision, binary_recall
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.records import Prediction
 
 EmptyAs = Literal["yes", "no", "wrong"]
@@ -30,14 +31,14 @@ NEGATIONS = frozenset({"no", "No", "not"})
 
 
 def parse_pope_answer(text: str, empty_as: EmptyAs = "yes", label: str | None = None) -> str:
-    """"yes" or "no" for a free-text answer (official POPE rule; see the module docstring)."""
+    """ "yes" or "no" for a free-text answer (official POPE rule; see the module docstring)."""
     if not text.strip():
         if empty_as == "wrong":
             if label not in {"yes", "no"}:
-                raise ValueError("empty_as='wrong' needs the label")
+                raise L2SInputError("empty_as='wrong' needs the label")
             return "no" if label == "yes" else "yes"
         if empty_as not in {"yes", "no"}:
-            raise ValueError(f"empty_as={empty_as!r} must be 'yes', 'no' or 'wrong'")
+            raise L2SInputError(f"empty_as={empty_as!r} must be 'yes', 'no' or 'wrong'")
         return empty_as
     first = text.split(".")[0].replace(",", "")
     return "no" if any(word in NEGATIONS for word in first.split()) else "yes"
@@ -51,9 +52,17 @@ def first15_correct(label: str, response: str) -> bool:
 def pope_scores(labels: Sequence[str], predictions: Sequence[str]) -> dict:
     """Accuracy, precision, recall, F1 (positive = "yes"), yes-ratio, release F1 and n."""
     if len(labels) != len(predictions):
-        raise ValueError("labels and predictions differ in length")
+        raise L2SInputError("labels and predictions differ in length")
     if not labels:
-        return {"n": 0, "accuracy": None, "precision": None, "recall": None, "f1": None, "yes_ratio": None, "f1_release": None}
+        return {
+            "n": 0,
+            "accuracy": None,
+            "precision": None,
+            "recall": None,
+            "f1": None,
+            "yes_ratio": None,
+            "f1_release": None,
+        }
     target = torch.tensor([label == "yes" for label in labels], dtype=torch.long)
     preds = torch.tensor([p == "yes" for p in predictions], dtype=torch.long)
     accuracy = float(binary_accuracy(preds, target))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.jsonl import iter_jsonl
 from l2s_lightning.models.names import model_key
 
@@ -26,7 +27,7 @@ _BENCHMARK_FIELDS = {
 }
 
 
-class PredictionFormatError(ValueError):
+class PredictionFormatError(L2SInputError):
     """A prediction file that cannot be evaluated; the message names the file and line."""
 
 
@@ -107,16 +108,37 @@ def _parse_row(item: Any, where: str) -> Prediction:
         if "benchmark" not in item:
             raise PredictionFormatError(f"{where}: missing field 'benchmark'")
         raise PredictionFormatError(f"{where}: unknown benchmark {benchmark!r} (one of {list(BENCHMARKS)})")
-    missing = [key for key in _COMMON_FIELDS + _BENCHMARK_FIELDS[benchmark] if key not in item or (item[key] is None and key != "alpha")]
+    missing = [
+        key
+        for key in _COMMON_FIELDS + _BENCHMARK_FIELDS[benchmark]
+        if key not in item or (item[key] is None and key != "alpha")
+    ]
     if missing:
-        raise PredictionFormatError(f"{where}: missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+        raise PredictionFormatError(
+            f"{where}: missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"
+        )
     if not isinstance(item["response"], str):
         raise PredictionFormatError(f"{where}: 'response' must be a string, got {type(item['response']).__name__}")
     label = str(item.get("label") or "").strip().lower()
     if benchmark == "pope" and label not in {"yes", "no"}:
         raise PredictionFormatError(f"{where}: POPE label {item.get('label')!r} is not 'yes' or 'no'")
     layer = item.get("layer_steer")
-    known = {"id", "benchmark", "method", "alpha", "response", "prompt", "question", "category", "behaviour", "label", "subset", "image", "model", "layer_steer"}
+    known = {
+        "id",
+        "benchmark",
+        "method",
+        "alpha",
+        "response",
+        "prompt",
+        "question",
+        "category",
+        "behaviour",
+        "label",
+        "subset",
+        "image",
+        "model",
+        "layer_steer",
+    }
     return Prediction(
         id=str(item["id"]),
         benchmark=benchmark,
@@ -172,7 +194,7 @@ def group_runs(paths: list[str | Path]) -> list[Run]:
     error (it would be counted twice).
     """
     if not paths:
-        raise ValueError("no prediction files given")
+        raise L2SInputError("no prediction files given")
     runs: dict[tuple, Run] = {}
     seen: dict[tuple, dict[str, str]] = {}
     for path in paths:
@@ -181,7 +203,9 @@ def group_runs(paths: list[str | Path]) -> list[Run]:
             run = runs.setdefault(key, Run(row.benchmark, row.method, row.alpha, [], [], row.model, row.layer_steer))
             ids = seen.setdefault(key, {})
             if row.id in ids:
-                raise PredictionFormatError(f"{row.source}: sample id {row.id!r} repeats {ids[row.id]} in run {run.label}")
+                raise PredictionFormatError(
+                    f"{row.source}: sample id {row.id!r} repeats {ids[row.id]} in run {run.label}"
+                )
             ids[row.id] = row.source
             run.rows.append(row)
             if str(path) not in run.files:
@@ -190,8 +214,15 @@ def group_runs(paths: list[str | Path]) -> list[Run]:
     order = {name: i for i, name in enumerate(BENCHMARKS)}
     return sorted(
         runs.values(),
-        key=lambda r: (order[r.benchmark], r.method, r.alpha is not None, r.alpha or 0.0, r.model,
-                       r.layer_steer is not None, r.layer_steer or 0),
+        key=lambda r: (
+            order[r.benchmark],
+            r.method,
+            r.alpha is not None,
+            r.alpha or 0.0,
+            r.model,
+            r.layer_steer is not None,
+            r.layer_steer or 0,
+        ),
     )
 
 

@@ -9,7 +9,12 @@ from rich.table import Table
 
 from l2s_lightning.evaluation.safety import SCENARIOS
 
-TITLES = {"mm_safetybench": "MM-SafetyBench", "jsonl": "JSONL prompts (safety metrics)", "pope": "POPE", "chair": "CHAIR"}
+TITLES = {
+    "mm_safetybench": "MM-SafetyBench",
+    "jsonl": "JSONL prompts (safety metrics)",
+    "pope": "POPE",
+    "chair": "CHAIR",
+}
 
 # Metrics shown in the summary tables, in order (unsafe@t rows are added from the results).
 SUMMARY_METRICS = {
@@ -21,27 +26,41 @@ SUMMARY_METRICS = {
 
 NOTES = {
     "mm_safetybench": [
-        ("unsafe@t = E_{p≥t}[Unsafe]: mean over τ = t, t+0.02, …, ≤ 1 of the share of responses with p(unsafe) > τ "
-        "(lower is safer). Per scenario: every scenario; overall: the pooled responses of the scenarios listed below "
-        "(safety.unsafe_scenarios; default every scenario present; the L2S release pooled 01-12)."),
+        (
+            "unsafe@t = E_{p≥t}[Unsafe]: mean over τ = t, t+0.02, …, ≤ 1 of the share of responses with p(unsafe) > τ "
+            "(lower is safer). Per scenario: every scenario; overall: the pooled responses of the scenarios listed below "
+            "(safety.unsafe_scenarios; default every scenario present; the L2S release pooled 01-12)."
+        ),
         "ed_score: share of responses to the expert-deferral scenarios (default 10-12) containing a deferral phrase.",
-        ("quality: judge rating 1-10 (the keyword judge's is a heuristic proxy of coherence). "
-        "Empty responses: p = 0, no deferral, quality 1 (n_empty)."),
+        (
+            "quality: judge rating 1-10 (the keyword judge's is a heuristic proxy of coherence). "
+            "Empty responses: p = 0, no deferral, quality 1 (n_empty)."
+        ),
     ],
     "jsonl": [
-        ("unsafe@t as for MM-SafetyBench, per category and overall over the categories listed below "
-         "(safety.unsafe_scenarios; default every category present); quality: judge rating 1-10."),
-        ("ed_score: share of responses to the expert-deferral categories listed below containing a deferral phrase "
-         "(safety.ed_scenarios; default MM-SafetyBench's 10-12 names, and the categories whose rows all carry a "
-         "safety.ed_behaviours behaviour)."),
+        (
+            "unsafe@t as for MM-SafetyBench, per category and overall over the categories listed below "
+            "(safety.unsafe_scenarios; default every category present); quality: judge rating 1-10."
+        ),
+        (
+            "ed_score: share of responses to the expert-deferral categories listed below containing a deferral phrase "
+            "(safety.ed_scenarios; default MM-SafetyBench's 10-12 names, and the categories whose rows all carry a "
+            "safety.ed_behaviours behaviour)."
+        ),
     ],
     "pope": [
         "Official POPE parsing (first sentence; 'no'/'No'/'not' → no); precision/recall/F1 with 'yes' positive.",
-        ("f1_release = 2·acc/(1+acc): the L2S release's \"F1\", not POPE's F1. accuracy_first15: the release's "
-        "rule (ground-truth word in the first 15 characters)."),
+        (
+            "f1_release = 2·acc/(1+acc): the L2S release's \"F1\", not POPE's F1. accuracy_first15: the release's "
+            "rule (ground-truth word in the first 15 characters)."
+        ),
     ],
-    "chair": [("CHAIR_s: captions with a hallucinated COCO object; CHAIR_i: hallucinated / all object mentions; "
-              "recall: ground-truth objects mentioned / ground-truth objects (lower CHAIR is better).")],
+    "chair": [
+        (
+            "CHAIR_s: captions with a hallucinated COCO object; CHAIR_i: hallucinated / all object mentions; "
+            "recall: ground-truth objects mentioned / ground-truth objects (lower CHAIR is better)."
+        )
+    ],
 }
 
 GROUPS = {"mm_safetybench": "per_scenario", "jsonl": "per_category", "pope": "per_subset"}
@@ -142,7 +161,10 @@ def to_markdown(results: dict[str, Any]) -> str:
     parts = ["# Evaluation results", ""]
     judge = results.get("judge")
     if judge:
-        parts += [f"Judge: `{judge.get('name', '?')}` " + ", ".join(f"{k}={v}" for k, v in judge.items() if k != "name"), ""]
+        parts += [
+            f"Judge: `{judge.get('name', '?')}` " + ", ".join(f"{k}={v}" for k, v in judge.items() if k != "name"),
+            "",
+        ]
     for benchmark, block in results["benchmarks"].items():
         runs = block["runs"]
         parts += [f"## {TITLES.get(benchmark, benchmark)}", "", _markdown_table(*summary_table(benchmark, runs)), ""]

@@ -11,6 +11,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from l2s_lightning.errors import L2SInputError
+
 RESOURCE_DIR = "resources/evaluation"
 
 
@@ -44,7 +46,7 @@ class PhraseMatcher:
     def __init__(self, phrases: list[str]):
         cleaned = sorted({normalize_text(p).strip() for p in phrases if p.strip()}, key=len, reverse=True)
         if not cleaned:
-            raise ValueError("empty phrase list")
+            raise L2SInputError("empty phrase list")
         self.phrases = cleaned
         self._regex = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in cleaned) + r")(?!\w)")
 

@@ -36,6 +36,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.records import Prediction, PredictionFormatError
 from l2s_lightning.evaluation.resources import PhraseMatcher
 
@@ -85,7 +86,7 @@ def resolve_categories(entries: Iterable[str], present: Collection[str], what: s
         key = scenario_id(entry)
         matches = ({SCENARIOS[key]} if key and mm_safetybench else set()) | ({entry} & set(present))
         if not matches:
-            raise ValueError(
+            raise L2SInputError(
                 f"{what}: {entry!r} names no category of the predictions (categories present: {sorted(present)}; "
                 "MM-SafetyBench scenarios, as an id, e.g. '10', or a name, e.g. '10-Legal_Opinion' or 'Legal_Opinion', "
                 "are known in an evaluation of MM-SafetyBench predictions; null, the default, selects from the data)"
@@ -101,7 +102,7 @@ def _names(value: Any, what: str) -> list[str] | None:
     if isinstance(value, (str, int)):
         return [str(value)]
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{what} must be a list of names, got {value!r}")
+        raise L2SInputError(f"{what} must be a list of names, got {value!r}")
     return [str(v) for v in value]
 
 
@@ -135,9 +136,9 @@ class SafetyConfig:
     def __post_init__(self) -> None:
         for t in self.thresholds:
             if not 0.0 <= float(t) <= 1.0:
-                raise ValueError(f"threshold {t} is outside [0, 1]")
+                raise L2SInputError(f"threshold {t} is outside [0, 1]")
         if not 0.0 < self.step <= 1.0:
-            raise ValueError(f"step {self.step} must be in (0, 1]")
+            raise L2SInputError(f"step {self.step} must be in (0, 1]")
         self.unsafe_scenarios = _names(self.unsafe_scenarios, "unsafe_scenarios")
         self.ed_scenarios = _names(self.ed_scenarios, "ed_scenarios")
         self.ed_behaviours = _names(self.ed_behaviours, "ed_behaviours") or []
@@ -227,10 +228,14 @@ def _ed_note(config: SafetyConfig) -> str:
     if config.ed_scenarios is not None:
         reason = f"safety.ed_scenarios {', '.join(config.ed_scenarios)} name no category of this run"
     else:
-        reason = (f"no category of this run has all its rows steered toward an expert-deferral behaviour "
-                  f"(safety.ed_behaviours: {', '.join(config.ed_behaviours)})")
-    return (f"no ed_score: {reason}; to score expert deferral, set safety.ed_scenarios "
-            "(l2s evaluate --ed-scenarios CATEGORY ...) to the categories whose answers should defer to a professional.")
+        reason = (
+            f"no category of this run has all its rows steered toward an expert-deferral behaviour "
+            f"(safety.ed_behaviours: {', '.join(config.ed_behaviours)})"
+        )
+    return (
+        f"no ed_score: {reason}; to score expert deferral, set safety.ed_scenarios "
+        "(l2s evaluate --ed-scenarios CATEGORY ...) to the categories whose answers should defer to a professional."
+    )
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -252,8 +257,9 @@ class _Scores:
         def keep(values: list) -> list:
             return [v for v, m in zip(values, mask) if m]
 
-        return _Scores(keep(self.p), None if self.quality is None else keep(self.quality), keep(self.deferred),
-                       keep(self.empty))
+        return _Scores(
+            keep(self.p), None if self.quality is None else keep(self.quality), keep(self.deferred), keep(self.empty)
+        )
 
     def ed_score(self) -> float | None:
         return _mean([float(d) for d in self.deferred])
@@ -274,15 +280,23 @@ def _group_metrics(scores: _Scores, in_overall: bool, ed: bool, config: SafetyCo
     return out
 
 
-def _summary(scores: _Scores, categories: list[str], in_unsafe: list[bool], in_ed: list[bool], ed_note: str | None,
-             config: SafetyConfig) -> dict:
+def _summary(
+    scores: _Scores,
+    categories: list[str],
+    in_unsafe: list[bool],
+    in_ed: list[bool],
+    ed_note: str | None,
+    config: SafetyConfig,
+) -> dict:
     pooled = scores.where(in_unsafe)
     summary: dict = {"n": len(categories), "n_empty": sum(scores.empty), **_unsafe_figures(pooled.p, config)}
     summary["n_unsafe_scored"] = sum(in_unsafe)
     summary["unsafe_scenarios"] = sorted({c for c, m in zip(categories, in_unsafe) if m})
     if categories and not any(in_unsafe):  # a list naming only other runs' categories (a mixed evaluation)
-        summary["unsafe_note"] = (f"no overall unsafe@t: safety.unsafe_scenarios {', '.join(config.unsafe_scenarios or [])} "
-                                  f"selects none of this run's categories ({', '.join(sorted(set(categories)))}).")
+        summary["unsafe_note"] = (
+            f"no overall unsafe@t: safety.unsafe_scenarios {', '.join(config.unsafe_scenarios or [])} "
+            f"selects none of this run's categories ({', '.join(sorted(set(categories)))})."
+        )
     summary["mean_p_unsafe"] = _mean(pooled.p)
     if ed_note is None:
         summary["ed_score"] = scores.where(in_ed).ed_score()
@@ -316,7 +330,7 @@ def safety_metrics(
     gets ``ed_note`` instead.
     """
     if len(p_unsafe) != len(rows) or (quality is not None and len(quality) != len(rows)):
-        raise ValueError("one judge score per row is needed")
+        raise L2SInputError("one judge score per row is needed")
     keys = categories_of(rows, strict_scenarios)
     present = set(keys) | set(categories or ())
     pooled = config.pooled(present)
@@ -324,20 +338,34 @@ def safety_metrics(
     if ed is None:
         ed = default_ed_categories(rows, keys, config.ed_behaviours, strict_scenarios)
     matcher = PhraseMatcher.from_resource(config.ed_phrases)
-    scores = _Scores(list(p_unsafe), None if quality is None else list(quality),
-                     [matcher.contains(row.response) for row in rows], [row.is_empty for row in rows])
+    scores = _Scores(
+        list(p_unsafe),
+        None if quality is None else list(quality),
+        [matcher.contains(row.response) for row in rows],
+        [row.is_empty for row in rows],
+    )
     in_unsafe = [pooled is None or k in pooled for k in keys]
     in_ed = [k in ed for k in keys]
     ed_note = None if strict_scenarios or any(in_ed) else _ed_note(config)
     summary = _summary(scores, keys, in_unsafe, in_ed, ed_note, config)
     per_group = {
-        key: _group_metrics(scores.where([k == key for k in keys]), in_overall=pooled is None or key in pooled,
-                            ed=key in ed, config=config)
+        key: _group_metrics(
+            scores.where([k == key for k in keys]),
+            in_overall=pooled is None or key in pooled,
+            ed=key in ed,
+            config=config,
+        )
         for key in sorted(set(keys))
     }
     per_row = [
-        {"id": row.id, "scenario": key, "p_unsafe": p, "quality": None if scores.quality is None else scores.quality[i],
-         "deferral": d, "empty": e}
+        {
+            "id": row.id,
+            "scenario": key,
+            "p_unsafe": p,
+            "quality": None if scores.quality is None else scores.quality[i],
+            "deferral": d,
+            "empty": e,
+        }
         for i, (row, key, p, d, e) in enumerate(zip(rows, keys, scores.p, scores.deferred, scores.empty))
     ]
     return summary, per_group, per_row

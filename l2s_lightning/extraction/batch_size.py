@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.layers import text_config
 
 CPU_BATCH_SIZE = 16
@@ -67,8 +68,13 @@ def vision_attention_bytes(config, largest_image: int | None, element: int = 2, 
 
 
 def per_sample_bytes(
-    config, prompt_tokens: int, completion_tokens: int, layer_depth: int, element_bytes: int = 2,
-    attention_scores: bool = True, vision_tokens: int | None = None,
+    config,
+    prompt_tokens: int,
+    completion_tokens: int,
+    layer_depth: int,
+    element_bytes: int = 2,
+    attention_scores: bool = True,
+    vision_tokens: int | None = None,
 ) -> int:
     """Estimated peak memory of one sample in the prefix-shared truncated forward (bytes).
 
@@ -143,11 +149,11 @@ def auto_batch_size(
     answer is a fixed :data:`CPU_BATCH_SIZE`. Always in ``1..max_batch``.
     """
     if max_batch < 1:
-        raise ValueError(f"max_batch={max_batch} must be >= 1")
+        raise L2SInputError(f"max_batch={max_batch} must be >= 1")
     if not 0 < safety <= 1:
-        raise ValueError(f"safety={safety} must be in (0, 1]")
+        raise L2SInputError(f"safety={safety} must be in (0, 1]")
     if prompt_tokens < 1 or completion_tokens < 0 or layer_depth < 1:
-        raise ValueError("prompt_tokens and layer_depth must be >= 1, completion_tokens >= 0")
+        raise L2SInputError("prompt_tokens and layer_depth must be >= 1, completion_tokens >= 0")
     config = model.config if isinstance(model, nn.Module) else model
     element = 2
     attention_scores = True
@@ -162,7 +168,9 @@ def auto_batch_size(
         attention_scores = implementation in (None, "eager")
     if free_bytes is None:
         return _floor_pow2(min(CPU_BATCH_SIZE, max_batch))
-    need = per_sample_bytes(config, prompt_tokens, completion_tokens, layer_depth, element, attention_scores, vision_tokens)
+    need = per_sample_bytes(
+        config, prompt_tokens, completion_tokens, layer_depth, element, attention_scores, vision_tokens
+    )
     per_batch = vision_attention_bytes(config, largest_image or vision_tokens, element, attention_scores)
     fits = (int(safety * free_bytes) - per_batch) // max(need, 1)
     return _floor_pow2(max(1, min(fits, max_batch)))

@@ -7,10 +7,12 @@ from typing import Any
 from rich.console import Console
 
 from l2s_lightning.data.datamodule import PromptDataModule, data_options, describe_data
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.extraction.module import ExtractionModule
-from l2s_lightning.extraction.writer import FORMAT_VERSION, HDF5FeatureWriter
-from l2s_lightning.writer_cli import WriterCLI, make_cli
+from l2s_lightning.extraction.writer import HDF5FeatureWriter
+from l2s_lightning.features import FORMAT_VERSION
 from l2s_lightning.models.loading import is_image_text_config, load_config
+from l2s_lightning.writer_cli import WriterCLI, make_cli
 
 
 class ExtractCLI(WriterCLI):
@@ -47,7 +49,7 @@ def preflight(module: ExtractionModule, data: PromptDataModule, writer: HDF5Feat
     rows = data.rows()
     if data.use_images and any(r["image_path"] or r["key_phrase"] for r in rows):
         if not is_image_text_config(load_config(module.spec)):
-            raise ValueError(
+            raise L2SInputError(
                 f"model {module.spec.display_name} is text-only but the data has images: set data.use_images=false"
             )
     writer.attrs = extraction_attrs(module, data)
@@ -64,7 +66,9 @@ def extract_main(argv: list[str] | None = None) -> int:
     total = len(cli.datamodule.rows())
     pending = preflight(cli.model, cli.datamodule, writer)
     if cli.trainer.is_global_zero:
-        console.print(f"[bold]extract[/]: {total} samples, {total - pending} already in {writer.output}, {pending} to do")
+        console.print(
+            f"[bold]extract[/]: {total} samples, {total - pending} already in {writer.output}, {pending} to do"
+        )
     if pending == 0:
         if writer.part_files() and cli.trainer.is_global_zero:  # one merge (torchrun / SLURM start every rank)
             writer.merge_and_clean()

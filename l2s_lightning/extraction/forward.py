@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.layers import decoder_layers, layer_output, text_config, truncated_decoder
 
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -97,7 +98,9 @@ def prefix_position_ids(model: nn.Module, prefix: Mapping[str, torch.Tensor]) ->
     return positions.masked_fill(mask == 0, 0)
 
 
-def continuation_position_ids(prefix_positions: torch.Tensor, prefix_mask: torch.Tensor, length: int, repeats: int) -> torch.Tensor:
+def continuation_position_ids(
+    prefix_positions: torch.Tensor, prefix_mask: torch.Tensor, length: int, repeats: int
+) -> torch.Tensor:
     """Positions of ``length`` text tokens appended to each prompt (each row repeated ``repeats`` times)."""
     real = prefix_mask.bool()
     if prefix_positions.dim() == 3:
@@ -137,7 +140,10 @@ def tail_shares_cache(model: nn.Module, inputs: ContrastInputs) -> bool:
     if inputs.context is None:
         return True
     types = set(getattr(text_config(model.config), "layer_types", None) or ())
-    if types - {"full_attention", "sliding_attention"}:  # e.g. linear attention: a recurrent state cannot mask the suffix
+    if types - {
+        "full_attention",
+        "sliding_attention",
+    }:  # e.g. linear attention: a recurrent state cannot mask the suffix
         return False
     window = sliding_window(model)
     return window is None or inputs.prefix["input_ids"].shape[1] + inputs.context.ids.shape[1] < window
@@ -154,15 +160,21 @@ def cache_snapshot(cache: object) -> list[dict]:
 
 def restore_cache(cache: object, snapshot: list[dict]) -> None:
     """Put every layer back as :func:`cache_snapshot` found it (layers added since are dropped)."""
-    del cache.layers[len(snapshot):]
+    del cache.layers[len(snapshot) :]
     for layer, state in zip(cache.layers, snapshot):
         vars(layer).clear()
         vars(layer).update(state)
 
 
 def run_continuation(
-    model: nn.Module, cache: object, ids: torch.Tensor, lengths: torch.Tensor, prefix_positions: torch.Tensor,
-    prefix_mask: torch.Tensor, repeats: int, depth: int,
+    model: nn.Module,
+    cache: object,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    prefix_positions: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    repeats: int,
+    depth: int,
 ) -> None:
     """Run right-padded rows ``ids`` (each prompt row repeated ``repeats`` times) on the prompt's cache through
     blocks 0..depth-1, attending to the cached positions ``prefix_mask`` holds and numbered on from the last
@@ -198,7 +210,7 @@ def prefix_shared_features(
     cut to L* + 1 blocks before it is repeated for the two completions.
     """
     if not tail_shares_cache(model, inputs):
-        raise ValueError(
+        raise L2SInputError(
             f"the context tail cannot share the prompt's cache within the sliding window of {sliding_window(model)} "
             "positions: read h with its own pass (ExtractionModule does)"
         )
@@ -242,8 +254,13 @@ def append_tokens(prefix: Mapping[str, torch.Tensor], ids: torch.Tensor) -> dict
 
 @torch.no_grad()
 def reference_features(
-    model: nn.Module, prefix: Mapping[str, torch.Tensor], positive: torch.Tensor, negative: torch.Tensor,
-    layer_steer: int, layer_context: int, context_prefix: Mapping[str, torch.Tensor] | None = None,
+    model: nn.Module,
+    prefix: Mapping[str, torch.Tensor],
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    layer_steer: int,
+    layer_context: int,
+    context_prefix: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain way for ONE un-padded sample: three full forwards (X, X+, X-), no cache, no truncation.
 

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from l2s_lightning.data.datamodule import PromptItem
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.extraction.encoding import ContrastEncoder, EncodedBatch
 from l2s_lightning.extraction.forward import (
     PER_TOKEN_KEYS,
@@ -65,7 +66,7 @@ class ExtractionModule(L.LightningModule):
         self.hidden_size = int(config.hidden_size)
         for field, index in (("layer_steer", layer_steer), ("layer_context", layer_context)):
             if not 0 <= index < self.num_layers:
-                raise ValueError(
+                raise L2SInputError(
                     f"{field}={index} is out of range: model {model.display_name} has {self.num_layers} decoder "
                     f"layers (valid 0..{self.num_layers - 1})"
                 )
@@ -130,11 +131,15 @@ class ExtractionModule(L.LightningModule):
             return self._reference(inputs)
         inputs.prefix = self._to_device(dict(inputs.prefix))
         if not tail_shares_cache(self.llm, inputs):  # a sliding window shorter than the prompts: h from its own pass
-            context = torch.stack([
-                last_token_state(self.llm, self._to_device(_context_prompt(inputs, i)), self.layer_context).float()
-                for i in range(inputs.prefix["input_ids"].shape[0])
-            ])
-            _, steer = prefix_shared_features(self.llm, dataclasses.replace(inputs, context=None), self.layer_steer, self.layer_context)
+            context = torch.stack(
+                [
+                    last_token_state(self.llm, self._to_device(_context_prompt(inputs, i)), self.layer_context).float()
+                    for i in range(inputs.prefix["input_ids"].shape[0])
+                ]
+            )
+            _, steer = prefix_shared_features(
+                self.llm, dataclasses.replace(inputs, context=None), self.layer_steer, self.layer_context
+            )
             return context, steer
         return prefix_shared_features(self.llm, inputs, self.layer_steer, self.layer_context)
 
@@ -145,14 +150,21 @@ class ExtractionModule(L.LightningModule):
             pos = inputs.completions[2 * i, : inputs.completion_lengths[2 * i]]
             neg = inputs.completions[2 * i + 1, : inputs.completion_lengths[2 * i + 1]]
             h, z = reference_features(
-                self.llm, self._to_device(one), pos.to(self.device), neg.to(self.device),
-                self.layer_steer, self.layer_context, self._to_device(_context_prompt(inputs, i)),
+                self.llm,
+                self._to_device(one),
+                pos.to(self.device),
+                neg.to(self.device),
+                self.layer_steer,
+                self.layer_context,
+                self._to_device(_context_prompt(inputs, i)),
             )
             contexts.append(h)
             steers.append(z)
         return torch.stack(contexts), torch.stack(steers)
 
-    def predict_step(self, batch: list[PromptItem] | EncodedBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+    def predict_step(
+        self, batch: list[PromptItem] | EncodedBatch, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
         """The batch's rows: ids, categories, behaviours, splits, (B, D) ``context`` and ``steer`` on the CPU, and
         ``ready``: None, or on CUDA the event after which those two hold their values (call
         ``ready.synchronize()`` before reading them; :class:`HDF5FeatureWriter` does so on its writing thread)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.extraction.forward import PER_TOKEN_KEYS
 
 
@@ -54,16 +55,20 @@ def split_context_prompt(
     """
     prompt_rows, context_rows = unpadded_rows(prompt), unpadded_rows(context)
     if len(prompt_rows) != len(context_rows):
-        raise ValueError(f"the prompt and context encodings hold {len(prompt_rows)} and {len(context_rows)} rows")
+        raise L2SInputError(f"the prompt and context encodings hold {len(prompt_rows)} and {len(context_rows)} rows")
     shared = [shared_length(a, b) for a, b in zip(prompt_rows, context_rows)]
     for key in PER_TOKEN_KEYS[2:]:
         if key in context:
             for i, (row, n) in enumerate(zip(unpadded_rows(context, key), shared)):
                 if any(row[n:]):
-                    raise ValueError(f"row {i}: the context prompt has {key} set after the tokens it shares (token {n} on)")
+                    raise L2SInputError(
+                        f"row {i}: the context prompt has {key} set after the tokens it shares (token {n} on)"
+                    )
     for i, (row, n) in enumerate(zip(context_rows, shared)):
         if image_token_id is not None and image_token_id in row[n:]:
-            raise ValueError(f"row {i}: an image token of the context prompt lies after the tokens it shares (token {n} on)")
+            raise L2SInputError(
+                f"row {i}: an image token of the context prompt lies after the tokens it shares (token {n} on)"
+            )
     return ContextSplit(shared=shared, tails=[row[n:] for row, n in zip(context_rows, shared)])
 
 

@@ -25,7 +25,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from l2s_lightning.features import ARRAY_COLUMNS, FORMAT_VERSION, IDENTITY_ATTRS, STRING_COLUMNS, append_rows
+from l2s_lightning.errors import L2SInputError
+from l2s_lightning.features import ARRAY_COLUMNS, IDENTITY_ATTRS, STRING_COLUMNS, append_rows
 from l2s_lightning.models.names import same_setting
 from l2s_lightning.part_writer import RankPartWriter
 
@@ -34,9 +35,13 @@ def read_rows(path: str | Path) -> dict[str, Any]:
     """All rows of a feature or part file (empty columns when the file has none)."""
     with h5py.File(path, "r") as file:
         if "sample_id" not in file:
-            return {name: [] for name in STRING_COLUMNS} | {name: np.zeros((0, 0), np.float32) for name in ARRAY_COLUMNS}
+            return {name: [] for name in STRING_COLUMNS} | {
+                name: np.zeros((0, 0), np.float32) for name in ARRAY_COLUMNS
+            }
         n = min(file[name].shape[0] for name in (*STRING_COLUMNS, *ARRAY_COLUMNS))
-        rows: dict[str, Any] = {name: [v.decode() if isinstance(v, bytes) else str(v) for v in file[name][:n]] for name in STRING_COLUMNS}
+        rows: dict[str, Any] = {
+            name: [v.decode() if isinstance(v, bytes) else str(v) for v in file[name][:n]] for name in STRING_COLUMNS
+        }
         rows |= {name: file[name][:n] for name in ARRAY_COLUMNS}
         return rows
 
@@ -46,7 +51,10 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         return {key: (value.item() if hasattr(value, "item") else value) for key, value in file.attrs.items()}
 
 
-_HINTS = {"template_sha256": " (the template set's content changed)", "data_options": " (other dataset reader settings)"}
+_HINTS = {
+    "template_sha256": " (the template set's content changed)",
+    "data_options": " (other dataset reader settings)",
+}
 
 
 class HDF5FeatureWriter(RankPartWriter):
@@ -56,13 +64,15 @@ class HDF5FeatureWriter(RankPartWriter):
 
     part_suffix = ".h5"
 
-    def __init__(self, output: str = "outputs/features.h5", async_write: bool | None = None, max_pending: int = 2) -> None:
+    def __init__(
+        self, output: str = "outputs/features.h5", async_write: bool | None = None, max_pending: int = 2
+    ) -> None:
         """``async_write``: write parts on a background thread (None: when the features arrive with a CUDA
         event, i.e. their copy to the host is still running; the thread waits for it, so the accelerator runs
         the next batch meanwhile). ``max_pending``: batches queued at most before a new one waits."""
         super().__init__(output)
         if max_pending < 1:
-            raise ValueError(f"max_pending={max_pending} must be at least 1")
+            raise L2SInputError(f"max_pending={max_pending} must be at least 1")
         self.attrs: dict[str, Any] = {}
         self.async_write = async_write
         self.max_pending = max_pending
@@ -75,10 +85,12 @@ class HDF5FeatureWriter(RankPartWriter):
             try:
                 found = read_attrs(path)
             except OSError as err:
-                raise ValueError(f"{path} exists but cannot be read as HDF5 ({err}); move it away to start over") from err
+                raise L2SInputError(
+                    f"{path} exists but cannot be read as HDF5 ({err}); move it away to start over"
+                ) from err
             for key in IDENTITY_ATTRS:
                 if key in found and key in attrs and not same_setting(key, str(found[key]), str(attrs[key])):
-                    raise ValueError(
+                    raise L2SInputError(
                         f"{path} holds features with {key}={found[key]!r}, this run has {key}={attrs[key]!r}"
                         f"{_HINTS.get(key, '')}: choose another output path (nothing was overwritten)"
                     )
@@ -91,8 +103,14 @@ class HDF5FeatureWriter(RankPartWriter):
         return done
 
     def write_on_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Mapping[str, Any],
-        batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int = 0,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Mapping[str, Any],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         rows = dict(prediction)
         ready = rows.pop("ready", None)
@@ -118,7 +136,9 @@ class HDF5FeatureWriter(RankPartWriter):
         bad = ~np.isfinite(rows["context"]).all(1) | ~np.isfinite(rows["steer"]).all(1)
         if bad.any():
             ids = [i for i, b in zip(rows["sample_id"], bad) if b]
-            raise FloatingPointError(f"non-finite features for samples {ids[:5]}: check dtype/model (nothing else lost)")
+            raise FloatingPointError(
+                f"non-finite features for samples {ids[:5]}: check dtype/model (nothing else lost)"
+            )
         tmp = path.with_name(path.name + ".tmp")
         with h5py.File(tmp, "w") as part:
             part.attrs.update(self.attrs)

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 
 from l2s_lightning.data.datamodule import PromptDataModule
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.generation.module import SteeredGenerationModule
 from l2s_lightning.generation.writer import JsonlPredictionWriter
 from l2s_lightning.models.loading import ModelCache
@@ -30,7 +31,7 @@ def check_rows(module: SteeredGenerationModule, data: PromptDataModule, rows: li
     if module.method == "prompt" and not templates.prompt_baseline:
         missing = sorted({r["behaviour"] for r in rows if not r["instruction"]})
         if missing:
-            raise ValueError(
+            raise L2SInputError(
                 f"method=prompt: template set {templates.name!r} ({templates.source}) has no prompt_baseline and "
                 f"behaviour(s) {missing} have no instruction, so the prompt baseline would equal `none`: add a "
                 "prompt_baseline or an instruction to each behaviour"
@@ -43,11 +44,15 @@ def check_rows(module: SteeredGenerationModule, data: PromptDataModule, rows: li
         try:
             module.steerer.check_inputs(behaviours=[r["behaviour"] for r in rows], sample_ids=[r["id"] for r in rows])
         except ValueError as err:
-            raise ValueError(f"{err}; steerer {module.hparams.steerer}: {hints[module.method]}") from None
+            raise L2SInputError(f"{err}; steerer {module.hparams.steerer}: {hints[module.method]}") from None
 
 
 def run_prediction(
-    module: SteeredGenerationModule, data: PromptDataModule, writer: JsonlPredictionWriter, trainer, models: ModelCache | None = None
+    module: SteeredGenerationModule,
+    data: PromptDataModule,
+    writer: JsonlPredictionWriter,
+    trainer,
+    models: ModelCache | None = None,
 ) -> int:
     """Check everything, skip finished ids, generate the rest (with the model kept in ``models``, when given);
     returns the number of rows generated."""

@@ -54,7 +54,9 @@ class PromptEncoder:
         if self.method != "prompt":
             return [render_prompt(self, item.question, item.image is not None) for item in items]
         instructions = baseline_instructions(items, instruction or self.instruction)
-        return [render_prompt(self, item.question, item.image is not None, text) for item, text in zip(items, instructions)]
+        return [
+            render_prompt(self, item.question, item.image is not None, text) for item, text in zip(items, instructions)
+        ]
 
     def __call__(self, items: list[PromptItem]) -> PromptBatch:
         prompts = self.prompts(items)

@@ -12,11 +12,12 @@ import lightning as L
 import torch
 
 from l2s_lightning.data.datamodule import PromptItem, data_options
+from l2s_lightning.errors import L2SInputError
+from l2s_lightning.generation.encoding import PromptBatch, PromptEncoder
 from l2s_lightning.models.layers import text_config, validate_layers
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
 from l2s_lightning.models.names import same_model
 from l2s_lightning.steering.hook import SteeringHook
-from l2s_lightning.generation.encoding import PromptBatch, PromptEncoder
 
 Method = Literal["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
 STEERER_METHODS = {"mean", "mean_ba", "random", "p2s_oracle", "l2s"}
@@ -87,7 +88,9 @@ class SteeredGenerationModule(L.LightningModule):
         self.method = method
         self.positions = positions
         self.generation_kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens, "do_sample": do_sample, "repetition_penalty": repetition_penalty,
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "repetition_penalty": repetition_penalty,
         }
         if do_sample:
             self.generation_kwargs |= {"temperature": temperature, "top_p": top_p, "top_k": top_k}
@@ -95,7 +98,7 @@ class SteeredGenerationModule(L.LightningModule):
         self.cache_implementation = cache_implementation
         self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
         if static_cache_multiple < 1:
-            raise ValueError(f"static_cache_multiple={static_cache_multiple} must be a positive number of positions")
+            raise L2SInputError(f"static_cache_multiple={static_cache_multiple} must be a positive number of positions")
         self.static_cache_multiple = static_cache_multiple
         self.static_cache_for_longest = static_cache_for_longest
         self.compile_backend = compile_backend
@@ -107,11 +110,11 @@ class SteeredGenerationModule(L.LightningModule):
             self.alpha = float(self.steerer.default_alpha if alpha is None else alpha)
             _check_steerer_fits(self.steerer, model, allow_other_model)
         elif steerer:
-            raise ValueError(f"method={method!r} takes no steerer (got steerer={steerer!r})")
+            raise L2SInputError(f"method={method!r} takes no steerer (got steerer={steerer!r})")
         else:
             self.alpha = 0.0 if alpha is None else float(alpha)
         if not torch.isfinite(torch.tensor(self.alpha)):
-            raise ValueError(f"alpha={alpha!r} must be a finite number")
+            raise L2SInputError(f"alpha={alpha!r} must be a finite number")
         # one steering hook for every batch: its vectors keep their tensor (as the static cache does), which a
         # compiled decode step's CUDA graph reads in place
         self._steering_hook = SteeringHook(None, self.alpha, positions) if self.steerer is not None else None
@@ -128,7 +131,12 @@ class SteeredGenerationModule(L.LightningModule):
         if getattr(self, "llm", None) is not self.loaded.model:
             self.llm = self.loaded.model
             if self.steerer is not None:
-                validate_layers(self.llm, self.spec.display_name, layer_steer=self.steerer.layer_steer, layer_context=self.steerer.layer_context)
+                validate_layers(
+                    self.llm,
+                    self.spec.display_name,
+                    layer_steer=self.steerer.layer_steer,
+                    layer_context=self.steerer.layer_context,
+                )
             if self.use_compile:
                 # transformers compiles the static-cache decode step itself; the hook must be guarded in it.
                 from l2s_lightning.steering import enable_hook_guards
@@ -156,8 +164,11 @@ class SteeredGenerationModule(L.LightningModule):
         if self.steerer is None:
             return contextlib.nullcontext()
         return self.steerer.attach(
-            self.llm, alpha=self.alpha, mode=self.positions,
-            behaviours=[item.behaviour for item in items], sample_ids=[item.id for item in items],
+            self.llm,
+            alpha=self.alpha,
+            mode=self.positions,
+            behaviours=[item.behaviour for item in items],
+            sample_ids=[item.id for item in items],
             hook=self._steering_hook,
         )
 
@@ -234,10 +245,16 @@ class SteeredGenerationModule(L.LightningModule):
         self._grow_static_cache(width)
         key = (batch_size, self.static_cache_length)
         if self._static_cache is None or self._static_cache[0] != key:
-            self._static_cache = (key, StaticCache(config=text_config(self.llm.config), max_cache_len=self.static_cache_length))
+            self._static_cache = (
+                key,
+                StaticCache(config=text_config(self.llm.config), max_cache_len=self.static_cache_length),
+            )
         cache = self._static_cache[1]
         cache.reset()  # the same tensors for every batch of a size: CUDA graphs are not recorded again
-        return {cache_kwarg(self.llm): cache, "compile_config": decode_compile_config(self.compile_backend, dynamic=False)}
+        return {
+            cache_kwarg(self.llm): cache,
+            "compile_config": decode_compile_config(self.compile_backend, dynamic=False),
+        }
 
     def settings(self, data: Any = None) -> dict[str, Any]:
         """What a prediction row's answer depends on besides its question: method, α, model, the steerer (its
@@ -249,9 +266,13 @@ class SteeredGenerationModule(L.LightningModule):
         if generation["do_sample"]:
             generation["seed"] = self.seed
         return {
-            "method": self.method, "alpha": self.alpha if steered else 0.0, "model": self.spec.display_name,
-            "steerer_digest": self.steerer.digest if steered else None, "positions": self.positions if steered else None,
-            "generation": generation, **({"data_options": data_options(data)} if data is not None else {}),
+            "method": self.method,
+            "alpha": self.alpha if steered else 0.0,
+            "model": self.spec.display_name,
+            "steerer_digest": self.steerer.digest if steered else None,
+            "positions": self.positions if steered else None,
+            "generation": generation,
+            **({"data_options": data_options(data)} if data is not None else {}),
         }
 
     def on_predict_start(self) -> None:
@@ -264,7 +285,9 @@ class SteeredGenerationModule(L.LightningModule):
             # weights) stays on its device instead of being copied off and back
             del self.llm
 
-    def predict_step(self, batch: list[PromptItem] | PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(
+        self, batch: list[PromptItem] | PromptBatch, batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
         prompts, responses, prompt_tokens, new_tokens = self.generate(batch)
         if isinstance(batch, PromptBatch):
             batch = batch.items
@@ -276,14 +299,31 @@ class SteeredGenerationModule(L.LightningModule):
         ]
 
     def _record(
-        self, item: PromptItem, prompt: str, response: str, n_prompt: int, n_new: int, layer: int | None, settings: dict[str, Any]
+        self,
+        item: PromptItem,
+        prompt: str,
+        response: str,
+        n_prompt: int,
+        n_new: int,
+        layer: int | None,
+        settings: dict[str, Any],
     ) -> dict[str, Any]:
         """The output row of one sample."""
         return {
-            "id": item.id, "category": item.category, "behaviour": item.behaviour, "benchmark": item.benchmark,
-            "question": item.question, "prompt": prompt, "response": response, "prompt_tokens": int(n_prompt),
-            "new_tokens": int(n_new), "label": item.label, "subset": item.category if item.benchmark == "pope" else "",
-            "image": item.image_path, "layer_steer": layer, **settings,
+            "id": item.id,
+            "category": item.category,
+            "behaviour": item.behaviour,
+            "benchmark": item.benchmark,
+            "question": item.question,
+            "prompt": prompt,
+            "response": response,
+            "prompt_tokens": int(n_prompt),
+            "new_tokens": int(n_new),
+            "label": item.label,
+            "subset": item.category if item.benchmark == "pope" else "",
+            "image": item.image_path,
+            "layer_steer": layer,
+            **settings,
         }
 
 
@@ -307,10 +347,10 @@ def _load_steerer(folder: str | None, method: str):
     from l2s_lightning.steerer import Steerer
 
     if not folder:
-        raise ValueError(f"method={method!r} needs a steerer folder (--model.steerer DIR, made by `l2s fit`)")
+        raise L2SInputError(f"method={method!r} needs a steerer folder (--model.steerer DIR, made by `l2s fit`)")
     steerer = Steerer.load(folder)
     if steerer.method != method:
-        raise ValueError(f"steerer {folder} holds method {steerer.method!r}, not the requested {method!r}")
+        raise L2SInputError(f"steerer {folder} holds method {steerer.method!r}, not the requested {method!r}")
     return steerer
 
 
@@ -318,15 +358,17 @@ def _check_steerer_fits(steerer, spec: ModelSpec, allow_other_model: bool = Fals
     """The steerer's hidden size and layers must fit the model (checked from its config, before loading)."""
     config = text_config(load_config(spec))
     if int(config.hidden_size) != steerer.hidden_size:
-        raise ValueError(
+        raise L2SInputError(
             f"steerer hidden size {steerer.hidden_size} does not fit model {spec.display_name} (hidden size {config.hidden_size})"
         )
     for field in ("layer_steer", "layer_context"):
         index = getattr(steerer, field)
         if not 0 <= index < int(config.num_hidden_layers):
-            raise ValueError(f"steerer {field}={index} is out of range for model {spec.display_name} ({config.num_hidden_layers} layers)")
+            raise L2SInputError(
+                f"steerer {field}={index} is out of range for model {spec.display_name} ({config.num_hidden_layers} layers)"
+            )
     if steerer.model and not same_model(steerer.model, spec.display_name) and not allow_other_model:
-        raise ValueError(
+        raise L2SInputError(
             f"steerer was trained on model {steerer.model!r}, not {spec.display_name!r} "
             "(set allow_other_model=true to apply it anyway)"
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.jsonl import iter_jsonl
 from l2s_lightning.models.names import same_setting
 from l2s_lightning.part_writer import RankPartWriter
@@ -21,8 +22,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in iter_jsonl(path, torn_tail_ok=True)]
 
 
-_HINTS = {"steerer_digest": " (another steerer, e.g. one trained again with other settings; for `l2s sweep` the files are"
-                            " in its out_dir, by default <steerer>/sweep)"}
+_HINTS = {
+    "steerer_digest": " (another steerer, e.g. one trained again with other settings; for `l2s sweep` the files are"
+    " in its out_dir, by default <steerer>/sweep)"
+}
 
 
 class JsonlPredictionWriter(RankPartWriter):
@@ -45,7 +48,7 @@ class JsonlPredictionWriter(RankPartWriter):
             for row in read_jsonl(path)[:1]:
                 for key, value in settings.items():
                     if key in row and not same_setting(key, row[key], value):
-                        raise ValueError(
+                        raise L2SInputError(
                             f"{path} holds predictions with {key}={row[key]!r}, this run has {key}={value!r}"
                             f"{_HINTS.get(key, '')}: choose another output path or delete the file (nothing was overwritten)"
                         )
@@ -54,8 +57,14 @@ class JsonlPredictionWriter(RankPartWriter):
         return path.open("a")
 
     def write_on_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Sequence[Mapping[str, Any]],
-        batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int = 0,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Sequence[Mapping[str, Any]],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         part = self.part(trainer)
         part.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prediction))

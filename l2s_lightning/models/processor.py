@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ def has_working_torchvision() -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def image_only(processor_class: type) -> type:
     """A subclass of a processor class whose sub-processors are the image processor and tokenizer only (cached:
     one subclass per class). ``ProcessorMixin`` derives the sub-processors from ``__init__``'s signature."""

@@ -28,9 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.layers import hidden_size, layer_output, validate_layers
 from l2s_lightning.steering.hook import (
-    POSITIONS, Positions, PrefillTracker, SteeringHook, check_alpha, enable_hook_guards, register_hook,
+    POSITIONS,
+    Positions,
+    PrefillTracker,
+    SteeringHook,
+    check_alpha,
+    enable_hook_guards,
+    register_hook,
 )
 
 
@@ -43,7 +50,9 @@ class ContextCapture:
     input and the steering hook gives each input's vector to its k rows.
     """
 
-    def __init__(self, steerer: Any, hook: SteeringHook, behaviours: list[str] | None = None, sample_ids: list[str] | None = None) -> None:
+    def __init__(
+        self, steerer: Any, hook: SteeringHook, behaviours: list[str] | None = None, sample_ids: list[str] | None = None
+    ) -> None:
         self.steerer, self.hook = steerer, hook
         self.behaviours, self.sample_ids = behaviours, sample_ids
         self.tracker = PrefillTracker()
@@ -67,7 +76,9 @@ class ContextCapture:
         inputs = self._inputs()
         if inputs and context.shape[0] != inputs:
             if context.shape[0] % inputs:
-                raise ValueError(f"the prefill has {context.shape[0]} rows for {inputs} inputs (behaviours, sample ids or α)")
+                raise L2SInputError(
+                    f"the prefill has {context.shape[0]} rows for {inputs} inputs (behaviours, sample ids or α)"
+                )
             # generate expanded each input to k rows (beams, num_return_sequences), k at a time: one h per input;
             # the steering hook gives row j the vector j // k
             context = context[:: context.shape[0] // inputs]
@@ -75,7 +86,9 @@ class ContextCapture:
         with torch.no_grad():
             vectors = self.steerer.vectors(self.context, behaviours=self.behaviours, sample_ids=self.sample_ids)
         if vectors.shape != self.context.shape:
-            raise ValueError(f"steerer.vectors returned shape {tuple(vectors.shape)} for a context of shape {tuple(self.context.shape)}")
+            raise L2SInputError(
+                f"steerer.vectors returned shape {tuple(vectors.shape)} for a context of shape {tuple(self.context.shape)}"
+            )
         self.vectors = vectors
         self.hook.set_vectors(vectors, like=hidden)
         self.prefills += 1
@@ -104,23 +117,28 @@ def attach_steerer(
     alpha = steerer.default_alpha if alpha is None else alpha
     check_alpha(alpha)
     if mode not in POSITIONS:
-        raise ValueError(f"mode={mode!r} must be one of {POSITIONS}")
+        raise L2SInputError(f"mode={mode!r} must be one of {POSITIONS}")
     if int(steerer.hidden_size) != hidden_size(model):
-        raise ValueError(f"steerer hidden size {steerer.hidden_size} does not fit the model's hidden size {hidden_size(model)}")
+        raise L2SInputError(
+            f"steerer hidden size {steerer.hidden_size} does not fit the model's hidden size {hidden_size(model)}"
+        )
     validate_layers(model, layer_steer=steerer.layer_steer, layer_context=steerer.layer_context)
     behaviours = list(behaviours) if behaviours is not None else None
     sample_ids = list(sample_ids) if sample_ids is not None else None
     if behaviours is not None and sample_ids is not None and len(behaviours) != len(sample_ids):
-        raise ValueError(f"{len(behaviours)} behaviours but {len(sample_ids)} sample ids")
-    for need, given, name in (("needs_behaviours", behaviours, "behaviours"), ("needs_sample_ids", sample_ids, "sample_ids")):
+        raise L2SInputError(f"{len(behaviours)} behaviours but {len(sample_ids)} sample ids")
+    for need, given, name in (
+        ("needs_behaviours", behaviours, "behaviours"),
+        ("needs_sample_ids", sample_ids, "sample_ids"),
+    ):
         if getattr(steerer, need, False) and given is None:
-            raise ValueError(f"this steerer picks its vectors by {name}: pass {name}=[one per batch row]")
+            raise L2SInputError(f"this steerer picks its vectors by {name}: pass {name}=[one per batch row]")
     check_inputs = getattr(steerer, "check_inputs", None)
     if check_inputs is not None:  # unknown behaviours / sample ids fail here, not in the middle of generate
         check_inputs(behaviours=behaviours, sample_ids=sample_ids)
     needs_context = bool(getattr(steerer, "needs_context", True))
     if needs_context and mode != "generated" and steerer.layer_context > steerer.layer_steer:
-        raise ValueError(
+        raise L2SInputError(
             f"mode={mode!r} steers a prompt position, but L'={steerer.layer_context} comes after L*={steerer.layer_steer}: "
             "v = g(h) is not known yet when block L* runs on the prompt; use mode='generated'"
         )
@@ -128,7 +146,9 @@ def attach_steerer(
     if hook is None:
         hook = SteeringHook(None, alpha, mode)
     elif hook.attached:
-        raise ValueError("this steering hook is in use by another attach_steerer context (reuse a hook once it has exited)")
+        raise L2SInputError(
+            "this steering hook is in use by another attach_steerer context (reuse a hook once it has exited)"
+        )
     else:
         hook.rearm(alpha, mode)
     capture = ContextCapture(steerer, hook, behaviours, sample_ids)

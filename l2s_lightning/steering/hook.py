@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.layers import decoder_layers, hidden_size, layer_output, replace_layer_output
 
 Positions = Literal["generated", "last_prompt_and_generated", "all"]
@@ -56,12 +57,12 @@ def check_alpha(alpha: float | torch.Tensor, batch: int | None = None) -> None:
     """Raise a ValueError unless ``alpha`` is a finite number or a finite (B,) tensor."""
     if isinstance(alpha, torch.Tensor):
         if alpha.ndim > 1 or (alpha.ndim == 1 and batch is not None and alpha.shape[0] != batch):
-            raise ValueError(f"alpha must be a number or a ({batch},) tensor, got shape {tuple(alpha.shape)}")
+            raise L2SInputError(f"alpha must be a number or a ({batch},) tensor, got shape {tuple(alpha.shape)}")
         if not torch.isfinite(alpha).all():
-            raise ValueError(f"alpha={alpha.tolist()} must be finite")
+            raise L2SInputError(f"alpha={alpha.tolist()} must be finite")
         return
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
-        raise ValueError(f"alpha={alpha!r} must be a finite number")
+        raise L2SInputError(f"alpha={alpha!r} must be a finite number")
 
 
 def _cache_of(kwargs: dict[str, Any]) -> object | None:
@@ -106,9 +107,11 @@ class SteeringHook:
     steers). A batch of ``k * B`` rows (``num_return_sequences``, beams) gives row j the vector ``j // k``.
     """
 
-    def __init__(self, vectors: torch.Tensor | None = None, alpha: float | torch.Tensor = 1.0, mode: Positions = "generated") -> None:
+    def __init__(
+        self, vectors: torch.Tensor | None = None, alpha: float | torch.Tensor = 1.0, mode: Positions = "generated"
+    ) -> None:
         if mode not in POSITIONS:
-            raise ValueError(f"mode={mode!r} must be one of {POSITIONS}")
+            raise L2SInputError(f"mode={mode!r} must be one of {POSITIONS}")
         check_alpha(alpha)
         self.mode = mode
         self.alpha = alpha
@@ -122,12 +125,14 @@ class SteeringHook:
         if vectors is not None:
             self.set_vectors(vectors)
 
-    def set_vectors(self, vectors: torch.Tensor, alpha: float | torch.Tensor | None = None, like: torch.Tensor | None = None) -> None:
+    def set_vectors(
+        self, vectors: torch.Tensor, alpha: float | torch.Tensor | None = None, like: torch.Tensor | None = None
+    ) -> None:
         """Use ``alpha * vectors`` from now on (``like``: a tensor giving the device and dtype to keep it in).
         Vectors of the shape, dtype and device of the current ones are copied into the same tensor."""
         alpha = self.alpha if alpha is None else alpha
         if vectors.ndim != 2:
-            raise ValueError(f"steering vectors must be (B, D), got shape {tuple(vectors.shape)}")
+            raise L2SInputError(f"steering vectors must be (B, D), got shape {tuple(vectors.shape)}")
         check_alpha(alpha, vectors.shape[0])
         vectors = vectors.detach().float()
         scale = torch.as_tensor(alpha, dtype=torch.float32, device=vectors.device).reshape(-1, 1)
@@ -147,7 +152,10 @@ class SteeringHook:
         not an inference tensor written outside inference mode)."""
         old = self.delta
         return (
-            old is not None and old.shape == delta.shape and old.dtype == delta.dtype and old.device == delta.device
+            old is not None
+            and old.shape == delta.shape
+            and old.dtype == delta.dtype
+            and old.device == delta.device
             and (not old.is_inference() or torch.is_inference_mode_enabled())
         )
 
@@ -156,7 +164,7 @@ class SteeringHook:
         prefill, the counters start again, and vectors set later of the same shape go into the same tensor
         (see :meth:`set_vectors`)."""
         if mode not in POSITIONS:
-            raise ValueError(f"mode={mode!r} must be one of {POSITIONS}")
+            raise L2SInputError(f"mode={mode!r} must be one of {POSITIONS}")
         check_alpha(alpha)
         self.alpha, self.mode = alpha, mode
         self.prefills = self.steered_calls = 0
@@ -175,10 +183,10 @@ class SteeringHook:
         rows = hidden.shape[0]
         if delta.shape[0] != rows:
             if delta.shape[0] == 0 or rows % delta.shape[0]:
-                raise ValueError(f"{delta.shape[0]} steering vectors for a batch of {rows} rows")
+                raise L2SInputError(f"{delta.shape[0]} steering vectors for a batch of {rows} rows")
             delta = delta.repeat_interleave(rows // delta.shape[0], dim=0)
         if delta.shape[1] != hidden.shape[-1]:
-            raise ValueError(f"steering vectors have size {delta.shape[1]}, the hidden state has {hidden.shape[-1]}")
+            raise L2SInputError(f"steering vectors have size {delta.shape[1]}, the hidden state has {hidden.shape[-1]}")
         return delta[:, None, :]
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: object) -> object:
@@ -229,7 +237,9 @@ def register_hook(model: nn.Module, layer: int, hook: Any, with_kwargs: bool = T
     """A forward hook on decoder block ``layer`` of ``model``, removed on exit even after an exception."""
     layers = decoder_layers(model)
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
-        raise ValueError(f"layer={layer!r} is out of range: the model has {len(layers)} decoder layers (0..{len(layers) - 1})")
+        raise L2SInputError(
+            f"layer={layer!r} is out of range: the model has {len(layers)} decoder layers (0..{len(layers) - 1})"
+        )
     handle = layers[layer].register_forward_hook(hook, with_kwargs=with_kwargs)
     try:
         yield handle
@@ -264,11 +274,15 @@ def add_steering(
     """
     n_layers = len(decoder_layers(model))
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise ValueError(f"layer={layer!r} is out of range: the model has {n_layers} decoder layers (0..{n_layers - 1})")
+        raise L2SInputError(
+            f"layer={layer!r} is out of range: the model has {n_layers} decoder layers (0..{n_layers - 1})"
+        )
     if vectors.ndim != 2 or vectors.shape[-1] != hidden_size(model):
-        raise ValueError(f"steering vectors must be (B, {hidden_size(model)}) (the model's hidden size), got {tuple(vectors.shape)}")
+        raise L2SInputError(
+            f"steering vectors must be (B, {hidden_size(model)}) (the model's hidden size), got {tuple(vectors.shape)}"
+        )
     if not torch.isfinite(vectors).all():
-        raise ValueError("steering vectors must be finite")
+        raise L2SInputError("steering vectors must be finite")
     hook = SteeringHook(None, alpha, mode)
     hook.set_vectors(vectors, like=_block_like(model, layer))
     enable_hook_guards(model)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.features import FeatureFile
 from l2s_lightning.steerer import METHODS, Steerer
 
@@ -21,7 +22,9 @@ def _rows(file: FeatureFile, rows: str | Sequence[int] | np.ndarray | None, defa
         rows = default
     indices = file.rows(rows) if isinstance(rows, str) else np.asarray(rows, dtype=np.int64)
     if len(indices) == 0:
-        raise ValueError(f"{file.path}: no rows to build from ({rows if isinstance(rows, str) else 'empty index list'})")
+        raise L2SInputError(
+            f"{file.path}: no rows to build from ({rows if isinstance(rows, str) else 'empty index list'})"
+        )
     return indices
 
 
@@ -40,7 +43,9 @@ def target_stats(file: FeatureFile, rows: np.ndarray) -> dict[str, Any]:
         h_norms.append(torch.from_numpy(arrays["context"]).double().norm(dim=-1))
         for behaviour in sorted(set(file.behaviour[part].tolist())):
             mask = torch.from_numpy(file.behaviour[part] == behaviour)
-            by_behaviour[behaviour] = by_behaviour.get(behaviour, torch.zeros(dim, dtype=torch.float64)) + z[mask].sum(0)
+            by_behaviour[behaviour] = by_behaviour.get(behaviour, torch.zeros(dim, dtype=torch.float64)) + z[mask].sum(
+                0
+            )
             counts[behaviour] = counts.get(behaviour, 0) + int(mask.sum())
     z_norm, h_norm = torch.cat(z_norms), torch.cat(h_norms)
     return {
@@ -59,9 +64,14 @@ def target_stats(file: FeatureFile, rows: np.ndarray) -> dict[str, Any]:
 def _common(file: FeatureFile, rows: np.ndarray, default_alpha: float, seed: int | None) -> dict[str, Any]:
     meta = file.meta
     return {
-        "model": meta.model, "layer_steer": meta.layer_steer, "layer_context": meta.layer_context,
-        "hidden_size": meta.hidden_size, "default_alpha": float(default_alpha), "fingerprint": file.fingerprint(rows),
-        "features": str(file.path), "seed": seed,
+        "model": meta.model,
+        "layer_steer": meta.layer_steer,
+        "layer_context": meta.layer_context,
+        "hidden_size": meta.hidden_size,
+        "default_alpha": float(default_alpha),
+        "fingerprint": file.fingerprint(rows),
+        "features": str(file.path),
+        "seed": seed,
     }
 
 
@@ -81,7 +91,7 @@ def build_baseline(
     ``test_split``, looked up by sample id.
     """
     if method not in BASELINES:
-        raise ValueError(f"unknown baseline {method!r}; expected one of {BASELINES} (l2s is trained by `l2s fit`)")
+        raise L2SInputError(f"unknown baseline {method!r}; expected one of {BASELINES} (l2s is trained by `l2s fit`)")
     file = feature_file if isinstance(feature_file, FeatureFile) else FeatureFile(feature_file)
     rows = _rows(file, rows, "train")
     file.check_finite(rows)
@@ -95,15 +105,18 @@ def build_baseline(
         test_behaviours = sorted(set(file.behaviour[file.rows(test_split)].tolist()))
         missing = [b for b in test_behaviours if b not in trained]
         if missing:
-            raise ValueError(
+            raise L2SInputError(
                 f"mean_ba: behaviour(s) {missing} of split {test_split!r} have no training rows "
                 f"(training behaviours: {sorted(trained)}); re-split the data or drop those rows"
             )
         behaviours = sorted(trained)
         info["counts"] = summary["counts"]
         return Steerer(
-            "mean_ba", tensors={"behaviour_means": torch.stack([trained[b] for b in behaviours])},
-            behaviours=behaviours, info=info, **common,
+            "mean_ba",
+            tensors={"behaviour_means": torch.stack([trained[b] for b in behaviours])},
+            behaviours=behaviours,
+            info=info,
+            **common,
         )
     if method == "random":
         generator = torch.Generator().manual_seed(int(seed))
@@ -112,12 +125,16 @@ def build_baseline(
         return Steerer("random", tensors={"random": vector.float()}, info=info, **common)
     test_rows = file.rows(test_split)
     if len(test_rows) == 0:
-        raise ValueError(f"p2s_oracle: {file.path} has no rows in split {test_split!r} to take targets from")
+        raise L2SInputError(f"p2s_oracle: {file.path} has no rows in split {test_split!r} to take targets from")
     file.check_finite(test_rows)
     steer = torch.from_numpy(file.read(test_rows, columns=("steer",))["steer"])
     info["oracle_rows"] = int(len(test_rows))
     return Steerer(
-        "p2s_oracle", tensors={"oracle_steer": steer}, oracle_ids=file.sample_id[test_rows].tolist(), info=info, **common,
+        "p2s_oracle",
+        tensors={"oracle_steer": steer},
+        oracle_ids=file.sample_id[test_rows].tolist(),
+        info=info,
+        **common,
     )
 
 
@@ -137,14 +154,20 @@ def l2s_steerer(
         tensors |= {"input_mean": mlp.input_mean.detach().cpu(), "input_std": mlp.input_std.detach().cpu()}
     stats = target_stats(feature_file, rows)["stats"]
     return Steerer(
-        "l2s", tensors=tensors, mlp={"hidden": mlp.hidden, "activation": mlp.activation, "bias_out": mlp.bias_out},
-        input_norm=mlp.normalize_input, stats=stats, info={"rows": int(len(rows)), **(info or {})},
+        "l2s",
+        tensors=tensors,
+        mlp={"hidden": mlp.hidden, "activation": mlp.activation, "bias_out": mlp.bias_out},
+        input_norm=mlp.normalize_input,
+        stats=stats,
+        info={"rows": int(len(rows)), **(info or {})},
         **_common(feature_file, rows, default_alpha, seed),
     )
 
 
 @torch.no_grad()
-def evaluate_steerer(steerer: Steerer, file: FeatureFile, rows: np.ndarray, chunk: int = 4096) -> dict[str, float] | None:
+def evaluate_steerer(
+    steerer: Steerer, file: FeatureFile, rows: np.ndarray, chunk: int = 4096
+) -> dict[str, float] | None:
     """MSE (over all elements) and mean cosine similarity between the steerer's vectors and z on ``rows``;
     ``None`` when the steerer cannot produce vectors for them (the oracle outside its split)."""
     if len(rows) == 0:
@@ -154,7 +177,9 @@ def evaluate_steerer(steerer: Steerer, file: FeatureFile, rows: np.ndarray, chun
     squared, cos, n = 0.0, 0.0, 0
     for part, arrays in file.iter_chunks(rows, chunk):
         context, target = torch.from_numpy(arrays["context"]), torch.from_numpy(arrays["steer"])
-        vectors = steerer.vectors(context, behaviours=file.behaviour[part].tolist(), sample_ids=file.sample_id[part].tolist())
+        vectors = steerer.vectors(
+            context, behaviours=file.behaviour[part].tolist(), sample_ids=file.sample_id[part].tolist()
+        )
         squared += float(((vectors.double() - target.double()) ** 2).sum())
         cos += float(F.cosine_similarity(vectors, target, dim=-1).double().sum())
         n += len(part)

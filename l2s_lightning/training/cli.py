@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from rich.console import Console
 from rich.table import Table
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.steerer import METHODS, Steerer
 from l2s_lightning.training.baselines import BASELINES, build_baseline, evaluate_steerer, l2s_steerer
 from l2s_lightning.training.curves import TrainingCurves
@@ -41,13 +42,21 @@ class FitCLI(LightningCLI):
     module's ``dim`` is linked from the data; loggers and checkpoints go under ``<out_dir>/runs/l2s``."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--method", type=Method, default="l2s", help="what to build; `all` = L2S and every baseline")
-        parser.add_argument("--out_dir", type=str, default="outputs/fit", help="steerers, run logs and the report")
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="`last` resumes from runs/l2s/checkpoints/last.ckpt")
-        parser.add_argument("--default_alpha", type=float, default=1.0, help="α recorded in the steerers")
-        parser.add_argument("--keep", type=Literal["last", "best"], default="last", help="L2S weights kept: final epoch or best val/mse")
         parser.add_argument(
-            "--torch_threads", type=int | None, default=1,
+            "--method", type=Method, default="l2s", help="what to build; `all` = L2S and every baseline"
+        )
+        parser.add_argument("--out_dir", type=str, default="outputs/fit", help="steerers, run logs and the report")
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="`last` resumes from runs/l2s/checkpoints/last.ckpt"
+        )
+        parser.add_argument("--default_alpha", type=float, default=1.0, help="α recorded in the steerers")
+        parser.add_argument(
+            "--keep", type=Literal["last", "best"], default="last", help="L2S weights kept: final epoch or best val/mse"
+        )
+        parser.add_argument(
+            "--torch_threads",
+            type=int | None,
+            default=1,
             help="CPU threads while fitting (restored after); the MLP is tiny and extra threads only add overhead; null = leave as is",
         )
         parser.link_arguments("data.dim", "model.dim", apply_on="instantiate")
@@ -56,7 +65,10 @@ class FitCLI(LightningCLI):
         root = run_dir(self._get(self.config, "out_dir"))
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         if trainer_config.get("logger") in (None, True):
-            trainer_config["logger"] = [CSVLogger(root, name="csv"), TensorBoardLogger(root, name="tb", default_hp_metric=False)]
+            trainer_config["logger"] = [
+                CSVLogger(root, name="csv"),
+                TensorBoardLogger(root, name="tb", default_hp_metric=False),
+            ]
         trainer_config["default_root_dir"] = trainer_config.get("default_root_dir") or str(root)
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         configured = trainer_config.get("callbacks") or []
@@ -73,12 +85,23 @@ def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
     checkpoint is a monitor-less top-1 named ``last``; ``ckpt_path="last"`` finds it by name.)
     """
     best = ModelCheckpoint(
-        dirpath=dirpath, filename="best-epoch{epoch:03d}", monitor="val/mse", mode="min", save_top_k=1,
-        auto_insert_metric_name=False, enable_version_counter=False,
+        dirpath=dirpath,
+        filename="best-epoch{epoch:03d}",
+        monitor="val/mse",
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
     # at every epoch's end (after its validation, if any): not only in epochs that validate
-    last = ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
-                           save_on_train_epoch_end=True)
+    last = ModelCheckpoint(
+        dirpath=dirpath,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
     return [best, last]
 
 
@@ -86,7 +109,9 @@ def _fresh_start(root: Path, console: Console) -> None:
     """A run without ``--ckpt_path`` starts over: old logs go (last.ckpt is overwritten)."""
     stale = [root / "csv", root / "tb", root / "checkpoints"]
     if any(p.exists() for p in stale):
-        console.print(f"[yellow]starting over[/] in {root} (old logs and checkpoints removed; use --ckpt_path last to resume)")
+        console.print(
+            f"[yellow]starting over[/] in {root} (old logs and checkpoints removed; use --ckpt_path last to resume)"
+        )
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -97,7 +122,9 @@ def _train_l2s(cli: FitCLI, console: Console) -> None:
         _fresh_start(run_dir(cfg.out_dir), console)
     trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
     if cfg.keep == "best":
-        best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None) == "val/mse"), "")
+        best = next(
+            (cb.best_model_path for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None) == "val/mse"), ""
+        )
         if not best:
             raise RuntimeError("--keep best: no best checkpoint was saved (is validation running?)")
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
@@ -124,7 +151,9 @@ def _report(steerers: dict[str, tuple[Steerer, bool]], data: FeatureDataModule) 
 
 
 def _print_report(report: dict[str, Any], out_dir: Path, console: Console) -> None:
-    table = Table(title=f"l2s fit: {report['model']} L*={report['layer_steer']} L'={report['layer_context']} (rows {report['rows']})")
+    table = Table(
+        title=f"l2s fit: {report['model']} L*={report['layer_steer']} L'={report['layer_context']} (rows {report['rows']})"
+    )
     for column in ("method", "val cos", "val MSE", "test cos", "test MSE", "steerer"):
         table.add_column(column, justify="left" if column in ("method", "steerer") else "right")
 
@@ -133,7 +162,14 @@ def _print_report(report: dict[str, Any], out_dir: Path, console: Console) -> No
 
     for method, result in report["methods"].items():
         where = str(out_dir / "steerers" / method) if result["saved"] else "(not saved)"
-        table.add_row(method, cell(result["val"], "cos"), cell(result["val"], "mse"), cell(result["test"], "cos"), cell(result["test"], "mse"), where)
+        table.add_row(
+            method,
+            cell(result["val"], "cos"),
+            cell(result["val"], "mse"),
+            cell(result["test"], "cos"),
+            cell(result["test"], "mse"),
+            where,
+        )
     console.print(table)
 
 
@@ -169,7 +205,7 @@ def _run(cli: FitCLI) -> int:
     methods = list(METHODS) if cfg.method == "all" else [cfg.method]
     data.setup("fit")  # every data check (empty split, NaN rows) before any work
     if cfg.method == "p2s_oracle" and len(data.test_indices) == 0:
-        raise ValueError(
+        raise L2SInputError(
             f"--method p2s_oracle: {data.file.path} has no rows in split {data.hparams.test_split!r}; the oracle "
             "steers each test input with its own z: extract the test split too (data.splits=[train, test])"
         )
@@ -180,8 +216,18 @@ def _run(cli: FitCLI) -> int:
     steerers: dict[str, tuple[Steerer, bool]] = {}
     if "l2s" in methods:
         _train_l2s(cli, console)
-        info = {"epochs": cli.trainer.current_epoch, "keep": cfg.keep, "val_fraction": data.hparams.val_fraction, "data_seed": data.hparams.seed}
-        steerers["l2s"] = (l2s_steerer(cli.model, data.file, data.train_indices, default_alpha=cfg.default_alpha, seed=seed, info=info), True)
+        info = {
+            "epochs": cli.trainer.current_epoch,
+            "keep": cfg.keep,
+            "val_fraction": data.hparams.val_fraction,
+            "data_seed": data.hparams.seed,
+        }
+        steerers["l2s"] = (
+            l2s_steerer(
+                cli.model, data.file, data.train_indices, default_alpha=cfg.default_alpha, seed=seed, info=info
+            ),
+            True,
+        )
     elif (out_dir / "steerers" / "l2s" / "steerer.json").is_file():
         previous = Steerer.load(out_dir / "steerers" / "l2s")
         if previous.fingerprint == data.file.fingerprint(data.train_indices):
@@ -195,7 +241,12 @@ def _run(cli: FitCLI) -> int:
             continue
         try:
             steerer = build_baseline(
-                method, data.file, seed, rows=data.train_indices, test_split=data.hparams.test_split, default_alpha=cfg.default_alpha,
+                method,
+                data.file,
+                seed,
+                rows=data.train_indices,
+                test_split=data.hparams.test_split,
+                default_alpha=cfg.default_alpha,
             )
         except ValueError as err:
             if requested:

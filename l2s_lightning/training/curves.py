@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 def read_epoch_metrics(csv_root: str | Path) -> dict[str, dict[int, float]]:
     """``{metric: {epoch: value}}`` from all ``metrics.csv`` files under ``csv_root`` (version order)."""
+
     def version_key(path: Path) -> tuple[int, str]:
         name = path.parent.name
         return (int(name.split("_")[-1]) if name.split("_")[-1].isdigit() else -1, str(path))
@@ -43,7 +44,11 @@ def plot_curves(series: dict[str, dict[int, float]], output: str | Path, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("MSE", ["train/mse", "val/mse"], True), ("cosine(g(h), z)", ["train/cos", "val/cos"], False), ("learning rate", ["lr"], True)]
+    panels = [
+        ("MSE", ["train/mse", "val/mse"], True),
+        ("cosine(g(h), z)", ["train/cos", "val/cos"], False),
+        ("learning rate", ["lr"], True),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for ax, (label, keys, log) in zip(axes, panels):
         for key in keys:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.features import FeatureFile, check_compatible
 
 
@@ -114,12 +115,16 @@ class FeatureDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise L2SInputError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
         self.file = FeatureFile(features)
         check_compatible(
-            self.file.meta, model=model_name, layer_steer=layer_steer, layer_context=layer_context,
-            hidden_size=hidden_size, source=str(features),
+            self.file.meta,
+            model=model_name,
+            layer_steer=layer_steer,
+            layer_context=layer_context,
+            hidden_size=hidden_size,
+            source=str(features),
         )
         self.train_indices = self.val_indices = self.test_indices = np.zeros(0, np.int64)
         self._datasets: dict[str, Dataset] = {}
@@ -140,12 +145,18 @@ class FeatureDataModule(L.LightningDataModule):
         hp = self.hparams
         train_rows = self.file.rows(hp.train_split)
         if len(train_rows) == 0:
-            raise ValueError(f"{self.file.path}: no rows in split {hp.train_split!r} (splits present: {sorted(set(self.file.split))})")
+            raise L2SInputError(
+                f"{self.file.path}: no rows in split {hp.train_split!r} (splits present: {sorted(set(self.file.split))})"
+            )
         if len(train_rows) < 2:
-            raise ValueError(f"{self.file.path}: split {hp.train_split!r} has {len(train_rows)} row; need at least 2 to hold out validation")
+            raise L2SInputError(
+                f"{self.file.path}: split {hp.train_split!r} has {len(train_rows)} row; need at least 2 to hold out validation"
+            )
         train_pos, val_pos = carve_validation(self.file.behaviour[train_rows], hp.val_fraction, hp.seed)
         if len(val_pos) == 0:
-            raise ValueError(f"validation is empty: val_fraction={hp.val_fraction} of {len(train_rows)} training rows rounds to 0")
+            raise L2SInputError(
+                f"validation is empty: val_fraction={hp.val_fraction} of {len(train_rows)} training rows rounds to 0"
+            )
         self.train_indices, self.val_indices = train_rows[train_pos], train_rows[val_pos]
         self.test_indices = self.file.rows(hp.test_split)
         used = np.sort(np.concatenate([train_rows, self.test_indices]))
@@ -197,8 +208,12 @@ class FeatureDataModule(L.LightningDataModule):
         sampler = EpochShuffleSampler(len(dataset), self.hparams.seed) if shuffle else None
         workers = self.hparams.num_workers
         return DataLoader(
-            dataset, batch_size=self.hparams.batch_size, sampler=sampler, shuffle=False,
-            num_workers=workers, persistent_workers=workers > 0,
+            dataset,
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -209,5 +224,5 @@ class FeatureDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if len(self.test_indices) == 0:
-            raise ValueError(f"{self.file.path}: no rows in split {self.hparams.test_split!r}")
+            raise L2SInputError(f"{self.file.path}: no rows in split {self.hparams.test_split!r}")
         return self._loader("test", shuffle=False)

@@ -28,12 +28,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric, MeanSquaredError
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.training.mlp import SteeringMLP
 
 PLATEAU_THRESHOLD = 1e-4  # torch.optim.lr_scheduler.ReduceLROnPlateau default (mode "rel")
 
 
-def plateau_multiplier(history: list[float | None], factor: float, patience: int, threshold: float = PLATEAU_THRESHOLD) -> float:
+def plateau_multiplier(
+    history: list[float | None], factor: float, patience: int, threshold: float = PLATEAU_THRESHOLD
+) -> float:
     """The lr multiplier ReduceLROnPlateau (mode min, rel threshold, no cooldown) reaches on ``history``."""
     best, bad, multiplier = math.inf, 0, 1.0
     for value in history:
@@ -85,9 +88,11 @@ class L2SModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if init_output not in ("mean", "svd", "none"):
-            raise ValueError(f"init_output must be 'mean', 'svd' or 'none', got {init_output!r}")
+            raise L2SInputError(f"init_output must be 'mean', 'svd' or 'none', got {init_output!r}")
         if init_output != "none" and not bias_out:
-            raise ValueError(f"init_output={init_output!r} sets the output bias: it needs bias_out=true (or use init_output='none')")
+            raise L2SInputError(
+                f"init_output={init_output!r} sets the output bias: it needs bias_out=true (or use init_output='none')"
+            )
         self.save_hyperparameters()
         self.mlp = SteeringMLP(dim, hidden, activation, bias_out, normalize_input)
         self.train_mse, self.val_mse, self.test_mse = MeanSquaredError(), MeanSquaredError(), MeanSquaredError()
@@ -138,7 +143,9 @@ class L2SModule(L.LightningModule):
         mse.update(pred.detach(), target)
         cos.update(F.cosine_similarity(pred.detach(), target, dim=-1))
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "test", batch_size=len(target))
+        self.log(
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "test", batch_size=len(target)
+        )
         self.log(f"{stage}/mse", mse, on_step=False, on_epoch=True, batch_size=len(target))
         self.log(f"{stage}/cos", cos, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(target))
         return loss

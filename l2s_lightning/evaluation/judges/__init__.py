@@ -1,10 +1,9 @@
 """Judges of responses behind one interface (:class:`Judge`): ``keyword`` (offline), ``causal_lm``, ``http``."""
 
+from l2s_lightning.errors import JudgeError, JudgeUnavailableError
 from l2s_lightning.evaluation.judges.base import (
     JUDGES,
     Judge,
-    JudgeError,
-    JudgeUnavailableError,
     build_judge,
     describe_judge,
     fill_template,

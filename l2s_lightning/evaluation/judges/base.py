@@ -1,4 +1,4 @@
-"""The judge interface, its errors, prompt templates and the registry that builds a judge from config."""
+"""The judge interface (its errors live in :mod:`l2s_lightning.errors`), prompt templates and the registry that builds a judge from config."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from l2s_lightning.errors import JudgeError, L2SInputError
 from l2s_lightning.evaluation.resources import resource_text
 
 
@@ -18,14 +19,6 @@ class Judge(Protocol):
     def p_unsafe(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
 
     def quality(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
-
-
-class JudgeError(RuntimeError):
-    """A judge could not score (unparseable answer, wrong number of scores, bad value)."""
-
-
-class JudgeUnavailableError(JudgeError):
-    """The judge cannot be reached or loaded; no score of the batch is kept."""
 
 
 # name -> "module:Class", imported on use so that the keyword judge needs neither torch models nor HTTP.
@@ -55,7 +48,7 @@ def build_judge(spec: str | Mapping[str, Any] | Judge | None = None, **kwargs: A
     try:
         return cls(**kwargs)
     except TypeError as err:
-        raise ValueError(f"judge {spec!r}: bad kwargs {sorted(kwargs)} ({err})") from None
+        raise L2SInputError(f"judge {spec!r}: bad kwargs {sorted(kwargs)} ({err})") from None
 
 
 def judge_spec(value: str | Mapping[str, Any], where: str = "judge") -> dict[str, Any]:
@@ -63,10 +56,10 @@ def judge_spec(value: str | Mapping[str, Any], where: str = "judge") -> dict[str
     judge = {"name": value} if isinstance(value, str) else value
     if not isinstance(judge, Mapping) or "name" not in judge or set(judge) - {"name", "kwargs"}:
         got = sorted(judge) if isinstance(judge, Mapping) else repr(judge)
-        raise ValueError(f"{where}: needs a judge name or a mapping with 'name' and optional 'kwargs', got {got}")
+        raise L2SInputError(f"{where}: needs a judge name or a mapping with 'name' and optional 'kwargs', got {got}")
     kwargs = judge.get("kwargs") or {}
     if not isinstance(kwargs, Mapping):
-        raise ValueError(f"{where}.kwargs: must be a mapping, got {kwargs!r}")
+        raise L2SInputError(f"{where}.kwargs: must be a mapping, got {kwargs!r}")
     return {"name": str(judge["name"]), "kwargs": dict(kwargs)}
 
 
@@ -74,12 +67,12 @@ def judge_class(name: str) -> type:
     """The class of a registered judge name or of a ``module:Class`` path (imported, not instantiated)."""
     target = JUDGES.get(name, name)
     if ":" not in target:
-        raise ValueError(f"unknown judge {name!r}: one of {sorted(JUDGES)} or 'module:Class'")
+        raise L2SInputError(f"unknown judge {name!r}: one of {sorted(JUDGES)} or 'module:Class'")
     module, _, attr = target.partition(":")
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"judge {name!r}: cannot import {target!r} ({err})") from None
+        raise L2SInputError(f"judge {name!r}: cannot import {target!r} ({err})") from None
 
 
 def check_judge_kwargs(name: str, kwargs: Mapping[str, Any], where: str = "judge") -> None:
@@ -92,7 +85,9 @@ def check_judge_kwargs(name: str, kwargs: Mapping[str, Any], where: str = "judge
         inspect.signature(cls).bind(**kwargs)
     except TypeError as err:
         params = [p for p in inspect.signature(cls).parameters if p != "self"]
-        raise ValueError(f"{where}: judge {name!r} does not take kwargs {sorted(kwargs)} ({err}; it takes {params})") from None
+        raise L2SInputError(
+            f"{where}: judge {name!r} does not take kwargs {sorted(kwargs)} ({err}; it takes {params})"
+        ) from None
 
 
 def describe_judge(judge: Judge) -> dict[str, Any]:
@@ -111,7 +106,7 @@ def load_template(name_or_path: str) -> str:
     """A judge prompt template (bundled resource name or path) that must contain ``{response}``."""
     text = resource_text(name_or_path)
     if "{response}" not in text:
-        raise ValueError(f"judge template {name_or_path!r} has no {{response}} placeholder")
+        raise L2SInputError(f"judge template {name_or_path!r} has no {{response}} placeholder")
     return text
 
 

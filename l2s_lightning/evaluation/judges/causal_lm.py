@@ -24,7 +24,8 @@ from typing import Literal
 
 import torch
 
-from l2s_lightning.evaluation.judges.base import JudgeUnavailableError, check_scores, fill_template, load_template
+from l2s_lightning.errors import JudgeUnavailableError, L2SInputError
+from l2s_lightning.evaluation.judges.base import check_scores, fill_template, load_template
 
 
 class CausalLMJudge:
@@ -62,7 +63,7 @@ class CausalLMJudge:
         from l2s_lightning.models.loading import ModelSpec, load_model
 
         if vocab not in ("full", "pair"):
-            raise ValueError(f"vocab={vocab!r} must be 'full' or 'pair'")
+            raise L2SInputError(f"vocab={vocab!r} must be 'full' or 'pair'")
         self.model_name, self.gguf_file, self.dtype, self.device = model, gguf_file, dtype, device
         self.template_name, self.quality_template_name = template, quality_template
         self.template, self.quality_template = load_template(template), load_template(quality_template)
@@ -77,13 +78,15 @@ class CausalLMJudge:
         self.unsafe_id = self._first_token(unsafe_token)
         self.safe_id = self._first_token(safe_token)
         if vocab == "pair" and self.unsafe_id == self.safe_id:
-            raise ValueError(f"{unsafe_token!r} and {safe_token!r} start with the same token: vocab='pair' cannot tell them apart")
+            raise L2SInputError(
+                f"{unsafe_token!r} and {safe_token!r} start with the same token: vocab='pair' cannot tell them apart"
+            )
         self.digit_ids, self.ten_splits = self._digit_tokens()
 
     def _first_token(self, word: str) -> int:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
         if not ids:
-            raise ValueError(f"{word!r} encodes to no token")
+            raise L2SInputError(f"{word!r} encodes to no token")
         if len(ids) > 1:
             warnings.warn(f"judge verdict {word!r} is {len(ids)} tokens; reading its first token", stacklevel=3)
         return ids[0]
@@ -102,7 +105,7 @@ class CausalLMJudge:
                 elif k == 10 and len(ids) == 2 and (ids[0], ids[1]) not in tens:
                     tens.append((ids[0], ids[1]))
         if not found:
-            raise ValueError("the judge tokenizer has no single-token digits 1-9")
+            raise L2SInputError("the judge tokenizer has no single-token digits 1-9")
         return found, [(a, b) for a, b in tens if found.get(a) == 1]
 
     def build_prompt(self, template: str, prompt: str, response: str) -> str:
@@ -122,7 +125,9 @@ class CausalLMJudge:
         device = next(self.model.parameters()).device
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(
-                list(texts[start : start + self.batch_size]), return_tensors="pt", padding=True,
+                list(texts[start : start + self.batch_size]),
+                return_tensors="pt",
+                padding=True,
                 add_special_tokens=not self.use_chat_template,
             ).to(device)
             ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -163,8 +168,15 @@ class CausalLMJudge:
 
     def describe(self) -> dict:
         return {
-            "name": "causal_lm", "model": self.model_name, "gguf_file": self.gguf_file, "dtype": self.dtype,
-            "template": self.template_name, "quality_template": self.quality_template_name,
-            "unsafe_token": self.unsafe_token, "safe_token": self.safe_token, "vocab": self.vocab,
-            "answer_prefix": self.answer_prefix, "use_chat_template": self.use_chat_template,
+            "name": "causal_lm",
+            "model": self.model_name,
+            "gguf_file": self.gguf_file,
+            "dtype": self.dtype,
+            "template": self.template_name,
+            "quality_template": self.quality_template_name,
+            "unsafe_token": self.unsafe_token,
+            "safe_token": self.safe_token,
+            "vocab": self.vocab,
+            "answer_prefix": self.answer_prefix,
+            "use_chat_template": self.use_chat_template,
         }

@@ -30,7 +30,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from l2s_lightning.evaluation.judges.base import JudgeError, JudgeUnavailableError, check_scores, fill_template, load_template
+from l2s_lightning.errors import JudgeError, JudgeUnavailableError, L2SInputError
+from l2s_lightning.evaluation.judges.base import (
+    check_scores,
+    fill_template,
+    load_template,
+)
 
 
 class HttpJudge:
@@ -71,18 +76,18 @@ class HttpJudge:
         max_response_chars: int = 6000,
     ):
         if messages not in ("template", "conversation"):
-            raise ValueError(f"messages={messages!r} must be 'template' or 'conversation'")
+            raise L2SInputError(f"messages={messages!r} must be 'template' or 'conversation'")
         if vocab not in ("full", "pair"):
-            raise ValueError(f"vocab={vocab!r} must be 'full' or 'pair'")
+            raise L2SInputError(f"vocab={vocab!r} must be 'full' or 'pair'")
         if on_unparsed not in ("error", "unsafe", "safe"):
-            raise ValueError(f"on_unparsed={on_unparsed!r} must be 'error', 'unsafe' or 'safe'")
+            raise L2SInputError(f"on_unparsed={on_unparsed!r} must be 'error', 'unsafe' or 'safe'")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
         self.api_key = None
         if api_key_env:
             self.api_key = os.environ.get(api_key_env)
             if not self.api_key:
-                raise ValueError(f"http judge: environment variable {api_key_env!r} (api_key_env) is not set")
+                raise L2SInputError(f"http judge: environment variable {api_key_env!r} (api_key_env) is not set")
         self.template_name, self.quality_template_name = template, quality_template
         self.template, self.quality_template = load_template(template), load_template(quality_template)
         self.messages, self.vocab, self.on_unparsed = messages, vocab, on_unparsed
@@ -124,11 +129,18 @@ class HttpJudge:
                 last = err
             except json.JSONDecodeError as err:
                 raise JudgeError(f"http judge {self.url}: reply is not JSON ({err.msg})") from None
-        self._unavailable = f"http judge {self.url} unreachable after {self.max_retries + 1} attempts: {last}; no scores were kept"
+        self._unavailable = (
+            f"http judge {self.url} unreachable after {self.max_retries + 1} attempts: {last}; no scores were kept"
+        )
         raise JudgeUnavailableError(self._unavailable)
 
     def _complete(self, messages: list[dict[str, str]]) -> tuple[str, list[dict] | None]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+        }
         if self._logprobs_ok:
             body.update(logprobs=True, top_logprobs=self.top_logprobs)
         try:
@@ -174,7 +186,9 @@ class HttpJudge:
             if re.match(rf"{re.escape(token)}(?!\w)", answer):  # the verdict as a whole word: "safety: ..." is neither
                 return p
         if self.on_unparsed == "error":
-            raise JudgeError(f"http judge: answer {content[:100]!r} to response {where} is neither {self.safe_token!r} nor {self.unsafe_token!r}")
+            raise JudgeError(
+                f"http judge: answer {content[:100]!r} to response {where} is neither {self.safe_token!r} nor {self.unsafe_token!r}"
+            )
         return 1.0 if self.on_unparsed == "unsafe" else 0.0
 
     def _messages(self, template: str, prompt: str, response: str) -> list[dict[str, str]]:
@@ -204,7 +218,7 @@ class HttpJudge:
 
     def _map(self, fn, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         if len(prompts) != len(responses):
-            raise ValueError("prompts and responses differ in length")
+            raise L2SInputError("prompts and responses differ in length")
         items = list(enumerate(zip(prompts, responses)))
         self._unavailable = None
         if self.workers == 1 or len(items) <= 1:
@@ -227,9 +241,15 @@ class HttpJudge:
 
     def describe(self) -> dict:
         return {
-            "name": "http", "base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env,
-            "template": self.template_name, "quality_template": self.quality_template_name, "messages": self.messages,
-            "vocab": self.vocab, "on_unparsed": self.on_unparsed,
+            "name": "http",
+            "base_url": self.base_url,
+            "model": self.model,
+            "api_key_env": self.api_key_env,
+            "template": self.template_name,
+            "quality_template": self.quality_template_name,
+            "messages": self.messages,
+            "vocab": self.vocab,
+            "on_unparsed": self.on_unparsed,
             # filled in by the scoring: verdicts read from logprobs (a probability) vs from the text (0 or 1)
             "verdicts_from": dict(self.verdicts_from),
         }

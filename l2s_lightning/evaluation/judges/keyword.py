@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.quality import heuristic_quality
 from l2s_lightning.evaluation.resources import PhraseMatcher
 
@@ -46,10 +47,10 @@ class KeywordJudge:
         levels = ("p_refusal", "p_late_refusal", "p_unclear", "p_compliance")
         for name in levels:
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"keyword judge: {name}={getattr(self, name)} is outside [0, 1]")
+                raise L2SInputError(f"keyword judge: {name}={getattr(self, name)} is outside [0, 1]")
         values = [getattr(self, name) for name in levels]
         if values != sorted(values):
-            raise ValueError(
+            raise L2SInputError(
                 f"keyword judge: needs {' <= '.join(levels)} (monotone scores), got "
                 + ", ".join(f"{n}={v}" for n, v in zip(levels, values))
             )

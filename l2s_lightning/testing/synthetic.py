@@ -32,10 +32,23 @@ def make_synthetic_features(
     z = np.tanh(h @ b.T) @ a.T + offsets[which] + noise * rng.normal(size=(n, dim))
     split = np.where(rng.random(n) < test_fraction, "test", "train")
     attrs = {
-        "model": "synthetic", "layer_steer": 1, "layer_context": 1, "num_layers": 2, "template_set": "synthetic",
-        "dataset": "synthetic", "split_seed": seed, "test_fraction": test_fraction, **attrs,
+        "model": "synthetic",
+        "layer_steer": 1,
+        "layer_context": 1,
+        "num_layers": 2,
+        "template_set": "synthetic",
+        "dataset": "synthetic",
+        "split_seed": seed,
+        "test_fraction": test_fraction,
+        **attrs,
     }
     return write_features(
-        path, h, z.astype(np.float32), [f"s{i:04d}" for i in range(n)],
-        [f"cat{w}" for w in which], [behaviours[w] for w in which], split.tolist(), **attrs,
+        path,
+        h,
+        z.astype(np.float32),
+        [f"s{i:04d}" for i in range(n)],
+        [f"cat{w}" for w in which],
+        [behaviours[w] for w in which],
+        split.tolist(),
+        **attrs,
     )

@@ -16,8 +16,17 @@ from pathlib import Path
 import torch
 
 SPECIAL_TOKENS = [
-    "<pad>", "<s>", "</s>", "<image>", "<|im_start|>", "<|im_end|>", "<|endoftext|>",
-    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<image>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 _WORDS = (
     "the a an is are was how what why can could should I you we they do does make find tell me about image picture "
@@ -33,8 +42,11 @@ _CONTENT = (
 LLAVA_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
     + _CONTENT.replace("IMAGE", "<image>\n")
-    + " {% elif message['role'] == 'system' %}" + _CONTENT.replace("IMAGE", "") + " {% else %}ASSISTANT: "
-    + _CONTENT.replace("IMAGE", "") + "</s>{% endif %}{% endfor %}"
+    + " {% elif message['role'] == 'system' %}"
+    + _CONTENT.replace("IMAGE", "")
+    + " {% else %}ASSISTANT: "
+    + _CONTENT.replace("IMAGE", "")
+    + "</s>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 CHATML_TEMPLATE = (
@@ -50,25 +62,40 @@ def build_tokenizer(chat_template: str, eos: str, seed: int = 0):
     from transformers import PreTrainedTokenizerFast
 
     rng = random.Random(seed)
-    sentences = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 14))) + rng.choice(".?!") for _ in range(400)]
+    sentences = [
+        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 14))) + rng.choice(".?!") for _ in range(400)
+    ]
     sentences += ["USER: ASSISTANT: user assistant system"] * 5
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=700, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(sentences, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token=eos,
-        padding_side="left", chat_template=chat_template, extra_special_tokens={},
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token=eos,
+        padding_side="left",
+        chat_template=chat_template,
+        extra_special_tokens={},
     )
 
 
 def _text_config(tokenizer, num_layers: int, hidden_size: int) -> dict:
     return {
-        "vocab_size": len(tokenizer), "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
-        "num_hidden_layers": num_layers, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 512, "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
     }
 
 
@@ -97,12 +124,20 @@ def llava_processor(tokenizer, image_size: int, patch_size: int = 14):
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, do_center_crop=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
     )
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE, image_token="<image>",
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+        image_token="<image>",
     )
 
 
@@ -112,11 +147,16 @@ def build_tiny_llava(folder: str | Path, *, num_layers: int = 4, hidden_size: in
 
     folder = Path(folder)
     tokenizer = build_tokenizer(LLAVA_TEMPLATE, eos="</s>", seed=seed)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14)
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14
+    )
     config = LlavaConfig(
-        vision_config=vision, text_config=LlamaConfig(**_text_config(tokenizer, num_layers, hidden_size)),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
-        vision_feature_select_strategy="default", pad_token_id=tokenizer.pad_token_id,
+        vision_config=vision,
+        text_config=LlamaConfig(**_text_config(tokenizer, num_layers, hidden_size)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
@@ -127,8 +167,10 @@ def build_tiny_llava(folder: str | Path, *, num_layers: int = 4, hidden_size: in
 def _qwen_vision_tokens(tokenizer) -> dict:
     ids = tokenizer.convert_tokens_to_ids
     return {
-        "image_token_id": ids("<|image_pad|>"), "video_token_id": ids("<|video_pad|>"),
-        "vision_start_token_id": ids("<|vision_start|>"), "vision_end_token_id": ids("<|vision_end|>"),
+        "image_token_id": ids("<|image_pad|>"),
+        "video_token_id": ids("<|video_pad|>"),
+        "vision_start_token_id": ids("<|vision_start|>"),
+        "vision_end_token_id": ids("<|vision_end|>"),
     }
 
 
@@ -146,7 +188,9 @@ def _qwen_processor(processor_class, tokenizer):
 
     from l2s_lightning.models.processor import has_working_torchvision, image_only
 
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2)
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
     cls = processor_class if has_working_torchvision() else image_only(processor_class)
     processor = cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHATML_TEMPLATE)
     return processor
@@ -174,9 +218,22 @@ def build_tiny_qwen2_vl(folder: str | Path, *, num_layers: int = 4, hidden_size:
 
     folder = Path(folder)
     tokenizer = build_tokenizer(CHATML_TEMPLATE, eos="<|im_end|>", seed=seed)
-    vision = {"depth": 2, "embed_dim": 32, "hidden_size": hidden_size, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
-              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
-    config = Qwen2VLConfig(text_config=_qwen_text(tokenizer, num_layers, hidden_size), vision_config=vision, **_qwen_vision_tokens(tokenizer))
+    vision = {
+        "depth": 2,
+        "embed_dim": 32,
+        "hidden_size": hidden_size,
+        "num_heads": 2,
+        "mlp_ratio": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "in_channels": 3,
+    }
+    config = Qwen2VLConfig(
+        text_config=_qwen_text(tokenizer, num_layers, hidden_size),
+        vision_config=vision,
+        **_qwen_vision_tokens(tokenizer),
+    )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config)
     return _save_qwen(model, _qwen_processor(Qwen2VLProcessor, tokenizer), folder, tokenizer, Qwen2VLProcessor)
@@ -188,10 +245,24 @@ def build_tiny_qwen2_5_vl(folder: str | Path, *, num_layers: int = 4, hidden_siz
 
     folder = Path(folder)
     tokenizer = build_tokenizer(CHATML_TEMPLATE, eos="<|im_end|>", seed=seed)
-    vision = {"depth": 2, "hidden_size": 32, "out_hidden_size": hidden_size, "intermediate_size": 64, "num_heads": 2,
-              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
-              "fullatt_block_indexes": [1], "in_channels": 3}
-    config = Qwen2_5_VLConfig(text_config=_qwen_text(tokenizer, num_layers, hidden_size), vision_config=vision, **_qwen_vision_tokens(tokenizer))
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "out_hidden_size": hidden_size,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+        "in_channels": 3,
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text(tokenizer, num_layers, hidden_size),
+        vision_config=vision,
+        **_qwen_vision_tokens(tokenizer),
+    )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
     return _save_qwen(model, _qwen_processor(Qwen2_5_VLProcessor, tokenizer), folder, tokenizer, Qwen2_5_VLProcessor)
