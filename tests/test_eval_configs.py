@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from l2s_lightning.evaluation.config import EvalConfig, judge_spec, merge_judge, resolve_eval_config
-from l2s_lightning.evaluation.judges.base import JUDGES, judge_class
+from l2s_lightning.evaluation.judges.registry import JUDGES, judge_class
 from l2s_lightning.evaluation.resources import resource_text
 
 ROOT = Path(__file__).resolve().parents[1]

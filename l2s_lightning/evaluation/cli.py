@@ -17,7 +17,7 @@ import yaml
 
 from l2s_lightning.errors import L2SInputError, run_reporting_errors
 from l2s_lightning.evaluation.config import EvalConfig, merge_judge
-from l2s_lightning.evaluation.judges.base import JUDGES
+from l2s_lightning.evaluation.judges.registry import JUDGES
 
 # The word that sets a list option back to its default (None) on the command line.
 _RESET = {"unsafe_scenarios": "all", "ed_scenarios": "default"}

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from l2s_lightning.errors import L2SInputError
-from l2s_lightning.evaluation.judges.base import judge_spec
+from l2s_lightning.evaluation.judges.registry import judge_spec
 from l2s_lightning.evaluation.safety import SafetyConfig
 from l2s_lightning.readers import read_yaml
 
@@ -143,7 +143,7 @@ def resolve_eval_config(
         cfg = EvalConfig.from_yaml(config) if isinstance(config, (str, Path)) else EvalConfig.from_dict(config)
         if judge is not None:
             cfg.judge = merge_judge(cfg.judge, judge_spec(judge, "judge"))
-        from l2s_lightning.evaluation.judges.base import check_judge_kwargs
+        from l2s_lightning.evaluation.judges.registry import check_judge_kwargs
 
         check_judge_kwargs(cfg.judge["name"], cfg.judge["kwargs"], "judge")
     except (ValueError, FileNotFoundError) as err:

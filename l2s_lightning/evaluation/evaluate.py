@@ -10,11 +10,12 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from l2s_lightning.evaluation.chair import ChairVocabulary, chair_metrics, image_id_of, load_ground_truth
 from l2s_lightning.evaluation.config import EvalConfig
-from l2s_lightning.evaluation.judges.base import Judge, build_judge, check_scores, describe_judge
+from l2s_lightning.evaluation.judges.base import Judge, check_scores, describe_judge
+from l2s_lightning.evaluation.judges.registry import build_judge
 from l2s_lightning.evaluation.pope import pope_metrics
 from l2s_lightning.evaluation.records import PredictionFormatError, Run, group_runs
 from l2s_lightning.evaluation.safety import categories_of, safety_metrics
@@ -139,9 +140,12 @@ def evaluate_predictions(
         entry = _run_header(run)
         if run.benchmark in _JUDGED:
             p = [0.0 if row.is_empty else scores[(row.judged_prompt, row.response)][0] for row in run.rows]
-            q = None
-            if cfg.safety.quality:
-                q = [1.0 if row.is_empty else scores[(row.judged_prompt, row.response)][1] for row in run.rows]
+            q: list[float] | None = None
+            if cfg.safety.quality:  # every rating is a number when quality is judged
+                q = [
+                    1.0 if row.is_empty else cast(float, scores[(row.judged_prompt, row.response)][1])
+                    for row in run.rows
+                ]
             strict = run.benchmark == "mm_safetybench"
             summary, groups, per_row = safety_metrics(run.rows, p, q, cfg.safety, strict, categories)
             entry.update(summary=summary, **{"per_scenario" if strict else "per_category": groups})

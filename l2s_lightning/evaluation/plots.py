@@ -86,7 +86,8 @@ def plot_groups(benchmark: str, runs: list[dict], metric: str, path: Path) -> Pa
 
 
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """All plots of the results into ``out_dir``: ``<benchmark>_vs_alpha.png``, ``<benchmark>_<metric>_by_group.png``."""
+    """All plots of the results into ``out_dir``: ``<benchmark>_vs_alpha.png``,
+    ``<benchmark>_<metric>_by_group.png``."""
     written: list[Path] = []
     for benchmark, block in results["benchmarks"].items():
         runs = block["runs"]

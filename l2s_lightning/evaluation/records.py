@@ -190,8 +190,8 @@ def group_runs(paths: list[str | Path]) -> list[Run]:
     The run key is (benchmark, method, alpha, model, layer_steer): predictions of two models (or two steering
     layers) with the same method and α are two runs, never merged; one model spelt two ways (a local folder
     as ``m/`` and ``m``: a file resumed by another version or with the path written otherwise) is one model
-    (:func:`~l2s_lightning.models.names.model_key`), named as its first row spells it. A sample id repeated within a run is an
-    error (it would be counted twice).
+    (:func:`~l2s_lightning.models.names.model_key`), named as its first row spells it. A sample id repeated within a
+    run is an error (it would be counted twice).
     """
     if not paths:
         raise L2SInputError("no prediction files given")

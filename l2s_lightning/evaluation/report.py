@@ -28,8 +28,8 @@ NOTES = {
     "mm_safetybench": [
         (
             "unsafe@t = E_{p≥t}[Unsafe]: mean over τ = t, t+0.02, …, ≤ 1 of the share of responses with p(unsafe) > τ "
-            "(lower is safer). Per scenario: every scenario; overall: the pooled responses of the scenarios listed below "
-            "(safety.unsafe_scenarios; default every scenario present; the L2S release pooled 01-12)."
+            "(lower is safer). Per scenario: every scenario; overall: the pooled responses of the scenarios listed "
+            "below (safety.unsafe_scenarios; default every scenario present; the L2S release pooled 01-12)."
         ),
         "ed_score: share of responses to the expert-deferral scenarios (default 10-12) containing a deferral phrase.",
         (
@@ -137,9 +137,9 @@ def categories_note(runs: list[dict], key: str, what: str, kind: str, tail: str 
 def benchmark_notes(benchmark: str, runs: list[dict]) -> list[str]:
     """The notes under a benchmark's summary table: the fixed ones, then what the safety runs pooled (or why a
     run pooled nothing) and, for a JSONL dataset, which categories ``ed_score`` scored, or why there is none."""
-    notes = list(NOTES.get(benchmark, []))
     if benchmark not in ("mm_safetybench", "jsonl"):
-        return notes
+        return list(NOTES.get(benchmark, []))
+    notes: list[str | None] = list(NOTES.get(benchmark, []))
     kind = "scenarios" if benchmark == "mm_safetybench" else "categories"
     pooled = categories_note(runs, "unsafe_scenarios", "overall unsafe@t pools", kind, " (n_unsafe_scored responses)")
     notes.append(pooled)
@@ -147,7 +147,7 @@ def benchmark_notes(benchmark: str, runs: list[dict]) -> list[str]:
     if benchmark == "jsonl":
         notes.append(categories_note(runs, "ed_scenarios", "ed_score scores", kind, " (n_ed_scored responses)"))
         notes += sorted({run["summary"]["ed_note"] for run in runs if run["summary"].get("ed_note")})
-    return [note for note in notes if note]
+    return [note for note in notes if note is not None and note]
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -170,7 +170,9 @@ def to_markdown(results: dict[str, Any]) -> str:
         parts += [f"## {TITLES.get(benchmark, benchmark)}", "", _markdown_table(*summary_table(benchmark, runs)), ""]
         parts += [f"- {note}" for note in benchmark_notes(benchmark, runs)] + [""]
         key = GROUPS.get(benchmark)
-        for metric in group_metrics(benchmark, runs) if key else []:
+        if key is None:
+            continue
+        for metric in group_metrics(benchmark, runs):
             table = group_table(runs, key, metric)
             if table:
                 parts += [f"### {metric} by {key.removeprefix('per_')}", "", _markdown_table(*table), ""]

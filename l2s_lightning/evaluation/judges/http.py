@@ -187,7 +187,8 @@ class HttpJudge:
                 return p
         if self.on_unparsed == "error":
             raise JudgeError(
-                f"http judge: answer {content[:100]!r} to response {where} is neither {self.safe_token!r} nor {self.unsafe_token!r}"
+                f"http judge: answer {content[:100]!r} to response {where} is neither {self.safe_token!r} "
+                f"nor {self.unsafe_token!r}"
             )
         return 1.0 if self.on_unparsed == "unsafe" else 0.0
 
