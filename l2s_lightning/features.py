@@ -154,7 +154,8 @@ class FeatureFile:
                     width = file[name].shape[1] if file[name].ndim == 2 else None
                     if width != self.meta.hidden_size:
                         raise L2SInputError(
-                            f"{self.path}: dataset {name!r} has shape {file[name].shape}, attribute hidden_size is {self.meta.hidden_size}"
+                            f"{self.path}: dataset {name!r} has shape {file[name].shape}, "
+                            f"attribute hidden_size is {self.meta.hidden_size}"
                         )
                 columns = {name: np.array([_plain(v) for v in file[name][:]], dtype=object) for name in STRING_COLUMNS}
         except OSError as err:
@@ -317,7 +318,8 @@ def write_features(
             for key in IDENTITY_ATTRS:
                 if key in file.attrs and key in attrs and str(_plain(file.attrs[key])) != str(attrs[key]):
                     raise L2SInputError(
-                        f"{path}: cannot append, {key} is {_plain(file.attrs[key])!r} in the file and {attrs[key]!r} here"
+                        f"{path}: cannot append, {key} is {_plain(file.attrs[key])!r} in the file "
+                        f"and {attrs[key]!r} here"
                     )
             present = {_plain(v) for v in file["sample_id"][:]}
             dup = [str(s) for s in sample_id if str(s) in present]

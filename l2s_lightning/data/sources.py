@@ -117,7 +117,8 @@ class MMSafetyBenchSource(PromptSource):
             found = [f for f in files if wanted in (f.stem, f.stem[:2], f.stem[3:])]
             if not found:
                 raise L2SInputError(
-                    f"MM-SafetyBench scenario {wanted!r} is not one of {[f.stem for f in files]} (an id, a name or both)"
+                    f"MM-SafetyBench scenario {wanted!r} is not one of {[f.stem for f in files]} "
+                    "(an id, a name or both)"
                 )
             chosen += found
         return [f for f in files if f in chosen]
@@ -132,7 +133,8 @@ class MMSafetyBenchSource(PromptSource):
         expected = "Rephrased Question(SD)" if images == "SD" else "Rephrased Question"
         if images != "none" and key.startswith("Rephrased Question") and key != expected:
             warnings.warn(
-                f"MM-SafetyBench question_field {key!r} is the one of other images; {images} images go with {expected!r}",
+                f"MM-SafetyBench question_field {key!r} is the one of other images; "
+                f"{images} images go with {expected!r}",
                 stacklevel=3,
             )
 
@@ -183,7 +185,8 @@ class MMSafetyBenchSource(PromptSource):
         if len(missing) == looked:
             raise FileNotFoundError(
                 f"MM-SafetyBench image_root {self.image_root!r}: no image found for any of the {looked} "
-                f"questions (e.g. {missing[0]}); check the path (it must hold <scenario>/{self.image_type}/<index>.jpg) "
+                f"questions (e.g. {missing[0]}); check the path "
+                f"(it must hold <scenario>/{self.image_type}/<index>.jpg) "
                 "or leave image_root unset to render TYPO images"
             )
         action = "TYPO images are rendered for them" if self.render_missing else "those samples will fail"
@@ -212,7 +215,7 @@ class PopeSource(PromptSource):
 
     def load(self) -> datasets.Dataset:
         if self.hf_dataset:
-            return self._load_hf()
+            return self._load_hf(self.hf_dataset)
         if not self.files:
             raise L2SInputError("PopeSource needs `files` (POPE JSON/JSONL) or `hf_dataset`")
         rows = []
@@ -232,12 +235,12 @@ class PopeSource(PromptSource):
                 )
         return _dataset(rows, ", ".join(self.files))
 
-    def _load_hf(self) -> datasets.Dataset:
-        data = datasets.load_dataset(self.hf_dataset, split=self.hf_split)
+    def _load_hf(self, hf_dataset: str) -> datasets.Dataset:
+        data = datasets.load_dataset(hf_dataset, split=self.hf_split)
         base = Path(self.image_cache or Path.home() / ".cache" / "l2s_lightning" / "pope_images")
         # one folder per dataset and split: two datasets number their questions alike
-        key = hashlib.sha256(f"{self.hf_dataset}\x1f{self.hf_split}".encode()).hexdigest()[:12]
-        cache = base / f"{Path(self.hf_dataset).name}-{self.hf_split}-{key}"
+        key = hashlib.sha256(f"{hf_dataset}\x1f{self.hf_split}".encode()).hexdigest()[:12]
+        cache = base / f"{Path(hf_dataset).name}-{self.hf_split}-{key}"
         cache.mkdir(parents=True, exist_ok=True)
         rows = []
         for index, item in enumerate(data):
@@ -249,7 +252,7 @@ class PopeSource(PromptSource):
                 item["image"].convert("RGB").save(tmp)
                 os.replace(tmp, image_path)
             rows.append(_pope_row(sample_id, item["question"], subset, str(image_path), item["answer"]))
-        return _dataset(rows, self.hf_dataset)
+        return _dataset(rows, hf_dataset)
 
 
 def _pope_subsets(names: list[str]) -> dict[str, str]:

@@ -197,7 +197,7 @@ def merge_features(files: Sequence[Path], output: Path, attrs: Mapping[str, Any]
             if keep:
                 merged[name].append(rows[name][keep])
     order = np.argsort(np.asarray(merged["sample_id"], dtype=object), kind="stable")
-    final = {name: [merged[name][i] for i in order] for name in STRING_COLUMNS}
+    final: dict[str, Any] = {name: [merged[name][i] for i in order] for name in STRING_COLUMNS}
     for name in ARRAY_COLUMNS:
         final[name] = np.concatenate(merged[name])[order] if merged[name] else np.zeros((0, 0), np.float32)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,8 @@ class JsonlPredictionWriter(RankPartWriter):
                     if key in row and not same_setting(key, row[key], value):
                         raise L2SInputError(
                             f"{path} holds predictions with {key}={row[key]!r}, this run has {key}={value!r}"
-                            f"{_HINTS.get(key, '')}: choose another output path or delete the file (nothing was overwritten)"
+                            f"{_HINTS.get(key, '')}: choose another output path or delete the file "
+                            "(nothing was overwritten)"
                         )
 
     def _open(self, path: Path):

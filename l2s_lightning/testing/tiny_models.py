@@ -150,7 +150,7 @@ def build_tiny_llava(folder: str | Path, *, num_layers: int = 4, hidden_size: in
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14
     )
-    config = LlavaConfig(
+    config = LlavaConfig(  # type: ignore[call-arg]  # transformers 5 takes image_token_id and pad_token_id
         vision_config=vision,
         text_config=LlamaConfig(**_text_config(tokenizer, num_layers, hidden_size)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
