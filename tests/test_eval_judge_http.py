@@ -184,6 +184,45 @@ def test_api_key_from_env(monkeypatch):
         build_judge("http", base_url="http://127.0.0.1:9/v1", model="m", api_key_env="TEST_JUDGE_KEY")
 
 
+class RedirectServer:
+    """Answers every POST with HTTP ``code`` to ``target`` + the request path, recording the Authorization it got."""
+
+    def __init__(self, target: str, code: int = 307):
+        self.seen: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                server.seen.append(self.headers.get("Authorization"))
+                self.send_response(code)
+                self.send_header("Location", target + self.path.removeprefix("/v1"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    __enter__ = FakeJudgeServer.__enter__
+    __exit__ = FakeJudgeServer.__exit__
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_redirect_to_another_host_is_refused_and_gets_no_key(monkeypatch, code):
+    """A redirect to another host (here: another port) is an error; the key never reaches that host."""
+    with FakeJudgeServer("text", api_key="s3cret") as other:
+        with RedirectServer(other.url.replace("127.0.0.1", "localhost"), code) as redirecting:
+            monkeypatch.setenv("TEST_JUDGE_KEY", "s3cret")
+            judge = build_judge("http", base_url=redirecting.url, model="m", api_key_env="TEST_JUDGE_KEY", timeout=5)
+            with pytest.raises(JudgeError, match=f"HTTP {code} redirect to http://localhost:.* not followed"):
+                judge.p_unsafe(PROMPTS[:1], RESPONSES[:1])
+        assert redirecting.seen == ["Bearer s3cret"] and other.requests == []
+
+
 def test_unparsed_answer_is_an_error_unless_told():
     with FakeJudgeServer("garbage") as server:
         judge = build_judge("http", base_url=server.url, model="m", timeout=5, use_logprobs=False)

@@ -25,6 +25,7 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,26 @@ from l2s_lightning.evaluation.judges.base import (
     fill_template,
     load_template,
 )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only within the judge's own scheme, host and port: the API key is never sent elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if _origin(newurl) != _origin(req.full_url):
+            raise JudgeError(
+                f"http judge {req.full_url}: HTTP {code} redirect to {newurl} not followed (another host: the request "
+                "carries the judge's credentials); set base_url to the server that answers"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameOriginRedirects)
 
 
 class HttpJudge:
@@ -117,7 +138,7 @@ class HttpJudge:
                 self.requests_sent += 1
             request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+                with _OPENER.open(request, timeout=self.timeout) as reply:
                     return json.loads(reply.read().decode("utf-8"))
             except urllib.error.HTTPError as err:
                 detail = err.read().decode("utf-8", "replace")[:300]
