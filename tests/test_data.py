@@ -11,6 +11,7 @@ from l2s_lightning.data.datamodule import PromptDataModule
 from l2s_lightning.data.images import render_typo_image, typo_image_size
 from l2s_lightning.data.sources import JsonlSource, MMSafetyBenchSource, PopeSource
 from l2s_lightning.data.split import load_or_make_split, make_split
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.templates import load_templates
 
 MMSB = Path(__file__).resolve().parents[1] / "data" / "mm_safetybench"
@@ -190,6 +191,32 @@ def test_pope_files_and_jsonl(tmp_path):
     (tmp_path / "dup.jsonl").write_text('{"id": "x", "question": "q"}\n{"id": "x", "question": "r"}\n')
     with pytest.raises(ValueError, match="duplicate sample ids"):
         JsonlSource(str(tmp_path / "dup.jsonl")).load()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "a", "question": "   "}', r"w\.jsonl:2: field 'question' is blank"),
+        ('{"id": "a", "question": ["How", "?"]}', r"w\.jsonl:2: field 'question' must be text, got list"),
+        ('{"id": {"n": 1}, "question": "q"}', r"w\.jsonl:2: field 'id' must be text or a whole number, got dict"),
+        ('{"id": true, "question": "q"}', r"w\.jsonl:2: field 'id' must be text or a whole number, got bool"),
+        ('{"id": "a", "question": "q", "category": 3}', r"w\.jsonl:2: field 'category' must be text, got int"),
+        ('["a", "q"]', r"w\.jsonl:2: expected a JSON object, got list"),
+    ],
+)
+def test_jsonl_refuses_fields_of_the_wrong_kind(tmp_path, line, message):
+    """Each refused with the file, line and field named, instead of being turned into text."""
+    (tmp_path / "w.jsonl").write_text('{"id": "ok", "question": "fine"}\n' + line + "\n")
+    with pytest.raises(L2SInputError, match=message):
+        JsonlSource(str(tmp_path / "w.jsonl")).load()
+
+
+@pytest.mark.parametrize("body", ['{"seed": 21, "test_fraction": 0.2}', "[1, 2]", '{"train": "a", "test": []}'])
+def test_split_file_that_is_not_a_split_is_named(tmp_path, body):
+    path = tmp_path / "split.json"
+    path.write_text(body)
+    with pytest.raises(L2SInputError, match=r"split\.json: not a split \(needs 'train' and 'test' lists"):
+        load_or_make_split(path, ["a"], ["c"], 0.2, 21)
 
 
 def test_qwen_processor_loads_without_torchvision(tiny_qwen2_vl_dir):

@@ -303,12 +303,31 @@ class JsonlSource(PromptSource):
             raise FileNotFoundError(f"JSONL file not found: {path}")
         rows = []
         for where, item in _json_records(path):
-            for key in ("id", "question"):
-                if item.get(key) in (None, ""):  # an id of 0 is an id
-                    raise L2SInputError(f"{where}: missing field {key!r}")
+            _check_jsonl_record(where, item)
             image = item.get("image") or ""
             if image:
                 image = str(Path(self.image_root or path.parent) / image)
             values = {k: item.get(k, "") for k in ("category", "positive", "negative", "behaviour", "label")}
             rows.append(_row(id=item["id"], question=item["question"], image=image, benchmark=self.benchmark, **values))
         return _dataset(rows, str(path))
+
+
+_TEXT_FIELDS = ("question", "image", "category", "positive", "negative", "behaviour", "label")
+
+
+def _check_jsonl_record(where: str, item: dict[str, Any]) -> None:
+    """An L2SInputError naming ``where`` and the field unless ``item`` has an id (text or a whole number), a
+    question with text in it, and text (or nothing) in every other field read."""
+    sample_id = item.get("id")
+    if sample_id is None or sample_id == "":  # an id of 0 is an id
+        raise L2SInputError(f"{where}: missing field 'id'")
+    if isinstance(sample_id, bool) or not isinstance(sample_id, (str, int)):
+        raise L2SInputError(f"{where}: field 'id' must be text or a whole number, got {type(sample_id).__name__}")
+    if item.get("question") in (None, ""):
+        raise L2SInputError(f"{where}: missing field 'question'")
+    for key in _TEXT_FIELDS:
+        value = item.get(key)
+        if value is not None and not isinstance(value, str):
+            raise L2SInputError(f"{where}: field {key!r} must be text, got {type(value).__name__}")
+    if not item["question"].strip():
+        raise L2SInputError(f"{where}: field 'question' is blank")

@@ -39,6 +39,15 @@ def load_or_make_split(
     path = Path(path)
     if path.is_file():
         saved = read_json(path)
+        lists = isinstance(saved, dict) and all(
+            isinstance(saved.get(key), list) and all(isinstance(i, str) for i in saved[key])
+            for key in ("train", "test")
+        )
+        if not lists:
+            raise L2SInputError(
+                f"split file {path}: not a split (needs 'train' and 'test' lists of sample ids); "
+                "delete it or give another data.split_file to make a new one"
+            )
         if saved.get("seed") != seed or abs(saved.get("test_fraction", -1) - test_fraction) > 1e-9:
             raise L2SInputError(
                 f"split file {path} was made with seed={saved.get('seed')}, test_fraction="
