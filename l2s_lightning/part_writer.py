@@ -5,15 +5,67 @@ loses at most the batch in flight: the JSONL writer appends to one file per run,
 batch; the HDF5 writer writes one complete file per batch under a temporary name and renames it); when
 prediction ends, rank 0 merges the final file and every part into ``output`` atomically and removes the
 parts. Rows already present anywhere are skipped on a rerun.
+
+One run at a time per output: each rank holds an exclusive lock on ``<output>.rank<R>.lock`` from the start of
+prediction until its parts are merged, so a second run on the same output refuses at once, naming the holder.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from l2s_lightning.errors import L2SInputError
+
+
+class OutputLock:
+    """An exclusive ``flock`` on a lock file that records the holder's pid; released (and the file removed) by
+    :meth:`release` or when the process ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, output: Path) -> None:
+        """Take the lock, or raise an L2SInputError naming ``output`` and the pid that holds it."""
+        while self._fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise L2SInputError(
+                    f"{output} is being written by another run (pid {holder}, lock {self.path}): wait for it to "
+                    "end or choose another output"
+                ) from None
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:  # removed by the holder that just released it: lock the new one
+                same_file = False
+            if not same_file:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
 
 class RankPartWriter(BasePredictionWriter):
@@ -26,6 +78,20 @@ class RankPartWriter(BasePredictionWriter):
         self.output = Path(output)
         self._part: Any = None
         self._next_index = 0
+        self._lock: OutputLock | None = None
+
+    def lock(self, rank: int) -> None:
+        """Hold this rank's lock on ``output`` (until :meth:`unlock`); refuse when another run holds it."""
+        if self._lock is None:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            lock = OutputLock(self.output.with_name(f"{self.output.name}.rank{rank}.lock"))
+            lock.acquire(self.output)
+            self._lock = lock
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def parts_dir(self) -> Path:
@@ -73,13 +139,26 @@ class RankPartWriter(BasePredictionWriter):
             self.parts_dir.rmdir()
 
     def merge_and_clean(self) -> int:
-        """Merge everything into ``output`` and delete the parts; returns the number of rows."""
-        count = self.merge()
-        self.remove_parts()
+        """Merge everything into ``output`` and delete the parts, under rank 0's lock; returns the number of rows."""
+        locked_here = self._lock is None
+        self.lock(0)
+        try:
+            count = self.merge()
+            self.remove_parts()
+        finally:
+            if locked_here:
+                self.unlock()
         return count
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.lock(trainer.global_rank)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.unlock()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.close_part()
+        self.unlock()
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.close_part()

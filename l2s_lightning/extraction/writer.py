@@ -139,7 +139,7 @@ class HDF5FeatureWriter(RankPartWriter):
             raise FloatingPointError(
                 f"non-finite features for samples {ids[:5]}: check dtype/model (nothing else lost)"
             )
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         with h5py.File(tmp, "w") as part:
             part.attrs.update(self.attrs)
             append_rows(part, rows)
@@ -178,6 +178,7 @@ class HDF5FeatureWriter(RankPartWriter):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        super().teardown(trainer, pl_module, stage)
 
     def merge(self) -> int:
         return merge_features(self.existing_files(), self.output, self.attrs)
@@ -201,7 +202,7 @@ def merge_features(files: Sequence[Path], output: Path, attrs: Mapping[str, Any]
     for name in ARRAY_COLUMNS:
         final[name] = np.concatenate(merged[name])[order] if merged[name] else np.zeros((0, 0), np.float32)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
+    tmp = output.with_name(f"{output.name}.{os.getpid()}.tmp")
     with h5py.File(tmp, "w") as file:
         append_rows(file, final)
         file.attrs.update({key: value for key, value in attrs.items() if value is not None})

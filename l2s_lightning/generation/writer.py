@@ -79,7 +79,7 @@ class JsonlPredictionWriter(RankPartWriter):
             for row in read_jsonl(path):
                 rows.setdefault(row["id"], row)
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.output.with_name(self.output.name + ".tmp")
+        tmp = self.output.with_name(f"{self.output.name}.{os.getpid()}.tmp")
         tmp.write_text("".join(json.dumps(rows[key], ensure_ascii=False) + "\n" for key in sorted(rows)))
         os.replace(tmp, self.output)
         return len(rows)
