@@ -13,7 +13,9 @@ prediction until its parts are merged, so a second run on the same output refuse
 from __future__ import annotations
 
 import fcntl
+import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,39 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from l2s_lightning.errors import L2SInputError
+
+
+def naming_file(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file name (a failed write, e.g. a full disk, then names the file)."""
+    if error.filename:
+        return error
+    return OSError(error.errno, error.strerror or str(error), str(path))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file of this process, synced, then renamed over ``path``;
+    a failed write leaves ``path`` as it was, removes the temporary file and names ``path``."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise naming_file(err, path) from None
+    os.replace(tmp, path)
+
+
+def hdf5_bytes(fill: Callable[[Any], None]) -> bytes:
+    """An HDF5 file built in memory by ``fill(h5py.File)``: HDF5 never writes to disk itself, so a full disk is
+    an OSError of :func:`write_atomically`, not a crash inside the HDF5 library."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as file:
+        fill(file)
+    return buffer.getvalue()
 
 
 class OutputLock:

@@ -13,7 +13,6 @@ before the model runs.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +27,7 @@ import torch
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.features import ARRAY_COLUMNS, IDENTITY_ATTRS, STRING_COLUMNS, append_rows
 from l2s_lightning.models.names import same_setting
-from l2s_lightning.part_writer import RankPartWriter
+from l2s_lightning.part_writer import RankPartWriter, hdf5_bytes, write_atomically
 
 
 def read_rows(path: str | Path) -> dict[str, Any]:
@@ -139,11 +138,12 @@ class HDF5FeatureWriter(RankPartWriter):
             raise FloatingPointError(
                 f"non-finite features for samples {ids[:5]}: check dtype/model (nothing else lost)"
             )
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with h5py.File(tmp, "w") as part:
+
+        def fill(part: h5py.File) -> None:
             part.attrs.update(self.attrs)
             append_rows(part, rows)
-        os.replace(tmp, path)
+
+        write_atomically(path, hdf5_bytes(fill))
 
     def _raise_failed_writes(self) -> None:
         """Re-raise, in the caller's thread, the error of the first finished background write that failed."""
@@ -202,11 +202,12 @@ def merge_features(files: Sequence[Path], output: Path, attrs: Mapping[str, Any]
     for name in ARRAY_COLUMNS:
         final[name] = np.concatenate(merged[name])[order] if merged[name] else np.zeros((0, 0), np.float32)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f"{output.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as file:
+
+    def fill(file: h5py.File) -> None:
         append_rows(file, final)
         file.attrs.update({key: value for key, value in attrs.items() if value is not None})
         file.attrs["splits"] = ",".join(sorted(set(final["split"])))
         file.attrs["num_rows"] = len(final["sample_id"])
-    os.replace(tmp, output)
+
+    write_atomically(output, hdf5_bytes(fill))
     return len(final["sample_id"])

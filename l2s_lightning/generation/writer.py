@@ -13,7 +13,7 @@ import lightning as L
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.jsonl import iter_jsonl
 from l2s_lightning.models.names import same_setting
-from l2s_lightning.part_writer import RankPartWriter
+from l2s_lightning.part_writer import RankPartWriter, naming_file, write_atomically
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -68,9 +68,12 @@ class JsonlPredictionWriter(RankPartWriter):
         dataloader_idx: int = 0,
     ) -> None:
         part = self.part(trainer)
-        part.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prediction))
-        part.flush()
-        os.fsync(part.fileno())
+        try:
+            part.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prediction))
+            part.flush()
+            os.fsync(part.fileno())
+        except OSError as err:
+            raise naming_file(err, Path(part.name)) from None
 
     def merge(self) -> int:
         """Merge the final file and all parts into ``output`` (atomically); returns the row count."""
@@ -79,7 +82,6 @@ class JsonlPredictionWriter(RankPartWriter):
             for row in read_jsonl(path):
                 rows.setdefault(row["id"], row)
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.output.with_name(f"{self.output.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(rows[key], ensure_ascii=False) + "\n" for key in sorted(rows)))
-        os.replace(tmp, self.output)
+        text = "".join(json.dumps(rows[key], ensure_ascii=False) + "\n" for key in sorted(rows))
+        write_atomically(self.output, text.encode())
         return len(rows)
