@@ -7,13 +7,19 @@ import json
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.readers import read_yaml
+from l2s_lightning.resources import bundled_file, bundled_names
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "configs" / "templates"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+# The folder of l2s_lightning/resources/ that holds the bundled template sets (``<name>.yaml``).
+TEMPLATE_DIR = "templates"
 # The behaviour of a row that brings its own T+/T- and whose category (if any) has no template.
 CUSTOM_BEHAVIOUR = "custom"
 
@@ -143,27 +149,35 @@ def _check_format(text: str, where: str) -> None:
     positional = [field for field in fields if field == "" or field.isdigit()]
     if positional:
         raise L2SInputError(
-            f"{where} {text!r} has a field without a name ({{{positional[0]}}}): name it, or write {{{{ and }}}} for literal braces"
+            f"{where} {text!r} has a field without a name ({{{positional[0]}}}): name it, "
+            "or write {{ and }} for literal braces"
         )
 
 
-def template_path(name_or_path: str) -> Path:
-    """A template YAML by path, or by name from ``configs/templates/``."""
+def template_names() -> list[str]:
+    """The names of the bundled template sets (``l2s_lightning/resources/templates/<name>.yaml``)."""
+    return [name.removesuffix(".yaml") for name in bundled_names(TEMPLATE_DIR, ".yaml")]
+
+
+def template_path(name_or_path: str) -> Path | Traversable:
+    """A template YAML by path, or a bundled set by name from ``l2s_lightning/resources/templates/``."""
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} and path.is_file():
         return path
-    candidate = TEMPLATE_DIR / f"{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml"))
-    raise FileNotFoundError(f"template set {name_or_path!r} not found: not a YAML file, and not one of {known}")
+    bundled = bundled_file(TEMPLATE_DIR, f"{name_or_path}.yaml")
+    if bundled is not None:
+        return bundled
+    raise FileNotFoundError(
+        f"template set {name_or_path!r} not found: not a YAML file, and not one of {template_names()}"
+    )
 
 
 def load_templates(name_or_path: str) -> TemplateSet:
     """Read and check a template YAML (behaviours with positive/negative, categories mapping)."""
-    path = template_path(name_or_path)
-    raw = read_yaml(path) or {}
-    where = str(path)
+    found = template_path(name_or_path)
+    with resources.as_file(found) as path:
+        raw = read_yaml(path) or {}
+    where = str(found)
     behaviours: dict[str, Behaviour] = {}
     for name, spec in (raw.get("behaviours") or {}).items():
         if not isinstance(spec, dict):
@@ -176,7 +190,8 @@ def load_templates(name_or_path: str) -> TemplateSet:
         for key in ("positive", "negative", "instruction", "suffix"):
             if key in spec and not isinstance(spec[key], str):
                 raise L2SInputError(
-                    f"{where}: behaviour {name!r} {key} is {spec[key]!r}, not text (quote it: YAML reads yes/no as booleans)"
+                    f"{where}: behaviour {name!r} {key} is {spec[key]!r}, not text "
+                    "(quote it: YAML reads yes/no as booleans)"
                 )
         unknown = set(spec) - {"positive", "negative", "instruction", "suffix", "close_turn", "fields"}
         if unknown:
@@ -196,7 +211,8 @@ def load_templates(name_or_path: str) -> TemplateSet:
     for category, target in (raw.get("categories") or {}).items():
         if not isinstance(target, str) and not (isinstance(target, dict) and isinstance(target.get("behaviour"), str)):
             raise L2SInputError(
-                f"{where}: category {category!r} must map to a behaviour name or to {{behaviour: ..., fields: {{...}}}}, got {target!r}"
+                f"{where}: category {category!r} must map to a behaviour name or to "
+                f"{{behaviour: ..., fields: {{...}}}}, got {target!r}"
             )
         name, fields = (target, {}) if isinstance(target, str) else (target["behaviour"], target.get("fields", {}))
         if name not in behaviours:
@@ -206,7 +222,7 @@ def load_templates(name_or_path: str) -> TemplateSet:
     if default is not None and default not in behaviours:
         raise L2SInputError(f"{where}: default_behaviour {default!r} is not a behaviour")
     return TemplateSet(
-        name=raw.get("name", path.stem),
+        name=raw.get("name", Path(found.name).stem),
         behaviours=behaviours,
         categories=categories,
         default_behaviour=default,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.resources import bundled_file, bundled_names
 
-RESOURCE_DIR = "resources/evaluation"
+RESOURCE_DIR = "evaluation"
 
 
 def resource_text(name_or_path: str) -> str:
@@ -21,10 +21,10 @@ def resource_text(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path.read_text(encoding="utf-8")
-    bundled = resources.files("l2s_lightning").joinpath(RESOURCE_DIR, name_or_path)
-    if bundled.is_file():
+    bundled = bundled_file(RESOURCE_DIR, name_or_path)
+    if bundled is not None:
         return bundled.read_text(encoding="utf-8")
-    available = sorted(p.name for p in resources.files("l2s_lightning").joinpath(RESOURCE_DIR).iterdir())
+    available = bundled_names(RESOURCE_DIR)
     raise FileNotFoundError(f"{name_or_path!r} is neither a file nor a bundled evaluation resource ({available})")
 
 
