@@ -178,6 +178,11 @@ def load_templates(name_or_path: str) -> TemplateSet:
     with resources.as_file(found) as path:
         raw = read_yaml(path) or {}
     where = str(found)
+    if not isinstance(raw, dict):
+        raise L2SInputError(f"{where}: a template set must be a mapping (name, behaviours, categories), got {raw!r}")
+    for key in ("behaviours", "categories"):
+        if not isinstance(raw.get(key) or {}, dict):
+            raise L2SInputError(f"{where}: {key} must be a mapping of names, got {raw[key]!r}")
     behaviours: dict[str, Behaviour] = {}
     for name, spec in (raw.get("behaviours") or {}).items():
         if not isinstance(spec, dict):
@@ -215,6 +220,8 @@ def load_templates(name_or_path: str) -> TemplateSet:
                 f"{{behaviour: ..., fields: {{...}}}}, got {target!r}"
             )
         name, fields = (target, {}) if isinstance(target, str) else (target["behaviour"], target.get("fields", {}))
+        if not isinstance(fields, dict):
+            raise L2SInputError(f"{where}: category {category!r} fields must be a mapping, got {fields!r}")
         if name not in behaviours:
             raise L2SInputError(f"{where}: category {category!r} maps to unknown behaviour {name!r}")
         categories[str(category)] = (name, dict(fields))

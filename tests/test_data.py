@@ -502,3 +502,25 @@ def test_a_misspelt_category_or_limit_key_is_an_error(tmp_path):
         split_file=str(tmp_path / "s.json"),
     ).rows()
     assert len(rows) == 3 and {r["category"] for r in rows} == {"03-Malware_Generation"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("- a\n- b\n", r"a template set must be a mapping \(name, behaviours, categories\), got \['a', 'b'\]"),
+        ("name: t\nbehaviours: [a, b]\n", r"behaviours must be a mapping of names, got \['a', 'b'\]"),
+        (
+            "name: t\nbehaviours:\n  a: {positive: x, negative: y}\ncategories: [c]\n",
+            r"categories must be a mapping of names, got \['c'\]",
+        ),
+        (
+            "name: t\nbehaviours:\n  a: {positive: x, negative: y}\ncategories:\n  c: {behaviour: a, fields: 3}\n",
+            r"category 'c' fields must be a mapping, got 3",
+        ),
+    ],
+)
+def test_template_file_of_the_wrong_shape_is_named(tmp_path, body, message):
+    path = tmp_path / "t.yaml"
+    path.write_text(body)
+    with pytest.raises(L2SInputError, match=rf"t\.yaml: {message}"):
+        load_templates(str(path))
