@@ -1,15 +1,13 @@
-"""The ``l2s`` command: ``l2s <extract|fit|predict|evaluate|sweep|run> [options]``."""
+"""The ``l2s`` command: ``l2s <extract|fit|predict|evaluate|sweep|run> [options]``; it only dispatches (each
+command's module parses its own arguments)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from importlib import import_module
-from typing import Any, TypeVar
 
 from l2s_lightning.errors import run_reporting_errors
-
-ConfigT = TypeVar("ConfigT")
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("l2s_lightning.extraction.cli:extract_main", "P2S features (h, z) of a dataset into features.h5"),
@@ -24,17 +22,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _load(target: str) -> Callable[[list[str]], int]:
     module, name = target.split(":")
     return getattr(import_module(module), name)
-
-
-def parse_dataclass_config(cls: type[ConfigT], prog: str, description: str | None, argv: list[str] | None) -> ConfigT:
-    """A config dataclass from ``--config FILE`` and/or ``--field value`` arguments (jsonargparse)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_class_arguments(cls, nested_key=None)
-    parsed: Any = parser.parse_args(argv)
-    return cls(**{k: v for k, v in parsed.items() if k in cls.__dataclass_fields__})  # type: ignore[attr-defined]
 
 
 def usage() -> str:

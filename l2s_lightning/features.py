@@ -151,6 +151,10 @@ class FeatureFile:
                             f"{self.path}: dataset {name!r} has {file[name].shape[0]} rows, sample_id has {n}"
                         )
                 for name in ARRAY_COLUMNS:
+                    if file[name].dtype.kind != "f":
+                        raise L2SInputError(
+                            f"{self.path}: dataset {name!r} holds {file[name].dtype}, not floating-point numbers"
+                        )
                     width = file[name].shape[1] if file[name].ndim == 2 else None
                     if width != self.meta.hidden_size:
                         raise L2SInputError(
@@ -221,15 +225,24 @@ class FeatureFile:
             part = idx[start : start + chunk]
             yield part, self.read(part)
 
-    def check_finite(self, rows: str | Sequence[int] | np.ndarray | None = None) -> None:
-        """Raise ``ValueError`` naming the sample ids of rows with NaN or Inf in ``context`` or ``steer``."""
-        bad: list[str] = []
-        for part, arrays in self.iter_chunks(rows):
-            mask = ~np.isfinite(arrays["context"]).all(1) | ~np.isfinite(arrays["steer"]).all(1)
-            bad += self.sample_id[part[mask]].tolist()
-        if bad:
-            shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-            raise L2SInputError(f"{self.path}: {len(bad)} row(s) with NaN/Inf features: {shown} (re-extract them)")
+    def check_rows(self, rows: str | Sequence[int] | np.ndarray | None = None) -> None:
+        """Raise an L2SInputError naming the rows that cannot be trained on: an empty sample id, NaN or Inf in
+        ``context`` or ``steer``, or both all zeros (never written by an extraction)."""
+        indices = self._indices(rows)
+        empty = [int(i) for i in indices if not str(self.sample_id[i])]
+        if empty:
+            raise L2SInputError(f"{self.path}: {len(empty)} row(s) with an empty sample_id, e.g. rows {empty[:5]}")
+        bad: dict[str, list[str]] = {"NaN/Inf features": [], "all-zero h and z": []}
+        for part, arrays in self.iter_chunks(indices):
+            context, steer = arrays["context"], arrays["steer"]
+            bad["NaN/Inf features"] += self.sample_id[
+                part[~np.isfinite(context).all(1) | ~np.isfinite(steer).all(1)]
+            ].tolist()
+            bad["all-zero h and z"] += self.sample_id[part[~context.any(1) & ~steer.any(1)]].tolist()
+        for what, ids in bad.items():
+            if ids:
+                shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+                raise L2SInputError(f"{self.path}: {len(ids)} row(s) with {what}: {shown} (re-extract them)")
 
     def fingerprint(self, rows: str | Sequence[int] | np.ndarray | None = None) -> str:
         """sha256 over the rows used (in order): sample id, h and z bytes (float32, little endian)."""

@@ -5,22 +5,32 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sized
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from l2s_lightning.cli import parse_dataclass_config
+from l2s_lightning.config import fields_dict, parse_dataclass_config
 from l2s_lightning.errors import L2SInputError
-from l2s_lightning.evaluation.config import EvalConfig, resolve_eval_config
+from l2s_lightning.evaluation.config import resolve_eval_config
+from l2s_lightning.extraction.cli import load_config as load_extract_config
+from l2s_lightning.generation.cli import load_config as load_predict_config
+from l2s_lightning.methods import METHOD_REGISTRY, MethodName
 from l2s_lightning.models.loading import ModelCache
-from l2s_lightning.readers import read_yaml
+from l2s_lightning.stages import evaluate, extract, fit, predict
+from l2s_lightning.stages.checks import check_logodds_templates, check_safety_categories, data_rows
+from l2s_lightning.stages.common import PromptDataSettings
+from l2s_lightning.stages.extract import ExtractConfig
+from l2s_lightning.stages.fit import FitConfig
+from l2s_lightning.stages.predict import PredictConfig
 from l2s_lightning.steerer import Steerer
+from l2s_lightning.training.cli import load_config as load_fit_config
 
-ALL_METHODS = ["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
+ALL_METHODS = list(METHOD_REGISTRY)  # none, prompt, mean, mean_ba, random, p2s_oracle, l2s
 
 
 @dataclass
@@ -39,6 +49,12 @@ class RunConfig:
         judge: the judge, on top of ``evaluate_config`` as ``l2s evaluate --judge`` does: a name
             (``keyword`` works offline) or ``{name: causal_lm|http|..., kwargs: {...}}``; None: the YAML's judge.
         logodds_templates: continuations scored by the log-odds metric (None to skip it).
+        extract_overrides / fit_overrides / predict_overrides: more settings of a stage's config, as dotted keys
+            (``{data.batch_size: 4, model.positions: all}``), applied to its YAML as its command line would be;
+            what the run sets itself (output paths, split file, ``limit_per_category``, ``method``, steerer,
+            ``alpha``, ``max_new_tokens``) wins over them.
+        extra_extract_args / extra_fit_args / extra_predict_args: the same in the older, command-line form
+            (``["--data.batch_size=4"]``), applied before the mappings.
     """
 
     out_dir: str = "outputs/smollm2_quick"
@@ -52,13 +68,65 @@ class RunConfig:
     evaluate_config: str | None = None
     judge: str | dict[str, Any] | None = None
     logodds_templates: str | None = "logodds_eval"
+    extract_overrides: dict[str, Any] = field(default_factory=dict)
+    fit_overrides: dict[str, Any] = field(default_factory=dict)
+    predict_overrides: dict[str, Any] = field(default_factory=dict)
     extra_extract_args: list[str] = field(default_factory=list)
     extra_fit_args: list[str] = field(default_factory=list)
     extra_predict_args: list[str] = field(default_factory=list)
 
 
-def _limit_args(config: RunConfig) -> list[str]:
-    return [f"--data.limit_per_category={json.dumps(config.limit_per_category)}"] if config.limit_per_category else []
+@dataclass
+class StageConfigs:
+    """The stage configs of a run: each YAML read once, with the run's overrides and settings."""
+
+    extract: ExtractConfig
+    fit: FitConfig
+    predict: PredictConfig  # the base of every method's run (its method, steerer and output are set per method)
+
+
+def stage_configs(config: RunConfig) -> StageConfigs:
+    """Read the three stage YAMLs (a bad one stops the run before any work) and set what the run decides: output
+    paths under ``out_dir``, the shared split file, ``limit_per_category``, ``method: all``, ``max_new_tokens``."""
+    out = Path(config.out_dir)
+    extract_cfg = load_extract_config(config.extract_config, config.extract_overrides, config.extra_extract_args)
+    fit_cfg = load_fit_config(config.fit_config, config.fit_overrides, config.extra_fit_args)
+    predict_cfg = load_predict_config(config.predict_config, config.predict_overrides, config.extra_predict_args)
+    features = str(out / "features.h5")
+    return StageConfigs(
+        extract=replace(
+            extract_cfg, writer=replace(extract_cfg.writer, output=features), data=_run_data(config, extract_cfg.data)
+        ),
+        fit=replace(fit_cfg, method="all", out_dir=str(out), data=replace(fit_cfg.data, features=features)),
+        predict=replace(
+            predict_cfg,
+            model=replace(predict_cfg.model, max_new_tokens=config.max_new_tokens),
+            data=_run_data(config, predict_cfg.data),
+        ),
+    )
+
+
+def _run_data(config: RunConfig, data: PromptDataSettings) -> PromptDataSettings:
+    """``data`` with the run's split file and, when the run has one, its ``limit_per_category``."""
+    return replace(
+        data,
+        split_file=str(Path(config.out_dir) / "split.json"),
+        limit_per_category=config.limit_per_category or data.limit_per_category,
+    )
+
+
+def method_config(config: RunConfig, base: PredictConfig, method: str) -> PredictConfig:
+    """The predict config of ``method``: its steerer from the run's fit (none for ``none`` / ``prompt``, whatever
+    the predict config names), the run's α for a steerer, and its prediction file."""
+    out = Path(config.out_dir)
+    model = replace(base.model, method=cast(MethodName, method), steerer=None)
+    if method not in ("none", "prompt"):
+        model = replace(
+            model,
+            steerer=str(out / "steerers" / method),
+            alpha=base.model.alpha if config.alpha is None else config.alpha,
+        )
+    return replace(base, model=model, writer=replace(base.writer, output=str(out / "predictions" / f"{method}.jsonl")))
 
 
 def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
@@ -67,80 +135,40 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     if unknown:
         raise L2SInputError(f"methods {unknown} are not among {ALL_METHODS}")
     eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s run")  # fails before extraction
+    stages = stage_configs(config)
     if config.logodds_templates or eval_config.safety.names_categories:
-        rows = predict_rows(config.predict_config, config.extra_predict_args)
-        if rows is not None:
-            check_logodds_templates(config, rows)
-            check_safety_categories(eval_config, rows, "l2s run")
-
-    from l2s_lightning.evaluation import evaluate_predictions
-    from l2s_lightning.extraction.cli import extract_main
-    from l2s_lightning.generation.cli import predict_main
-    from l2s_lightning.training.cli import fit_main
+        rows = data_rows(stages.predict.data)
+        check_logodds_templates(config.logodds_templates, rows, "l2s run")
+        check_safety_categories(eval_config, rows, "l2s run")
 
     console = console or Console()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    common = [f"--data.split_file={out / 'split.json'}", *_limit_args(config)]
 
     start = time.time()
     console.rule("[bold]1/4 extract")
-    extract_main(
-        [
-            "--config",
-            config.extract_config,
-            f"--writer.output={out / 'features.h5'}",
-            *common,
-            *config.extra_extract_args,
-        ]
-    )
+    extract.run(stages.extract)
     timings["extract_s"] = time.time() - start
 
     start = time.time()
     console.rule("[bold]2/4 fit")
-    fit_main(
-        [
-            "--config",
-            config.fit_config,
-            "--method=all",
-            f"--out_dir={out}",
-            f"--data.features={out / 'features.h5'}",
-            *config.extra_fit_args,
-        ]
-    )
+    fit.run(stages.fit)
     timings["fit_s"] = time.time() - start
 
     start = time.time()
     console.rule("[bold]3/4 predict")
-    predictions = []
     models = ModelCache()  # one model for every method's predictions and the log-odds
-    for method in config.methods:
-        target = out / "predictions" / f"{method}.jsonl"
-        args = [
-            "--config",
-            config.predict_config,
-            f"--model.method={method}",
-            f"--writer.output={target}",
-            f"--model.max_new_tokens={config.max_new_tokens}",
-            *common,
-            *config.extra_predict_args,
-        ]
-        if method in {"none", "prompt"}:
-            args.append("--model.steerer=null")  # whatever the predict config names
-        else:
-            args.append(f"--model.steerer={out / 'steerers' / method}")
-            if config.alpha is not None:
-                args.append(f"--model.alpha={config.alpha}")
-        predict_main(args, models=models)
-        predictions.append(str(target))
+    predictions = [
+        predict.run(method_config(config, stages.predict, method), models=models) for method in config.methods
+    ]
     timings["predict_s"] = time.time() - start
 
     start = time.time()
     console.rule("[bold]4/4 evaluate")
-    logodds = run_logodds(config, out, models) if config.logodds_templates else {}
+    logodds = run_logodds(config, out, models, stages.predict) if config.logodds_templates else {}
     models.clear()  # before the judge loads
-    metrics = evaluate_predictions(predictions, out_dir=out / "eval", config=eval_config)
+    metrics = evaluate.run(predictions, out / "eval", eval_config)
     timings["evaluate_s"] = time.time() - start
     report = build_report(config, metrics, logodds, timings)
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -149,48 +177,46 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     return report
 
 
-def run_logodds(config: RunConfig, out: Path, models: ModelCache | None = None) -> dict[str, dict[str, float]]:
-    """Mean behaviour log-odds per method and behaviour on the test split (vectors from the stored h), with
-    the predict config's model (taken from ``models`` when given)."""
+def run_logodds(
+    config: RunConfig, out: Path, models: ModelCache | None = None, predict_config: PredictConfig | None = None
+) -> dict[str, dict[str, float]]:
+    """Mean behaviour log-odds per method and behaviour on the test split (each steerer's vectors from the stored h,
+    as :func:`~l2s_lightning.scoring.steerer_log_odds` adds them), with the predict config's model (taken from
+    ``models`` when given; ``predict_config``: the run's, default ``stage_configs(config).predict``)."""
     from l2s_lightning.data.datamodule import PromptDataModule
     from l2s_lightning.features import FeatureFile
-    from l2s_lightning.models.loading import ModelSpec
     from l2s_lightning.prompts import baseline_instructions
-    from l2s_lightning.scoring import behaviour_log_odds
+    from l2s_lightning.scoring import behaviour_log_odds, steerer_log_odds
     from l2s_lightning.templates import load_templates
 
-    predict_cfg = read_yaml(config.predict_config)
-    loaded = (models or ModelCache()).get(ModelSpec(**predict_cfg["model"]["model"]))
-    data_cfg = dict(predict_cfg["data"])
-    source = _predict_source(data_cfg.pop("source"))
-    data_cfg |= {
-        "split_file": str(out / "split.json"),
-        "splits": ["test"],
-        "limit_per_category": config.limit_per_category,
-    }
-    data = PromptDataModule(source, **data_cfg)
+    if not config.logodds_templates:
+        raise L2SInputError("l2s run: the log-odds need logodds_templates")
+    predict_cfg = predict_config or stage_configs(config).predict
+    loaded = (models or ModelCache()).get(predict_cfg.model.model)
+    data_cfg = replace(
+        predict_cfg.data,
+        split_file=str(out / "split.json"),
+        splits=["test"],
+        limit_per_category=config.limit_per_category,
+    )
+    data = PromptDataModule(**fields_dict(data_cfg))
     dataset = data.predict_dataloader().dataset
-    items = [dataset[i] for i in range(len(dataset))]
+    items = [dataset[i] for i in range(len(cast(Sized, dataset)))]
     eval_templates = load_templates(config.logodds_templates)
     features = FeatureFile(out / "features.h5")
     row_of = {str(sample_id): i for i, sample_id in enumerate(features.sample_id)}
     context = torch.from_numpy(features.read([row_of[item.id] for item in items], columns=("context",))["context"])
     results: dict[str, dict[str, float]] = {}
     for method in config.methods:
+        steerer = Steerer.load(out / "steerers" / method) if method not in ("none", "prompt") else None
         scores = []
         for i in range(0, len(items), 16):
-            batch = items[i : i + 16]
-            vectors, layer, instructions = None, None, None
-            if method == "prompt":
-                instructions = baseline_instructions(batch, data.templates.prompt_baseline)
-            elif method != "none":
-                steerer = Steerer.load(out / "steerers" / method)
-                alpha = steerer.default_alpha if config.alpha is None else config.alpha
-                vectors = alpha * steerer.vectors(
-                    context[i : i + 16], [it.behaviour for it in batch], [it.id for it in batch]
-                )
-                layer = steerer.layer_steer
-            scores.append(behaviour_log_odds(loaded, batch, eval_templates, vectors, layer, instructions))
+            batch, h = items[i : i + 16], context[i : i + 16]
+            if steerer is not None:
+                scores.append(steerer_log_odds(loaded, batch, eval_templates, steerer, h, config.alpha))
+            else:
+                prompt = baseline_instructions(batch, data.templates.prompt_baseline) if method == "prompt" else None
+                scores.append(behaviour_log_odds(loaded, batch, eval_templates, instructions=prompt))
         values = torch.cat(scores)
         results[method] = {
             behaviour: values[torch.tensor([it.behaviour == behaviour for it in items])].mean().item()
@@ -199,65 +225,15 @@ def run_logodds(config: RunConfig, out: Path, models: ModelCache | None = None) 
     return results
 
 
-def _predict_source(source_cfg: dict[str, Any]):
-    """The data source of a predict config's ``data.source`` (``class_path`` + ``init_args``)."""
-    module_name, class_name = source_cfg["class_path"].rsplit(".", 1)
-    return getattr(__import__(module_name, fromlist=[class_name]), class_name)(**source_cfg.get("init_args", {}))
-
-
-# predict arguments that change which rows are read (others, e.g. --data.batch_size, leave them as they are)
-_DATA_READING_ARGS = ("--data.source", "--data.use_images")
-_WHOLE_CONFIG_ARGS = ("--data", "--config")
-
-
-def predict_rows(predict_config: str | Path, extra_predict_args: list[str] | None = None) -> Any:
-    """The rows of a predict config's data source (a ``datasets.Dataset``, read as its ``data.use_images``
-    says), for the up-front checks; None when ``extra_predict_args`` change what is read (the source,
-    ``use_images`` or another config file): the checks are then left to the stages themselves."""
-    from l2s_lightning.data.datamodule import source_for_images
-
-    names = [arg.split("=", 1)[0] for arg in extra_predict_args or ()]
-    if any(name.startswith(_DATA_READING_ARGS) or name in _WHOLE_CONFIG_ARGS for name in names):
-        return None
-    data = read_yaml(predict_config)["data"]
-    return source_for_images(_predict_source(data["source"]), bool(data.get("use_images", True))).load()
-
-
-def check_logodds_templates(config: RunConfig, rows: Any) -> None:
-    """Before any work: the log-odds templates have a behaviour for every category of the predict config's
-    data ``rows`` (the default ``logodds_eval`` covers MM-SafetyBench's scenarios only)."""
-    if not config.logodds_templates:
-        return
-    from l2s_lightning.templates import load_templates
-
-    templates = load_templates(config.logodds_templates)
-    for category, sample_id in dict(zip(rows["category"], rows["id"])).items():
-        try:
-            templates.behaviour_of(category, sample_id)
-        except ValueError as err:
-            raise L2SInputError(
-                f"l2s run: logodds_templates: {err}; give templates covering the data, or logodds_templates: null"
-            ) from None
-
-
-def check_safety_categories(eval_config: EvalConfig, rows: Any, where: str) -> None:
-    """Before any work: each entry of the evaluation's ``unsafe_scenarios`` / ``ed_scenarios`` names a category
-    of the data source's ``rows`` (or, for MM-SafetyBench data, a scenario); POPE data is not checked. A category
-    that the test split or ``data.categories`` leaves out passes here and fails at the evaluation. Errors start
-    with ``where``."""
-    from l2s_lightning.evaluation.safety import group_of
-
-    present = {
-        group_of(category, benchmark == "mm_safetybench")  # grouped as the evaluation will group them
-        for category, benchmark in zip(rows["category"], rows["benchmark"])
-        if benchmark in ("mm_safetybench", "jsonl")
-    } - {None}
-    if not present:
-        return
-    try:
-        eval_config.safety.check_categories(present)
-    except ValueError as err:
-        raise L2SInputError(f"{where}: {err}") from None
+def predict_rows(
+    predict_config: str | Path | PredictConfig, overrides: dict[str, Any] | list[str] | None = None
+) -> Any:
+    """The rows of a predict config's data source (a ``datasets.Dataset``, read as its ``data.use_images`` says),
+    for the up-front checks; a YAML path is read with ``overrides`` (dotted keys, or the command-line form)."""
+    if not isinstance(predict_config, PredictConfig):
+        mapping, args = (overrides, ()) if isinstance(overrides, dict) else (None, overrides or ())
+        predict_config = load_predict_config(predict_config, mapping, args)
+    return data_rows(predict_config.data)
 
 
 def build_report(

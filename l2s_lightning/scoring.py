@@ -1,61 +1,62 @@
 """Behaviour log-odds: log p(desired continuation) - log p(undesired continuation) under teacher forcing.
 
-A sensitive, cheap measure of steering (one forward per continuation, no free generation): the vector is
-added at layer L* from the prompt's last token on, exactly where it acts when the model starts answering.
+A sensitive, cheap measure of steering (one forward per continuation, no free generation). The vector is added
+by the steering hook of ``l2s predict`` (:func:`~l2s_lightning.steering.add_steering`: its layer, α and vector
+checks and its compile guard) with the positions rule :data:`SCORING_POSITIONS`: from the prompt's last token
+on, where it acts when the model starts answering, the continuation's tokens steered as generated tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch import nn
 
-from l2s_lightning.data.datamodule import PromptItem
-from l2s_lightning.models.layers import decoder_layers, layer_output, replace_layer_output
+from l2s_lightning.data.items import PromptItem
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.loading import LoadedModel
 from l2s_lightning.prompts import encode_completions, encode_prompts, render_prompt
+from l2s_lightning.steering import Positions, add_steering, check_steerer, steerer_vectors
 from l2s_lightning.templates import TemplateSet
 
-
-@contextlib.contextmanager
-def add_from_position(model: nn.Module, layer: int, vectors: torch.Tensor, start: int) -> Iterator[None]:
-    """Add ``vectors[i]`` to row i of block ``layer``'s output at every position >= ``start`` (one forward)."""
-
-    def hook(_module, _args, output):
-        hidden = layer_output(output)
-        mask = (torch.arange(hidden.shape[1], device=hidden.device) >= start).to(hidden.dtype)
-        delta = mask[None, :, None] * vectors.to(hidden.dtype)[:, None, :]
-        return replace_layer_output(output, hidden + delta)
-
-    handle = decoder_layers(model)[layer].register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+SCORING_POSITIONS: Positions = "last_prompt_and_generated"
+"""Where scoring adds the vector: the last prompt token and the continuation (as ``l2s predict --model.positions
+last_prompt_and_generated`` does at generation)."""
 
 
-@torch.no_grad()
-def continuation_logprobs(
-    loaded: LoadedModel, prompts: dict[str, torch.Tensor], continuations: torch.Tensor, lengths: torch.Tensor
-) -> torch.Tensor:
-    """Summed log-probability of each row's continuation after its (left-padded) prompt."""
-    model = loaded.model
+def append_continuations(
+    prompts: dict[str, torch.Tensor], continuations: torch.Tensor, lengths: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Model inputs of left-padded ``prompts`` (B, W) followed by right-padded ``continuations`` (B, C) of
+    ``lengths`` (B,): ids, attention mask and per-token type ids extended, and position ids counting real tokens
+    (none for image grids: the model computes its own)."""
     mask = prompts["attention_mask"]
     width = continuations.shape[1]
-    cont_mask = (torch.arange(width, device=mask.device)[None] < lengths[:, None]).to(mask.dtype)
+    cont_mask = (torch.arange(width, device=mask.device)[None] < lengths[:, None].to(mask.device)).to(mask.dtype)
     inputs = dict(prompts)
     inputs["input_ids"] = torch.cat([prompts["input_ids"], continuations.to(mask.device)], dim=1)
     inputs["attention_mask"] = torch.cat([mask, cont_mask], dim=1)
     for key in ("mm_token_type_ids", "token_type_ids"):
         if key in inputs:
             inputs[key] = torch.cat([inputs[key], inputs[key].new_zeros(inputs[key].shape[0], width)], dim=1)
-    positions = inputs["attention_mask"].long().cumsum(-1) - 1
-    kwargs = {} if "image_grid_thw" in inputs else {"position_ids": positions.clamp(min=0)}
-    logits = model(**inputs, **kwargs, use_cache=False).logits[:, mask.shape[1] - 1 : -1].float()
+    if "image_grid_thw" not in inputs:
+        inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    return inputs
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    loaded: LoadedModel, prompts: dict[str, torch.Tensor], continuations: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """Summed log-probability of each row's continuation after its (left-padded) prompt (one forward)."""
+    width = prompts["input_ids"].shape[1]
+    inputs = append_continuations(prompts, continuations, lengths)
+    logits = loaded.model(**inputs, use_cache=False).logits[:, width - 1 : -1].float()
     logp = torch.log_softmax(logits, dim=-1).gather(-1, continuations.to(logits.device)[..., None])[..., 0]
-    return (logp * cont_mask.to(logp.dtype)).sum(dim=1)
+    real = torch.arange(continuations.shape[1], device=logp.device)[None] < lengths.to(logp.device)[:, None]
+    return (logp * real.to(logp.dtype)).sum(dim=1)
 
 
 def behaviour_log_odds(
@@ -65,10 +66,13 @@ def behaviour_log_odds(
     vectors: torch.Tensor | None = None,
     layer_steer: int | None = None,
     instructions: Sequence[str] | None = None,
+    alpha: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
-    """Per item: log p(positive) - log p(negative) of the eval template of its category, with ``vectors``
-    (already scaled by α; None = unsteered) added at ``layer_steer`` from the last prompt token on, and
+    """Per item: log p(positive) - log p(negative) of the eval template of its category, with ``alpha *
+    vectors`` (B, D) (None: unsteered) added at block ``layer_steer`` at :data:`SCORING_POSITIONS`, and
     ``instructions`` (one per item, the prompt baseline) before the questions."""
+    if vectors is not None and layer_steer is None:
+        raise L2SInputError("behaviour_log_odds: layer_steer is needed with vectors")
     instructions = instructions or [""] * len(items)
     prompts = [
         render_prompt(loaded, item.question, item.image is not None, text) for item, text in zip(items, instructions)
@@ -77,15 +81,32 @@ def behaviour_log_odds(
     device = next(loaded.model.parameters()).device
     encoded = {k: v.to(device) for k, v in encoded.items()}
     contrasts = [eval_templates.resolve(item.category, item.id) for item in items]
+    steering: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if vectors is not None:
+        assert layer_steer is not None
+        width = encoded["input_ids"].shape[1]
+        steering = add_steering(loaded.model, layer_steer, vectors, alpha, SCORING_POSITIONS, prompt_width=width)
     scores = []
-    for side in ("positive", "negative"):
-        ids, lengths = encode_completions(loaded.tokenizer, [getattr(c, side) for c in contrasts])
-        steering = contextlib.nullcontext()
-        if vectors is not None:
-            assert layer_steer is not None, "layer_steer is needed with vectors"
-            steering = add_from_position(
-                loaded.model, layer_steer, vectors.to(device), encoded["input_ids"].shape[1] - 1
-            )
-        with steering:
+    with steering:
+        for side in ("positive", "negative"):
+            ids, lengths = encode_completions(loaded.tokenizer, [getattr(c, side) for c in contrasts])
             scores.append(continuation_logprobs(loaded, encoded, ids.to(device), lengths.to(device)))
     return (scores[0] - scores[1]).cpu()
+
+
+def steerer_log_odds(
+    loaded: LoadedModel,
+    items: Sequence[PromptItem],
+    eval_templates: TemplateSet,
+    steerer: Any,
+    context: torch.Tensor,
+    alpha: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`behaviour_log_odds` steered by ``steerer`` at ``alpha`` (None: its ``default_alpha``) from
+    contexts ``context`` (B, D) (h at L' of the items' prompts, e.g. read from features.h5): the per-row vectors
+    that ``attach_steerer`` adds for the same h, behaviours and sample ids, after the same checks."""
+    behaviours, sample_ids = [item.behaviour for item in items], [item.id for item in items]
+    check_steerer(steerer, loaded.model, behaviours, sample_ids)
+    vectors = steerer_vectors(steerer, context, behaviours, sample_ids)
+    alpha = steerer.default_alpha if alpha is None else alpha
+    return behaviour_log_odds(loaded, items, eval_templates, vectors, steerer.layer_steer, alpha=alpha)

@@ -8,15 +8,17 @@ One class for every method (docs/DESIGN.md, "Steerer folder"):
 * ``random``: a seeded random unit direction times the mean ‖z‖ (``random``);
 * ``p2s_oracle``: each test input's own z, looked up by sample id (``oracle_steer`` (M, D) + ids).
 
-Vectors are unscaled: α is applied by the steering hook. No Lightning is needed to load or use one.
+What each method stores and needs is in :mod:`l2s_lightning.methods`. Vectors are unscaled: α is applied by the
+steering hook. No Lightning is needed to load or use one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,20 +28,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.methods import METHOD_REGISTRY, STEERER_METHODS, MethodSpec
+from l2s_lightning.mlp import SteeringMLP
 from l2s_lightning.readers import read_json
-from l2s_lightning.training.mlp import SteeringMLP
 
 FORMAT_VERSION = 1
-METHODS = ("l2s", "mean", "mean_ba", "random", "p2s_oracle")
+METHODS = STEERER_METHODS
 JSON_NAME, WEIGHTS_NAME, ORACLE_IDS_NAME = "steerer.json", "weights.safetensors", "oracle_ids.json"
-_VECTOR_TENSOR = {"mean": "mean", "random": "random", "mean_ba": "behaviour_means", "p2s_oracle": "oracle_steer"}
-_REQUIRED = {
-    "l2s": ("mlp.0.weight",),
-    "mean": ("mean",),
-    "mean_ba": ("behaviour_means",),
-    "random": ("random",),
-    "p2s_oracle": ("oracle_steer",),
-}
 
 
 @dataclass
@@ -65,9 +60,11 @@ class Steerer:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        spec = METHOD_REGISTRY.get(self.method)
+        if spec is None or not spec.has_steerer:
             raise L2SInputError(f"unknown steering method {self.method!r}; expected one of {METHODS}")
-        missing = [name for name in _REQUIRED[self.method] if name not in self.tensors]
+        self._spec = spec
+        missing = [name for name in spec.required if name not in self.tensors]
         if missing:
             raise L2SInputError(f"{self.method} steerer needs tensor(s) {missing}")
         self.tensors = {name: t.detach().float().cpu().contiguous() for name, t in self.tensors.items()}
@@ -78,38 +75,56 @@ class Steerer:
                 raise L2SInputError(
                     f"tensor {name!r} has shape {tuple(tensor.shape)}, hidden_size is {self.hidden_size}"
                 )
-        if self.method == "mean_ba" and self.tensors["behaviour_means"].shape[0] != len(self.behaviours):
-            raise L2SInputError(
-                f"{len(self.behaviours)} behaviours but behaviour_means has {self.tensors['behaviour_means'].shape[0]} rows"
-            )
-        if self.method == "p2s_oracle":
-            if self.tensors["oracle_steer"].shape[0] != len(self.oracle_ids):
-                raise L2SInputError(
-                    f"{len(self.oracle_ids)} oracle ids but oracle_steer has {self.tensors['oracle_steer'].shape[0]} rows"
-                )
-            self._oracle_index = {sample_id: i for i, sample_id in enumerate(self.oracle_ids)}
-        if self.method == "l2s":
-            if self.mlp is None:
-                raise L2SInputError("l2s steerer needs the `mlp` config (hidden, activation, bias_out)")
-            self._net = SteeringMLP(self.hidden_size, normalize_input=self.input_norm, **self.mlp)
-            state = {name[len("mlp.") :]: t for name, t in self.tensors.items() if name.startswith("mlp.")}
-            self._net.net.load_state_dict(state)
-            if self.input_norm:
-                self._net.set_input_stats(self.tensors["input_mean"], self.tensors["input_std"], eps=0.0)
-            self._net.eval().requires_grad_(False)
+        self._row_index = self._index_rows(spec)
+        self._net = self._build_net() if spec.needs_context else None
+
+    def _index_rows(self, spec: MethodSpec) -> dict[str, int]:
+        """Key → row of the stored vectors, for a method that picks a row per input (else empty)."""
+        lookup = spec.lookup
+        if lookup is None or spec.vector_tensor is None:
+            return {}
+        labels: list[str] = getattr(self, lookup.labels)
+        rows = self.tensors[spec.vector_tensor].shape[0]
+        if rows != len(labels):
+            raise L2SInputError(f"{len(labels)} {lookup.labels_noun} but {spec.vector_tensor} has {rows} rows")
+        index = {label: i for i, label in enumerate(labels)}
+        if len(index) != len(labels):
+            raise L2SInputError(f"{self.method} steerer: {lookup.labels} has repeated {lookup.noun}s")
+        return index
+
+    def _build_net(self) -> SteeringMLP:
+        """The MLP g from the ``mlp.*`` tensors (and ``input_mean``/``input_std``), in eval mode."""
+        if self.mlp is None:
+            raise L2SInputError(f"{self.method} steerer needs the `mlp` config (hidden, activation, bias_out)")
+        net = SteeringMLP(self.hidden_size, normalize_input=self.input_norm, **self.mlp)
+        state = {name[len("mlp.") :]: t for name, t in self.tensors.items() if name.startswith("mlp.")}
+        net.net.load_state_dict(state)
+        if self.input_norm:
+            net.set_input_stats(self.tensors["input_mean"], self.tensors["input_std"], eps=0.0)
+        return net.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ use
     @property
+    def spec(self) -> MethodSpec:
+        """The method's registry entry (:mod:`l2s_lightning.methods`)."""
+        return self._spec
+
+    @property
+    def row_index(self) -> Mapping[str, int]:
+        """Key (behaviour / sample id) → row of the stored vectors, for ``mean_ba`` and ``p2s_oracle``."""
+        return self._row_index
+
+    @property
     def needs_context(self) -> bool:
-        return self.method == "l2s"
+        return self._spec.needs_context
 
     @property
     def needs_behaviours(self) -> bool:
-        return self.method == "mean_ba"
+        return self._spec.needs_behaviours
 
     @property
     def needs_sample_ids(self) -> bool:
-        return self.method == "p2s_oracle"
+        return self._spec.needs_sample_ids
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Steerer:
         """Place the steerer where its contexts live, once: the MLP on ``device`` (it keeps computing in
@@ -117,10 +132,10 @@ class Steerer:
         context of that device and dtype then copies nothing between devices; a context elsewhere moves
         them there (once). The saved tensors (``self.tensors``) stay float32 on CPU."""
         device = torch.device(device)
-        if self.method == "l2s":
+        if self._net is not None:
             self._net.to(device)
-        else:
-            self._placed(_VECTOR_TENSOR[self.method], device, dtype or torch.float32)
+        elif self._spec.vector_tensor is not None:
+            self._placed(self._spec.vector_tensor, device, dtype or torch.float32)
         return self
 
     def _placed(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -133,24 +148,10 @@ class Steerer:
     def check_inputs(self, behaviours: Sequence[str] | None = None, sample_ids: Sequence[str] | None = None) -> None:
         """Raise a ValueError for inputs this steerer has no vector for: a behaviour unknown to a ``mean_ba``
         steerer, a sample id outside a ``p2s_oracle`` steerer's split (inputs a method ignores pass)."""
-        if self.method == "mean_ba" and behaviours is not None:
-            unknown = sorted(set(behaviours) - set(self.behaviours))
-            if unknown:
-                examples = (
-                    f" (samples e.g. {[i for i, b in zip(sample_ids, behaviours) if b in unknown][:3]})"
-                    if sample_ids
-                    else ""
-                )
-                raise L2SInputError(
-                    f"mean_ba steerer has no vector for behaviour(s) {unknown}{examples}; it knows {self.behaviours}"
-                )
-        if self.method == "p2s_oracle" and sample_ids is not None:
-            unknown = [s for s in sample_ids if s not in self._oracle_index]
-            if unknown:
-                raise L2SInputError(
-                    f"p2s_oracle steerer has no target z for sample id(s) {unknown[:5]} "
-                    f"(it holds the test split of {self.features or 'its features'})"
-                )
+        lookup = self._spec.lookup
+        keys = lookup.keys(behaviours, sample_ids) if lookup is not None else None
+        if lookup is not None and keys is not None:
+            lookup.check(self, keys, sample_ids)
 
     @torch.no_grad()
     def vectors(
@@ -172,25 +173,22 @@ class Steerer:
         dtype = context.dtype if context is not None and context.is_floating_point() else torch.float32
         if context is not None and (context.ndim != 2 or context.shape[1] != self.hidden_size):
             raise L2SInputError(f"context must be (B, {self.hidden_size}), got {tuple(context.shape)}")
-        if self.method == "l2s":
+        if self._net is not None:
             if context is None:
-                raise L2SInputError("the l2s steerer needs the context h (B, D) at layer_context")
+                raise L2SInputError(f"the {self.method} steerer needs the context h (B, D) at layer_context")
             if self._net.input_mean.device != device:
                 self._net.to(device)
             return self._net(context.float()).to(dtype).contiguous()
-        if self.method == "mean_ba" and behaviours is None:
-            raise L2SInputError("the mean_ba steerer needs each input's behaviour")
-        if self.method == "p2s_oracle" and sample_ids is None:
-            raise L2SInputError("the p2s_oracle steerer needs each input's sample id")
+        spec = self._spec
+        assert spec.vector_tensor is not None  # a method with a steerer has the MLP or stored vectors
+        if spec.lookup is None:
+            return self._placed(spec.vector_tensor, device, dtype).expand(batch, -1).contiguous()
+        keys = spec.lookup.keys(behaviours, sample_ids)
+        if keys is None:
+            raise L2SInputError(f"the {self.method} steerer needs each input's {spec.lookup.noun}")
         self.check_inputs(behaviours, sample_ids)
-        table = self._placed(_VECTOR_TENSOR[self.method], device, dtype)
-        if self.method in ("mean", "random"):
-            return table.expand(batch, -1).contiguous()
-        if self.method == "mean_ba":
-            rows = [self.behaviours.index(b) for b in behaviours]
-        else:
-            rows = [self._oracle_index[s] for s in sample_ids]
-        return table[torch.tensor(rows, dtype=torch.long, device=device)]
+        rows = torch.tensor([self._row_index[key] for key in keys], dtype=torch.long, device=device)
+        return self._placed(spec.vector_tensor, device, dtype)[rows]
 
     @property
     def digest(self) -> str:
@@ -225,7 +223,7 @@ class Steerer:
         """Norm statistics recorded at fit (``z_norm_mean``, ``z_norm_std``, ``h_norm_mean``, ``n_rows``) plus
         ``vector_norm_mean`` of the stored vectors for the fixed methods."""
         stats = dict(self.stats)
-        stored = _VECTOR_TENSOR.get(self.method)
+        stored = self._spec.vector_tensor
         if stored:
             stats["vector_norm_mean"] = float(self.tensors[stored].reshape(-1, self.hidden_size).norm(dim=-1).mean())
         return stats
@@ -253,7 +251,7 @@ class Steerer:
             "features": self.features,
             "seed": self.seed,
             "stats": dict(self.stats),
-            "oracle_ids": ORACLE_IDS_NAME if self.method == "p2s_oracle" else None,
+            "oracle_ids": ORACLE_IDS_NAME if self._spec.needs_sample_ids else None,
             "tensors": sorted(self.tensors),
             "sweep": self.sweep,
             "info": dict(self.info),
@@ -264,7 +262,7 @@ class Steerer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         files = {JSON_NAME: json.dumps(self.to_json(), indent=2).encode()}
-        if self.method == "p2s_oracle":
+        if self._spec.needs_sample_ids:
             files[ORACLE_IDS_NAME] = json.dumps(self.oracle_ids).encode()
         tmp = folder / (WEIGHTS_NAME + ".tmp")
         save_file(self.tensors, str(tmp), metadata={"method": self.method, "format_version": str(FORMAT_VERSION)})
@@ -272,7 +270,7 @@ class Steerer:
         for name, data in files.items():
             (folder / (name + ".tmp")).write_bytes(data)
             os.replace(folder / (name + ".tmp"), folder / name)
-        if self.method != "p2s_oracle" and (folder / ORACLE_IDS_NAME).exists():
+        if not self._spec.needs_sample_ids and (folder / ORACLE_IDS_NAME).exists():
             (folder / ORACLE_IDS_NAME).unlink()
         return folder
 
@@ -288,32 +286,66 @@ class Steerer:
             raise L2SInputError(f"{folder / JSON_NAME}: not a steerer description (missing {missing})")
         if int(config.get("format_version", 0)) > FORMAT_VERSION:
             raise L2SInputError(
-                f"{folder}: steerer format_version {config['format_version']} is newer than this reader ({FORMAT_VERSION})"
+                f"{folder}: steerer format_version {config['format_version']} is newer than this reader "
+                f"({FORMAT_VERSION})"
             )
-        tensors = load_file(str(folder / WEIGHTS_NAME))
+        described = folder / JSON_NAME
+        numbers = {
+            key: _whole_number(config[key], described, key) for key in ("layer_steer", "layer_context", "hidden_size")
+        }
+        default_alpha = config.get("default_alpha", 1.0)
+        if (
+            isinstance(default_alpha, bool)
+            or not isinstance(default_alpha, (int, float))
+            or not math.isfinite(default_alpha)
+        ):
+            raise L2SInputError(f"{described}: default_alpha must be a finite number, got {default_alpha!r}")
+        tensors = _read_weights(folder / WEIGHTS_NAME)
         oracle_ids = read_json(folder / config["oracle_ids"]) if config.get("oracle_ids") else []
-        return cls(
-            method=config["method"],
-            model=config["model"],
-            layer_steer=int(config["layer_steer"]),
-            layer_context=int(config["layer_context"]),
-            hidden_size=int(config["hidden_size"]),
-            tensors=tensors,
-            default_alpha=float(config.get("default_alpha", 1.0)),
-            behaviours=list(config.get("behaviours") or []),
-            oracle_ids=oracle_ids,
-            mlp=config.get("mlp"),
-            input_norm=config.get("input_norm") is not None,
-            fingerprint=config.get("fingerprint", ""),
-            features=config.get("features", ""),
-            seed=config.get("seed"),
-            stats=dict(config.get("stats") or {}),
-            sweep=config.get("sweep"),
-            info=dict(config.get("info") or {}),
-        )
+        try:
+            return cls(
+                method=config["method"],
+                model=config["model"],
+                tensors=tensors,
+                default_alpha=float(default_alpha),
+                behaviours=list(config.get("behaviours") or []),
+                oracle_ids=oracle_ids,
+                mlp=config.get("mlp"),
+                input_norm=config.get("input_norm") is not None,
+                fingerprint=config.get("fingerprint", ""),
+                features=config.get("features", ""),
+                seed=config.get("seed"),
+                stats=dict(config.get("stats") or {}),
+                sweep=config.get("sweep"),
+                info=dict(config.get("info") or {}),
+                **numbers,
+            )
+        except L2SInputError as err:
+            raise L2SInputError(f"{folder}: {err}") from None
 
     def __repr__(self) -> str:
         return (
             f"Steerer(method={self.method!r}, model={self.model!r}, layer_steer={self.layer_steer}, "
             f"layer_context={self.layer_context}, hidden_size={self.hidden_size}, default_alpha={self.default_alpha})"
         )
+
+
+def _whole_number(value: Any, path: Path, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise L2SInputError(f"{path}: {key} must be a whole number, got {value!r}")
+    return value
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    """The tensors of a steerer's safetensors file; an L2SInputError naming it when it cannot be read or holds a
+    NaN or infinite value."""
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors' own error type for a truncated or overwritten file
+        raise L2SInputError(f"{path}: not a readable safetensors file ({err}); fit the steerer again") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise L2SInputError(f"{path}: tensor {name!r} holds NaN or infinite values; fit the steerer again")
+    return tensors

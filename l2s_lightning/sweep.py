@@ -8,16 +8,21 @@ as a PNG and JSON, and the choice is written into the steerer's JSON (``default_
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
 
-from l2s_lightning.cli import parse_dataclass_config
+from l2s_lightning.config import parse_dataclass_config
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.config import resolve_eval_config
+from l2s_lightning.generation.cli import load_config as load_predict_config
+from l2s_lightning.methods import MethodName
+from l2s_lightning.stages import evaluate, predict
+from l2s_lightning.stages.checks import check_safety_categories, data_rows
+from l2s_lightning.stages.predict import PredictConfig
 
 LOWER_IS_BETTER = ("unsafe", "chair", "mean_p_unsafe")
 
@@ -39,8 +44,13 @@ class SweepConfig:
         judge: the judge on top of it, as ``l2s evaluate --judge``: a name (``keyword`` is offline) or
             ``{name: ..., kwargs: {...}}``; None: the YAML's judge.
         split_file / limit_per_category: passed to the predict data module.
+        max_new_tokens: generation length (None: the predict config's).
         update_steerer: write the chosen α into the steerer folder.
-        extra_predict_args: more ``l2s predict`` overrides (e.g. ``--model.positions=all``).
+        predict_overrides: more settings of the predict config, as dotted keys (``{model.positions: all}``),
+            applied to its YAML as ``l2s predict``'s command line would be; what the sweep sets itself (the output
+            files, method, steerer, α, and the three settings above when given) wins over them.
+        extra_predict_args: the same in the older, command-line form (``["--model.positions=all"]``), applied
+            before the mapping.
     """
 
     steerer: str
@@ -55,6 +65,7 @@ class SweepConfig:
     limit_per_category: dict[str, int] | None = None
     max_new_tokens: int | None = None
     update_steerer: bool = True
+    predict_overrides: dict[str, Any] = field(default_factory=dict)
     extra_predict_args: list[str] = field(default_factory=list)
 
 
@@ -75,9 +86,30 @@ def choose_alpha(points: list[dict[str, Any]], baseline_quality: float, target: 
     return min(allowed, key=lambda p: (sign * p[target], p["alpha"]))
 
 
+def sweep_predict_config(config: SweepConfig) -> PredictConfig:
+    """The predict YAML read once, with the sweep's overrides, split file, row limits and length, no progress bar."""
+    base = load_predict_config(config.predict_config, config.predict_overrides, config.extra_predict_args)
+    data, model = base.data, base.model
+    if config.split_file:
+        data = replace(data, split_file=config.split_file)
+    if config.limit_per_category:
+        data = replace(data, limit_per_category=config.limit_per_category)
+    if config.max_new_tokens:
+        model = replace(model, max_new_tokens=config.max_new_tokens)
+    return replace(base, data=data, model=model, trainer={**base.trainer, "enable_progress_bar": False})
+
+
+def alpha_config(
+    base: PredictConfig, method: str, steerer: str | None, alpha: float | None, output: Path
+) -> PredictConfig:
+    """``base`` for one run of the sweep: ``method`` with ``steerer`` at ``alpha`` (None: the config's), written to
+    ``output``."""
+    alpha = base.model.alpha if alpha is None else alpha
+    model = replace(base.model, method=cast(MethodName, method), steerer=steerer, alpha=alpha)
+    return replace(base, model=model, writer=replace(base.writer, output=str(output)))
+
+
 def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, Any]:
-    from l2s_lightning.evaluation import evaluate_predictions
-    from l2s_lightning.generation.cli import predict_main
     from l2s_lightning.models.loading import ModelCache
     from l2s_lightning.steerer import Steerer
 
@@ -87,41 +119,19 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
         raise L2SInputError(
             "l2s sweep: the quality budget needs quality ratings; set safety.quality: true in evaluate_config"
         )
+    base = sweep_predict_config(config)
     if eval_config.safety.names_categories:
-        from l2s_lightning.pipeline import check_safety_categories, predict_rows
-
-        rows = predict_rows(config.predict_config, config.extra_predict_args)
-        if rows is not None:
-            check_safety_categories(eval_config, rows, "l2s sweep")
+        check_safety_categories(eval_config, data_rows(base.data), "l2s sweep")
     steerer = Steerer.load(config.steerer)
     out = Path(config.out_dir) if config.out_dir else Path(config.steerer) / "sweep"
-    common = ["--config", config.predict_config, "--trainer.enable_progress_bar=false"]
-    if config.split_file:
-        common.append(f"--data.split_file={config.split_file}")
-    if config.limit_per_category:
-        common.append(f"--data.limit_per_category={json.dumps(config.limit_per_category)}")
-    if config.max_new_tokens:
-        common.append(f"--model.max_new_tokens={config.max_new_tokens}")
-    common += config.extra_predict_args
-    files = [out / "none.jsonl"]
     models = ModelCache()  # one model loaded for every α
     # no steerer, whatever the predict config names (the paper configs name theirs)
-    predict_main([*common, "--model.method=none", "--model.steerer=null", f"--writer.output={files[0]}"], models=models)
+    files = [predict.run(alpha_config(base, "none", None, None, out / "none.jsonl"), models=models)]
     for alpha in config.alphas:
         path = out / f"{steerer.method}_alpha{alpha:g}.jsonl"
-        predict_main(
-            [
-                *common,
-                f"--model.method={steerer.method}",
-                f"--model.steerer={config.steerer}",
-                f"--model.alpha={alpha}",
-                f"--writer.output={path}",
-            ],
-            models=models,
-        )
-        files.append(path)
+        files.append(predict.run(alpha_config(base, steerer.method, config.steerer, alpha, path), models=models))
     models.clear()  # before the judge loads
-    metrics = evaluate_predictions([str(f) for f in files], out_dir=out / "eval", config=eval_config)
+    metrics = evaluate.run(files, out / "eval", eval_config)
     runs = next(iter(metrics["benchmarks"].values()))["runs"]
     baseline = next(r for r in runs if r["method"] == "none")["summary"]
     points = sorted(

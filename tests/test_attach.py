@@ -346,8 +346,8 @@ def features(loaded, tmp_path_factory):
 @pytest.fixture(scope="module")
 def l2s(features):
     """A real l2s Steerer (tanh MLP with input normalisation) for the tiny Llama, L* = 1, L' = 2."""
+    from l2s_lightning.mlp import SteeringMLP
     from l2s_lightning.training.baselines import l2s_steerer
-    from l2s_lightning.training.mlp import SteeringMLP
 
     torch.manual_seed(0)
     mlp = SteeringMLP(64, hidden=16, normalize_input=True)

@@ -7,7 +7,8 @@ import json
 import pytest
 import yaml
 
-from l2s_lightning.evaluation import evaluate_main, evaluate_predictions
+from l2s_lightning.evaluation import evaluate_predictions
+from l2s_lightning.evaluation.cli import evaluate_main
 from l2s_lightning.evaluation.judges import JudgeUnavailableError
 
 SCENARIOS = ["01-Illegal_Activitiy", "02-HateSpeech", "10-Legal_Opinion", "12-Health_Consultation", "13-Gov_Decision"]

@@ -227,7 +227,8 @@ def test_run_and_sweep_check_the_evaluations_categories_against_the_data_first(t
     release = resolve_eval_config({"safety": {"unsafe_scenarios": ["01", "02"]}})  # MM-SafetyBench names, own data
     with pytest.raises(ValueError, match=r"l2s run: safety.unsafe_scenarios .*'01' names no category"):
         check_safety_categories(release, predict_rows(predict), "l2s run")
-    assert predict_rows(predict, ["--data.source.init_args.path=other.jsonl"]) is None  # the data is overridden
+    (tmp_path / "other.jsonl").write_text(json.dumps({"id": "o", "question": "q?", "category": "other"}) + "\n")
+    assert len(predict_rows(predict, {"data.source.init_args.path": str(tmp_path / "other.jsonl")})) == 1  # overridden
     assert len(predict_rows(predict, ["--data.batch_size=8", "--data.num_workers=2"])) == 3  # not by these
     with pytest.raises(ValueError, match=r"l2s run: safety.ed_scenarios .*'taxes'"):
         run_pipeline(dataclasses.replace(config, extra_predict_args=["--data.batch_size=8"]))
@@ -250,12 +251,13 @@ def test_the_up_front_check_groups_mm_safetybench_rows_as_the_evaluation_does(tm
     predict.write_text(
         json.dumps(
             {
+                "model": {"model": {"name_or_path": "x"}},
                 "data": {
                     "source": {
                         "class_path": "l2s_lightning.data.sources.JsonlSource",
                         "init_args": {"path": str(tmp_path / "mm.jsonl"), "benchmark": "mm_safetybench"},
                     }
-                }
+                },
             }
         )
     )

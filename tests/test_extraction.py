@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from l2s_lightning.data.datamodule import PromptItem
+from l2s_lightning.data.items import PromptItem
 from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.models.loading import ModelSpec
 

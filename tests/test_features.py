@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.features import FORMAT_VERSION, FeatureFile, FeatureMeta, check_compatible, write_features
 from l2s_lightning.testing.synthetic import make_synthetic_features
 
@@ -69,8 +70,33 @@ def test_nan_rows_are_named(tmp_path):
         raw["steer"][5, 0] = np.inf
     file = FeatureFile(path)
     with pytest.raises(ValueError, match=r"2 row\(s\).*id2, id5"):
-        file.check_finite()
-    file.check_finite([0, 1, 3])  # the clean rows pass
+        file.check_rows()
+    file.check_rows([0, 1, 3])  # the clean rows pass
+
+
+def test_rows_a_broken_writer_leaves_are_named(tmp_path):
+    """Rows of an empty id, or with h and z both all zeros, are refused by name before any training."""
+    path = _write(tmp_path / "f.h5")
+    with h5py.File(path, "a") as raw:
+        raw["context"][4] = 0
+        raw["steer"][4] = 0
+        raw["context"][1] = 0  # h alone zero: kept
+    with pytest.raises(L2SInputError, match=r"1 row\(s\) with all-zero h and z: id4 \(re-extract them\)"):
+        FeatureFile(path).check_rows()
+    FeatureFile(path).check_rows([0, 1, 2, 3, 5])
+    with h5py.File(path, "a") as raw:
+        raw["sample_id"][3] = b""
+    with pytest.raises(L2SInputError, match=r"1 row\(s\) with an empty sample_id, e\.g\. rows \[3\]"):
+        FeatureFile(path).check_rows()
+
+
+def test_context_that_is_not_numbers_is_named(tmp_path):
+    path = _write(tmp_path / "f.h5")
+    with h5py.File(path, "a") as raw:
+        del raw["context"]
+        raw["context"] = np.array([["0.1"] * 4] * 6, dtype="S8")
+    with pytest.raises(L2SInputError, match=r"f\.h5: dataset 'context' holds \|S8, not floating-point numbers"):
+        FeatureFile(path)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +145,7 @@ def test_bad_files(tmp_path):
 def test_synthetic_file(tmp_path):
     file = FeatureFile(make_synthetic_features(tmp_path / "s.h5", n=50, dim=8))
     assert file.dim == 8 and set(file.behaviour) == {"refuse", "defer"} and set(file.split) == {"train", "test"}
-    file.check_finite()
+    file.check_rows()
 
 
 def test_dataset_and_template_hash_are_identity(tmp_path):

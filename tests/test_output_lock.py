@@ -61,7 +61,7 @@ def test_second_writer_refuses_naming_the_holder(tmp_path, writer_class):
     assert not list(output.parent.glob("*.lock"))  # released locks leave no files
 
 
-def test_concurrent_extract_refuses_before_writing(tiny_llama_dir, workdir):  # noqa: F811 - pytest fixture
+def test_concurrent_extract_refuses_before_writing(tiny_llama_dir, workdir):
     out = workdir / "features.h5"
     with LockHolder(out) as holder:
         with pytest.raises(L2SInputError, match=f"pid {holder.pid}"):

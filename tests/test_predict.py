@@ -11,11 +11,10 @@ import yaml
 from l2s_lightning.extraction.cli import extract_main
 from l2s_lightning.generation import writer as writer_module
 from l2s_lightning.generation.cli import predict_main
+from l2s_lightning.methods import ALL_METHODS as METHODS
+from l2s_lightning.methods import STEERER_METHODS as STEERING
 from l2s_lightning.steerer import Steerer
 from l2s_lightning.training.cli import fit_main
-
-METHODS = ["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
-STEERING = ["mean", "mean_ba", "random", "p2s_oracle", "l2s"]
 
 
 def templates(

@@ -12,10 +12,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from l2s_lightning.features import FeatureFile
-from l2s_lightning.steerer import METHODS, Steerer
+from l2s_lightning.methods import METHOD_REGISTRY, STEERER_METHODS
+from l2s_lightning.mlp import SteeringMLP
+from l2s_lightning.steerer import Steerer
 from l2s_lightning.testing.synthetic import make_synthetic_features
 from l2s_lightning.training.baselines import build_baseline, l2s_steerer
-from l2s_lightning.training.mlp import SteeringMLP
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def _steerer(method: str, file: FeatureFile) -> Steerer:
     return build_baseline(method, file, seed=3, default_alpha=2.5)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", STEERER_METHODS)
 def test_save_load_identical_vectors(tmp_path, features, method):
     steerer = _steerer(method, features)
     test = features.load("test")
@@ -162,7 +163,7 @@ class DeviceMoves(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", STEERER_METHODS)
 def test_vectors_on_the_context_device_and_dtype_placed_once(features, method):
     """A context on another device (``meta`` stands in for a GPU) gets vectors there: the steerer is moved
     once (by ``to`` or by the first call), then no h or vector crosses devices."""
@@ -199,5 +200,52 @@ def test_check_inputs(features):
     oracle.check_inputs(sample_ids=oracle.oracle_ids[:2], behaviours=["x", "y"])
     with pytest.raises(ValueError, match=r"no target z for sample id\(s\) \['nope'\]"):
         oracle.check_inputs(sample_ids=[oracle.oracle_ids[0], "nope"])
-    for method in ("l2s", "mean", "random"):
+    for method in (m for m in STEERER_METHODS if METHOD_REGISTRY[m].lookup is None):  # l2s, mean, random
         _steerer(method, features).check_inputs(behaviours=["x"], sample_ids=["y"])
+
+
+def _saved_mean(tmp_path, features) -> tuple:
+    folder = _steerer("mean", features).save(tmp_path / "mean")
+    return folder, json.loads((folder / "steerer.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("hidden_size", "16", r"steerer\.json: hidden_size must be a whole number, got '16'"),
+        ("layer_steer", 1.5, r"steerer\.json: layer_steer must be a whole number, got 1\.5"),
+        ("default_alpha", float("nan"), r"steerer\.json: default_alpha must be a finite number, got nan"),
+        ("default_alpha", "2", r"steerer\.json: default_alpha must be a finite number, got '2'"),
+    ],
+)
+def test_load_refuses_a_misshapen_description(tmp_path, features, key, value, message):
+    from l2s_lightning.errors import L2SInputError
+
+    folder, config = _saved_mean(tmp_path, features)
+    (folder / "steerer.json").write_text(json.dumps(config | {key: value}))
+    with pytest.raises(L2SInputError, match=message):
+        Steerer.load(folder)
+
+
+def test_load_refuses_unreadable_or_non_finite_weights(tmp_path, features):
+    from safetensors.torch import save_file
+
+    from l2s_lightning.errors import L2SInputError
+
+    folder, _ = _saved_mean(tmp_path, features)
+    weights = folder / "weights.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(L2SInputError, match=r"weights\.safetensors: not a readable safetensors file"):
+        Steerer.load(folder)
+    weights.write_bytes(b"\x00" * 64)  # overwritten
+    with pytest.raises(L2SInputError, match="not a readable safetensors file"):
+        Steerer.load(folder)
+    vector = torch.ones(features.dim)
+    vector[3] = float("nan")
+    save_file({"mean": vector}, str(weights))  # valid safetensors, NaN inside
+    with pytest.raises(L2SInputError, match=r"tensor 'mean' holds NaN or infinite values"):
+        Steerer.load(folder)
+    save_file({"mean": torch.ones(features.dim + 1)}, str(weights))  # readable, wrong shape: the folder is named
+    with pytest.raises(L2SInputError, match=rf"{folder}: tensor 'mean' has shape"):
+        Steerer.load(folder)

@@ -11,7 +11,7 @@ from transformers.generation.configuration_utils import CompileConfig
 
 from l2s_lightning.models.layers import decoder_layers, layer_output
 from l2s_lightning.prompts import left_pad
-from l2s_lightning.steering import POSITIONS, SteeringHook, add_steering
+from l2s_lightning.steering import POSITIONS, SteeringHook, add_steering, steered_from
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
 LAYER, NEW = 1, 6
@@ -239,6 +239,50 @@ def test_one_token_prompts_and_several_generate_calls(model):
         assert torch.equal(logits[:, 0], plain_logits[:, 0])
         assert not torch.equal(logits[:, 1:], plain_logits[:, 1:])
     assert torch.equal(first[0], second[0]) and torch.equal(first[2], second[2])
+
+
+@pytest.mark.parametrize(
+    ("mode", "prompt_tokens", "first"),
+    [
+        ("generated", 5, 5),  # a prefill: nothing (the call's 5 positions are all prompt)
+        ("last_prompt_and_generated", 5, 4),
+        ("all", 5, 0),
+        ("generated", 0, 0),  # a decode step: every position
+        ("last_prompt_and_generated", 0, 0),
+        ("all", 0, 0),
+    ],
+)
+def test_the_positions_rule(mode, prompt_tokens, first):
+    assert steered_from(mode, prompt_tokens) == first
+
+
+@pytest.mark.parametrize("mode", POSITIONS)
+def test_a_teacher_forced_forward_is_steered_as_generate_steers_the_same_tokens(model, mode):
+    """One forward over prompt + continuation with ``prompt_width`` = the prompt's width: block L*'s output equals
+    the prefill + cached decode steps of the same tokens (each real position, to 1e-5): one positions rule."""
+    ids, mask = left_pad(PROMPTS, 0)
+    steps = torch.tensor([[20, 21, 22], [23, 24, 25], [26, 27, 28]])
+    v, alpha, width = vectors([0, 2]), 2.0, ids.shape[1]
+    stepwise = _stepwise(model, ids, mask, steps, add_steering(model, LAYER, v, alpha=alpha, mode=mode))
+    full_ids, full_mask = torch.cat([ids, steps], 1), torch.cat([mask, torch.ones_like(steps)], 1)
+
+    def forward():
+        with torch.no_grad():
+            model(input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0))
+
+    with add_steering(model, LAYER, v, alpha=alpha, mode=mode, prompt_width=width) as hook:
+        forced = _inputs_of_next_block(model, forward)
+    assert hook.prefills == 1 and hook.steered_calls == 1
+    real = full_mask.bool()
+    torch.testing.assert_close(forced[real], stepwise[real], atol=1e-5, rtol=1e-5)
+    plain = _inputs_of_next_block(model, forward)
+    first = steered_from(mode, width)
+    assert torch.equal(forced[:, :first], plain[:, :first])
+    assert torch.equal(forced[:, first:], plain[:, first:] + alpha * v[:, None, :])
+    with pytest.raises(ValueError, match="prompt_width"):
+        with add_steering(model, LAYER, v, mode=mode, prompt_width=0):
+            pytest.fail("the body must not run")
+    assert no_hooks(model)
 
 
 def test_last_prompt_mode_steers_the_first_token_and_all_mode_every_position(model):

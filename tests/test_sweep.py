@@ -43,15 +43,15 @@ class _FakeSteerer:
         self.saved = path
 
 
-def _fake_predict(argv, models=None):
-    """Stands in for `l2s predict`: writes refusals for α ≥ 2, answers of no known kind otherwise."""
+def _fake_predict(cfg, models=None):
+    """Stands in for the predict stage: writes refusals for α ≥ 2, answers of no known kind otherwise."""
     import json
     from pathlib import Path
 
-    args = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
-    if args["--model.method"] == "none":  # a predict config may name a steerer: the unsteered run drops it
-        assert args["--model.steerer"] == "null"
-    alpha = float(args.get("--model.alpha", 0))
+    model = cfg.model
+    if model.method == "none":  # a predict config may name a steerer: the unsteered run drops it
+        assert model.steerer is None
+    alpha = model.alpha or 0.0
     response = (
         "I'm sorry, but I can't help with that request at all."
         if alpha >= 2
@@ -62,8 +62,8 @@ def _fake_predict(argv, models=None):
             "id": f"01-Illegal_Activitiy/{i}",
             "category": "01-Illegal_Activitiy",
             "benchmark": "mm_safetybench",
-            "method": args["--model.method"],
-            "alpha": alpha if args["--model.method"] != "none" else None,
+            "method": model.method,
+            "alpha": alpha if model.method != "none" else None,
             "prompt": f"q{i}",
             "response": response,
             "model": "tiny",
@@ -71,21 +71,22 @@ def _fake_predict(argv, models=None):
         }
         for i in range(3)
     ]
-    path = Path(args["--writer.output"])
+    path = Path(cfg.writer.output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def test_sweep_passes_the_judge_config_to_the_evaluation(tmp_path, monkeypatch):
     import json
 
-    import l2s_lightning.generation.cli as generation_cli
+    import l2s_lightning.stages.predict as predict_stage
     from l2s_lightning.steerer import Steerer
     from l2s_lightning.sweep import SweepConfig, run_sweep
 
     steerer = _FakeSteerer()
     monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: steerer))
-    monkeypatch.setattr(generation_cli, "predict_main", _fake_predict)
+    monkeypatch.setattr(predict_stage, "run", _fake_predict)
     config = SweepConfig(
         steerer="s",
         alphas=[1.0, 2.0],
@@ -106,12 +107,12 @@ def test_sweep_passes_the_judge_config_to_the_evaluation(tmp_path, monkeypatch):
 
 def test_sweep_writes_beside_its_steerer_by_default(tmp_path, monkeypatch):
     """Without out_dir a sweep's files go to <steerer>/sweep: sweeps of two steerers never share predictions."""
-    import l2s_lightning.generation.cli as generation_cli
+    import l2s_lightning.stages.predict as predict_stage
     from l2s_lightning.steerer import Steerer
     from l2s_lightning.sweep import SweepConfig, run_sweep
 
     monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: _FakeSteerer()))
-    monkeypatch.setattr(generation_cli, "predict_main", _fake_predict)
+    monkeypatch.setattr(predict_stage, "run", _fake_predict)
     for name in ("a", "b"):
         run_sweep(SweepConfig(steerer=str(tmp_path / name), alphas=[1.0, 2.0], quality_budget=0.5))
         assert sorted(p.name for p in (tmp_path / name / "sweep").glob("*.jsonl")) == [
@@ -125,13 +126,13 @@ def test_sweep_writes_beside_its_steerer_by_default(tmp_path, monkeypatch):
 def test_a_sweep_with_no_alpha_in_budget_still_writes_its_curve(tmp_path, monkeypatch):
     import json
 
-    import l2s_lightning.generation.cli as generation_cli
+    import l2s_lightning.stages.predict as predict_stage
     from l2s_lightning.steerer import Steerer
     from l2s_lightning.sweep import SweepConfig, run_sweep
 
     steerer = _FakeSteerer()
     monkeypatch.setattr(Steerer, "load", staticmethod(lambda path: steerer))
-    monkeypatch.setattr(generation_cli, "predict_main", _fake_predict)
+    monkeypatch.setattr(predict_stage, "run", _fake_predict)
     config = SweepConfig(steerer=str(tmp_path / "s"), alphas=[1.0, 2.0], quality_budget=-1.0)  # quality must double
     with pytest.raises(
         ValueError, match=r"l2s sweep: no α in \[1.0, 2.0\].*curve: .*sweep.json.*the steerer is unchanged"

@@ -38,7 +38,7 @@ def _hdf5_size(attrs: dict, rows: dict, n: int) -> int:
     return len(hdf5_bytes(fill))
 
 
-def test_extract_write_failure_names_the_file_and_a_rerun_resumes(tiny_llama_dir, workdir, tmp_path):  # noqa: F811
+def test_extract_write_failure_names_the_file_and_a_rerun_resumes(tiny_llama_dir, workdir, tmp_path):
     reference = tmp_path / "reference.h5"
     assert extract_main(_args(tiny_llama_dir, workdir, reference)) == 0
     rows, attrs = read_rows(reference), read_attrs(reference)

@@ -6,8 +6,7 @@ import copy
 import dataclasses
 import heapq
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,34 +14,15 @@ import lightning as L
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from l2s_lightning.data.batch_plan import BatchPlan, PromptEncoding, filled_length, plan_batches, widest
 from l2s_lightning.data.images import TYPO_FONT, check_image, load_image, render_typo_image, typo_image_size
+from l2s_lightning.data.items import PromptItem
 from l2s_lightning.data.sources import PromptSource
 from l2s_lightning.data.split import load_or_make_split
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.templates import TemplateSet, load_templates
 
 WIDEST_CANDIDATES = 4  # rows encoded per kind (longest text, largest image) to find a run's widest item
-
-
-@dataclass
-class PromptItem:
-    """One prompt row, ready to be encoded: question, optional image, contrast and split."""
-
-    id: str
-    question: str
-    category: str
-    behaviour: str
-    positive: str
-    negative: str
-    suffix: str
-    close_turn: bool
-    instruction: str
-    split: str
-    benchmark: str
-    label: str = ""
-    image: Image.Image | None = None
-    image_path: str = ""
-    filler: bool = False  # a copy of the last row that fills the last batch (its output is dropped)
 
 
 class _Items(Dataset):
@@ -94,7 +74,7 @@ class PromptDataModule(L.LightningDataModule):
 
     Args:
         source: a :class:`PromptSource` (MM-SafetyBench folder, POPE files, generic JSONL).
-        templates: template set name (``configs/templates/<name>.yaml``) or YAML path.
+        templates: template set name (``l2s_lightning/resources/templates/<name>.yaml``) or YAML path.
         split_file: where the seeded train/test split is saved (reused when present).
         test_fraction, split_seed: the split's parameters.
         splits: which splits to serve (``["train", "test"]`` for extraction of both).
@@ -106,10 +86,13 @@ class PromptDataModule(L.LightningDataModule):
         batch_size: rows per batch, or ``auto``: the LightningModule's ``auto_batch_size(widest_item)``
             (see :meth:`widest_item`) chooses it from free accelerator memory once the model is on its device.
 
-    A LightningModule whose ``full_batches`` is True (compiled generation: one graph per batch size and
-    cache size) gets every batch full: the last one is filled with copies of the last row, marked
-    ``filler``, whose outputs the module drops; and its ``fit_static_cache(item)`` is called with the
-    widest item first, so that the cache is sized once for the run.
+    The LightningModule, when it is a :class:`~l2s_lightning.data.batch_plan.PromptEncoding` (extraction,
+    generation), encodes the batches (its ``collate_fn()``), gets the template set's ``prompt_baseline`` and
+    takes part in the run's :class:`~l2s_lightning.data.batch_plan.BatchPlan` (:meth:`predict_dataloader`),
+    which it is handed too. One whose ``full_batches`` is True (compiled generation: one graph per batch
+    size and cache size) gets every batch full: the last one is filled with copies of the last row, marked
+    ``filler``, whose outputs the module drops; the plan holds its static cache size for the widest item,
+    so that the cache is sized once for the run.
     """
 
     def __init__(
@@ -145,6 +128,8 @@ class PromptDataModule(L.LightningDataModule):
         self.exclude_ids: set[str] = set()
         self._rows: list[dict[str, Any]] | None = None
         self._templates: TemplateSet | None = None
+        self._pending: list[dict[str, Any]] = []
+        self.batch_plan: BatchPlan | None = None  # the plan of the last predict_dataloader()
 
     @property
     def templates(self) -> TemplateSet:
@@ -168,7 +153,8 @@ class PromptDataModule(L.LightningDataModule):
         unknown = sorted(set(self.categories or ()) - set(data["category"]))
         if unknown:
             raise L2SInputError(
-                f"categories {unknown} are not in {self.source.describe()} (its categories: {sorted(set(data['category']))})"
+                f"categories {unknown} are not in {self.source.describe()} "
+                f"(its categories: {sorted(set(data['category']))})"
             )
         split_of = load_or_make_split(
             self.split_file, data["id"], data["category"], self.test_fraction, self.split_seed
@@ -243,30 +229,23 @@ class PromptDataModule(L.LightningDataModule):
     def pending_rows(self) -> list[dict[str, Any]]:
         return [row for row in self.rows() if row["id"] not in self.exclude_ids]
 
-    def resolved_batch_size(self, widest: PromptItem | None) -> int:
-        """The configured batch size, or the module's choice for ``auto`` from the run's widest item (8 when
-        it cannot choose)."""
-        if self.batch_size != "auto":
-            return int(self.batch_size)
-        module = self._module()
-        if module is None or not hasattr(module, "auto_batch_size") or widest is None:
-            return 8
-        return module.auto_batch_size(widest)
-
-    def widest_item(self, dataset: _Items, module: L.LightningModule | None) -> PromptItem:
+    def widest_item(self, dataset: _Items, encoder: PromptEncoding | None) -> PromptItem:
         """The pending item whose inputs are widest (it sizes the batches and the compiled path's cache): among
-        the ``WIDEST_CANDIDATES`` rows with the longest text and, with images, those with the largest images
-        (Qwen2-VL-style processors give a large image more tokens), the widest by the module's
-        ``prompt_width`` (each candidate encoded once), or by text length when the module has none."""
+        :meth:`widest_candidates`, the widest by the encoder's ``prompt_width`` (each candidate encoded once),
+        or by text length without an encoder."""
+        return widest(self.widest_candidates(dataset), encoder)[0]
+
+    def widest_candidates(self, dataset: _Items) -> Sequence[PromptItem]:
+        """The items that may be widest, in row order: the ``WIDEST_CANDIDATES`` rows with the longest text
+        and, with images, those with the largest images (Qwen2-VL-style processors give a large image more
+        tokens)."""
         rows = dataset.rows
         text = [len(row["question"]) + len(row["suffix"]) for row in rows]
         candidates = set(heapq.nlargest(WIDEST_CANDIDATES, range(len(rows)), key=text.__getitem__))
         if self.use_images:
             areas = self._image_areas(rows)
             candidates |= set(heapq.nlargest(WIDEST_CANDIDATES, range(len(rows)), key=areas.__getitem__))
-        items = {i: dataset[i] for i in sorted(candidates)}
-        width = getattr(module, "prompt_width", None)
-        return items[max(items, key=lambda i: width(items[i]) if width is not None else text[i])]
+        return [dataset[i] for i in sorted(candidates)]
 
     def _image_areas(self, rows: list[dict[str, Any]]) -> list[int]:
         """Each row's image size in pixels, without decoding it: an image file's header (0 when it cannot be
@@ -290,38 +269,47 @@ class PromptDataModule(L.LightningDataModule):
                 areas.append(0)
         return areas
 
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
     def _filled_length(self, batch_size: int) -> int:
         """The pending row count rounded up to whole batches on every process (batch size × world size)."""
-        step = batch_size * (self.trainer.world_size if self.trainer is not None else 1)
-        return -(-len(self._pending) // step) * step
+        return filled_length(len(self._pending), batch_size, self._world_size())
 
-    def _module(self) -> L.LightningModule | None:
-        return self.trainer.lightning_module if self.trainer is not None else None
+    def encoder(self) -> PromptEncoding | None:
+        """The Trainer's LightningModule when it encodes prompt rows (a :class:`PromptEncoding`), else None."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return module if isinstance(module, PromptEncoding) else None
 
     def collate_fn(self) -> Callable[[list[PromptItem]], Any]:
-        """The LightningModule's ``collate_fn()`` when it has one (extraction: batches encoded in the
-        loader's workers), else :func:`collate_items` (batches stay lists of rows)."""
-        module = self._module()
-        make = getattr(module, "collate_fn", None)
-        return make() if callable(make) else collate_items
+        """The encoder's ``collate_fn()`` (batches encoded in the loader's workers), else
+        :func:`collate_items` (batches stay lists of rows)."""
+        encoder = self.encoder()
+        return encoder.collate_fn() if encoder is not None else collate_items
+
+    def plan(self, dataset: _Items, encoder: PromptEncoding | None) -> BatchPlan:
+        """The :class:`BatchPlan` of ``dataset``'s rows (see :func:`plan_batches`), on this run's processes."""
+        return plan_batches(
+            encoder, len(dataset.rows), self.batch_size, self._world_size(), lambda: self.widest_candidates(dataset)
+        )
 
     def predict_dataloader(self) -> DataLoader:
+        """The pending rows, batched by their :class:`BatchPlan`, which the encoder is handed first (after the
+        template set's ``prompt_baseline``)."""
         self._pending = self.pending_rows()
         dataset = _Items(self._pending, self.use_images, self.typo_kwargs)
-        module = self._module()
-        fill = bool(getattr(module, "full_batches", False) and self._pending)
-        widest = self.widest_item(dataset, module) if self._pending and (self.batch_size == "auto" or fill) else None
-        batch_size = self.resolved_batch_size(widest)
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        if fill:
-            dataset = _Items(self._pending, self.use_images, self.typo_kwargs, self._filled_length(batch_size))
-            module.fit_static_cache(widest)
-        elif 0 < len(self._pending) < world_size:  # every rank needs a row (else it never reaches the merge)
-            dataset = _Items(self._pending, self.use_images, self.typo_kwargs, world_size)
+        encoder = self.encoder()
+        if encoder is not None:
+            encoder.use_data(self.templates.prompt_baseline, data_options(self))
+        self.batch_plan = plan = self.plan(dataset, encoder)
+        if encoder is not None:
+            encoder.use_batch_plan(plan)
+        if plan.fill_to is not None:
+            dataset = _Items(self._pending, self.use_images, self.typo_kwargs, plan.fill_to)
         on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,
-            batch_size=batch_size,
+            batch_size=plan.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn(),

@@ -1,7 +1,8 @@
 """Evaluation of steered generations: MM-SafetyBench (unsafe score, ED score, quality), POPE and CHAIR.
 
-``evaluate_predictions(paths, judge, out_dir)`` is the programmatic entry point; ``evaluate_main`` is
-``l2s evaluate``. Judges (``keyword``, ``causal_lm``, ``http``) share the :class:`Judge` protocol.
+``evaluate_predictions(paths, judge, out_dir)`` is the programmatic entry point;
+:func:`l2s_lightning.evaluation.cli.evaluate_main` is ``l2s evaluate``. Judges (``keyword``, ``causal_lm``,
+``http``) share the :class:`Judge` protocol.
 """
 
 from l2s_lightning.evaluation.chair import ChairVocabulary, chair_metrics, load_ground_truth
@@ -11,14 +12,6 @@ from l2s_lightning.evaluation.judges import Judge, JudgeError, JudgeUnavailableE
 from l2s_lightning.evaluation.pope import parse_pope_answer, pope_metrics, pope_scores
 from l2s_lightning.evaluation.records import Prediction, PredictionFormatError, Run, group_runs, read_predictions
 from l2s_lightning.evaluation.safety import SCENARIOS, SafetyConfig, safety_metrics, thresholds, unsafe_score
-
-
-def evaluate_main(argv: list[str] | None = None) -> int:
-    """``l2s evaluate`` (see :mod:`l2s_lightning.evaluation.cli`)."""
-    from l2s_lightning.evaluation.cli import evaluate_main as main
-
-    return main(argv)
-
 
 __all__ = [
     "SCENARIOS",
@@ -35,7 +28,6 @@ __all__ = [
     "SafetyConfig",
     "build_judge",
     "chair_metrics",
-    "evaluate_main",
     "evaluate_predictions",
     "group_runs",
     "load_ground_truth",

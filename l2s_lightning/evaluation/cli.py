@@ -117,13 +117,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     """Entry point of ``l2s evaluate``; returns the exit code."""
     from rich.console import Console
 
-    from l2s_lightning.evaluation.evaluate import evaluate_predictions
     from l2s_lightning.evaluation.report import print_report
+    from l2s_lightning.stages import evaluate as evaluate_stage
 
     args = build_parser().parse_args(argv)
 
     def evaluate() -> int:
-        results = evaluate_predictions(args.predictions, out_dir=args.out, config=config_from_args(args))
+        results = evaluate_stage.run(args.predictions, args.out, config_from_args(args))
         if not args.quiet:
             console = Console()
             print_report(results, console)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from l2s_lightning.data.datamodule import PromptItem
+from l2s_lightning.data.items import PromptItem
 from l2s_lightning.extraction.forward import ContextTail, ContrastInputs
 from l2s_lightning.extraction.prompt_split import shared_positions_mask, split_context_prompt
 from l2s_lightning.models.loading import LoadedModel, ModelSpec

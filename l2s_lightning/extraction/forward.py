@@ -10,15 +10,25 @@ and question tokens: only the plain prompt's short tail runs again, on the steer
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from l2s_lightning.errors import L2SInputError
-from l2s_lightning.models.layers import decoder_layers, layer_output, text_config, truncated_decoder
+from l2s_lightning.internals import (
+    cache_kwarg,
+    cache_snapshot,
+    keep_cache_layers,
+    layer_output,
+    output_cache,
+    repeat_cache_rows,
+    restore_cache,
+    rope_position_ids,
+)
+from l2s_lightning.models.layers import decoder_layers, text_config, truncated_decoder
 
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
@@ -73,27 +83,19 @@ def capture_layer_outputs(model: nn.Module, layers: list[int]) -> Iterator[dict[
             handle.remove()
 
 
-def cache_kwarg(module: nn.Module) -> str:
-    """The name under which ``module.forward`` takes its KV cache: ``cache`` (recent transformers 5.x) or
-    ``past_key_values`` (earlier releases)."""
-    params = inspect.signature(module.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+def base_model(model: nn.Module) -> nn.Module:
+    """The model without its head (transformers' ``base_model``: the decoder, with the vision tower if any)."""
+    return cast(nn.Module, model.base_model)
 
 
 def prefix_position_ids(model: nn.Module, prefix: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Position ids of a left-padded prompt batch: mRoPE (3, B, P) for Qwen2-VL-style models with images,
     else (B, P) counting real tokens only."""
-    base = model.base_model
     mask = prefix["attention_mask"]
-    if hasattr(base, "get_rope_index") and prefix.get("image_grid_thw") is not None:
-        positions, _ = base.get_rope_index(
-            prefix["input_ids"],
-            mm_token_type_ids=prefix.get("mm_token_type_ids"),
-            image_grid_thw=prefix.get("image_grid_thw"),
-            video_grid_thw=prefix.get("video_grid_thw"),
-            attention_mask=mask,
-        )
-        return positions
+    if prefix.get("image_grid_thw") is not None:
+        rope = rope_position_ids(base_model(model), prefix)
+        if rope is not None:
+            return rope
     positions = mask.long().cumsum(-1) - 1
     return positions.masked_fill(mask == 0, 0)
 
@@ -112,13 +114,6 @@ def continuation_position_ids(
     if prefix_positions.dim() == 3:
         positions = positions[None].expand(prefix_positions.shape[0], -1, -1)
     return positions
-
-
-def keep_cache_layers(cache: object, n_layers: int) -> None:
-    """Drop the KV cache entries of blocks ``n_layers`` and above (not needed by a shallower pass)."""
-    layers = getattr(cache, "layers", None)
-    if isinstance(layers, list) and len(layers) > n_layers:
-        del layers[n_layers:]
 
 
 def sliding_window(model: nn.Module) -> int | None:
@@ -149,23 +144,6 @@ def tail_shares_cache(model: nn.Module, inputs: ContrastInputs) -> bool:
     return window is None or inputs.prefix["input_ids"].shape[1] + inputs.context.ids.shape[1] < window
 
 
-def cache_snapshot(cache: object) -> list[dict]:
-    """The state of each layer of a dynamic KV cache of attention layers (a shallow copy of its attributes): a
-    dynamic layer, full or sliding-window, replaces its tensors when a pass appends to them and never writes
-    into them, so :func:`restore_cache` undoes everything run after this, including what a sliding-window layer
-    evicted and its position count. (Layers that update a state in place are not run here: see
-    :func:`tail_shares_cache`.)"""
-    return [dict(vars(layer)) for layer in cache.layers]
-
-
-def restore_cache(cache: object, snapshot: list[dict]) -> None:
-    """Put every layer back as :func:`cache_snapshot` found it (layers added since are dropped)."""
-    del cache.layers[len(snapshot) :]
-    for layer, state in zip(cache.layers, snapshot):
-        vars(layer).clear()
-        vars(layer).update(state)
-
-
 def run_continuation(
     model: nn.Module,
     cache: object,
@@ -179,7 +157,7 @@ def run_continuation(
     """Run right-padded rows ``ids`` (each prompt row repeated ``repeats`` times) on the prompt's cache through
     blocks 0..depth-1, attending to the cached positions ``prefix_mask`` holds and numbered on from the last
     of them; read their hidden states with :func:`capture_layer_outputs`."""
-    base = model.base_model
+    base = base_model(model)
     width = ids.shape[1]
     tail_mask = (torch.arange(width, device=ids.device)[None] < lengths[:, None]).to(prefix_mask.dtype)
     full_mask = torch.cat([prefix_mask.repeat_interleave(repeats, dim=0), tail_mask], dim=1)
@@ -214,7 +192,7 @@ def prefix_shared_features(
             f"the context tail cannot share the prompt's cache within the sliding window of {sliding_window(model)} "
             "positions: read h with its own pass (ExtractionModule does)"
         )
-    base = model.base_model
+    base = base_model(model)
     steer_depth = layer_steer + 1
     prefix = dict(inputs.prefix)
     mask = prefix["attention_mask"]
@@ -222,7 +200,7 @@ def prefix_shared_features(
         positions = prefix_position_ids(model, prefix)
         with truncated_decoder(model, max(layer_steer, layer_context) + 1):
             out = base(**prefix, position_ids=positions, use_cache=True, return_dict=True)
-        cache = out.cache if cache_kwarg(base) == "cache" else out.past_key_values
+        cache = output_cache(base, out)
         if inputs.context is None:
             context = captured[layer_context][:, -1]
         else:
@@ -233,7 +211,7 @@ def prefix_shared_features(
             context = last_real(captured[layer_context], lengths)
             restore_cache(cache, snapshot)  # the tail is not part of the prompt the completions follow
         keep_cache_layers(cache, steer_depth)
-        cache.batch_repeat_interleave(2)
+        repeat_cache_rows(cache, 2)
         lengths = inputs.completion_lengths.to(mask.device)
         run_continuation(model, cache, inputs.completions.to(mask.device), lengths, positions, mask, 2, steer_depth)
         last = last_real(captured[layer_steer], lengths)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, overload
 
 import lightning as L
 import torch
 
-from l2s_lightning.data.datamodule import PromptItem
-from l2s_lightning.errors import L2SInputError
+from l2s_lightning.data.batch_plan import BatchPlan
+from l2s_lightning.data.items import PromptItem
 from l2s_lightning.extraction.encoding import ContrastEncoder, EncodedBatch
 from l2s_lightning.extraction.forward import (
     PER_TOKEN_KEYS,
+    ContextTail,
     ContrastInputs,
     append_tokens,
     last_token_state,
@@ -22,7 +24,7 @@ from l2s_lightning.extraction.forward import (
 )
 from l2s_lightning.extraction.host_copy import copy_to_host
 from l2s_lightning.models.compile import compile_blocks
-from l2s_lightning.models.layers import text_config
+from l2s_lightning.models.layers import check_layer_range, text_config
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
 
 
@@ -43,7 +45,8 @@ class ExtractionModule(L.LightningModule):
             --compile-layers`` measures it).
 
     Batches come from the DataLoader already encoded (:meth:`collate_fn`, run in the loader's workers) or
-    as lists of rows, encoded in the step.
+    as lists of rows, encoded in the step. A :class:`~l2s_lightning.data.batch_plan.PromptEncoding` for
+    ``PromptDataModule``: it measures rows and chooses the ``auto`` batch size; batches need not be full.
     """
 
     def __init__(
@@ -64,14 +67,12 @@ class ExtractionModule(L.LightningModule):
         config = text_config(load_config(model))
         self.num_layers = int(config.num_hidden_layers)
         self.hidden_size = int(config.hidden_size)
-        for field, index in (("layer_steer", layer_steer), ("layer_context", layer_context)):
-            if not 0 <= index < self.num_layers:
-                raise L2SInputError(
-                    f"{field}={index} is out of range: model {model.display_name} has {self.num_layers} decoder "
-                    f"layers (valid 0..{self.num_layers - 1})"
-                )
+        check_layer_range(
+            self.num_layers, model.display_name, {"layer_steer": layer_steer, "layer_context": layer_context}
+        )
         self.loaded: LoadedModel | None = None
         self.encoder: ContrastEncoder | None = None  # the loaded model's processor and tokenizer
+        self.batch_plan: BatchPlan | None = None  # the plan of the current predict run
 
     def configure_model(self) -> None:
         if self.loaded is None:
@@ -99,6 +100,22 @@ class ExtractionModule(L.LightningModule):
         inputs = self.encode([item])
         return int(inputs.prefix["input_ids"].shape[1] + inputs.completion_lengths.max())
 
+    @property
+    def full_batches(self) -> bool:
+        """False: a smaller last batch costs nothing here."""
+        return False
+
+    def static_cache_for(self, width: int) -> int | None:
+        """None: extraction sizes no cache before the first batch."""
+        return None
+
+    def use_data(self, prompt_baseline: str, data_options: str) -> None:
+        """Ignored: extraction prompts take no baseline instruction; the writer records the data options."""
+
+    def use_batch_plan(self, plan: BatchPlan) -> None:
+        """Record the run's :class:`BatchPlan`."""
+        self.batch_plan = plan
+
     def auto_batch_size(self, widest: PromptItem) -> int:
         """The batch size that fits free accelerator memory for items up to ``widest``'s width."""
         from l2s_lightning.extraction.batch_size import auto_batch_size, vision_patches
@@ -114,7 +131,11 @@ class ExtractionModule(L.LightningModule):
             largest_image=patches[1] if patches else None,
         )
 
-    def _to_device(self, tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    @overload
+    def _to_device(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    @overload
+    def _to_device(self, tensors: None) -> None: ...
+    def _to_device(self, tensors: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
         if tensors is None:
             return None
         dtype = next(self.llm.parameters()).dtype
@@ -131,9 +152,13 @@ class ExtractionModule(L.LightningModule):
             return self._reference(inputs)
         inputs.prefix = self._to_device(dict(inputs.prefix))
         if not tail_shares_cache(self.llm, inputs):  # a sliding window shorter than the prompts: h from its own pass
+            tail = inputs.context
+            assert tail is not None  # the tail always shares the cache when there is none
             context = torch.stack(
                 [
-                    last_token_state(self.llm, self._to_device(_context_prompt(inputs, i)), self.layer_context).float()
+                    last_token_state(
+                        self.llm, self._to_device(_plain_prompt(inputs.prefix, tail, i)), self.layer_context
+                    ).float()
                     for i in range(inputs.prefix["input_ids"].shape[0])
                 ]
             )
@@ -187,12 +212,16 @@ def _context_prompt(inputs: ContrastInputs, row: int) -> dict[str, torch.Tensor]
     the positions it shares with it, then its own tail."""
     if inputs.context is None:
         return None
-    tail = inputs.context
-    shared = _unpad_row({**inputs.prefix, "attention_mask": tail.prefix_mask}, row)
+    return _plain_prompt(inputs.prefix, inputs.context, row)
+
+
+def _plain_prompt(prefix: Mapping[str, torch.Tensor], tail: ContextTail, row: int) -> dict[str, torch.Tensor]:
+    """One sample's whole, un-padded plain prompt: the positions of ``prefix`` it shares, then its ``tail``."""
+    shared = _unpad_row({**prefix, "attention_mask": tail.prefix_mask}, row)
     return append_tokens(shared, tail.ids[row, : tail.lengths[row]])
 
 
-def _unpad_row(encoded: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
+def _unpad_row(encoded: Mapping[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
     """One sample of a left-padded batch encoding, padding removed (pixel tensors split per image)."""
     mask = encoded["attention_mask"][row].bool()
     out: dict[str, torch.Tensor] = {}

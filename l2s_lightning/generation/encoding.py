@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from l2s_lightning.data.datamodule import PromptItem
+from l2s_lightning.data.items import PromptItem
 from l2s_lightning.models.loading import LoadedModel, ModelSpec
 from l2s_lightning.prompts import baseline_instructions, encode_prompts, render_prompt
 

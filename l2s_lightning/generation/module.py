@@ -6,21 +6,23 @@ import contextlib
 import dataclasses
 import zlib
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 
-from l2s_lightning.data.datamodule import PromptItem, data_options
+from l2s_lightning.data.batch_plan import DEFAULT_BATCH_SIZE, BatchPlan
+from l2s_lightning.data.items import PromptItem
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.generation.encoding import PromptBatch, PromptEncoder
-from l2s_lightning.models.layers import text_config, validate_layers
+from l2s_lightning.internals import compile_on_any_device
+from l2s_lightning.methods import STEERER_METHODS, MethodName
+from l2s_lightning.models.layers import check_layer_range, text_config, validate_layers
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
 from l2s_lightning.models.names import same_model
 from l2s_lightning.steering.hook import SteeringHook
 
-Method = Literal["none", "prompt", "mean", "mean_ba", "random", "p2s_oracle", "l2s"]
-STEERER_METHODS = {"mean", "mean_ba", "random", "p2s_oracle", "l2s"}
+Method = MethodName  # the choices of --model.method (l2s_lightning.methods)
 
 
 class SteeredGenerationModule(L.LightningModule):
@@ -30,7 +32,8 @@ class SteeredGenerationModule(L.LightningModule):
         model: the model to load.
         method: ``none`` (no steering), ``prompt`` (an instruction prepended to each question: the template
             set's ``prompt_baseline``, else the instruction of the sample's behaviour; an error when there
-            is neither), or a steerer method (``mean``, ``mean_ba``, ``random``, ``p2s_oracle``, ``l2s``) read from ``steerer``.
+            is neither), or a steerer method (``mean``, ``mean_ba``, ``random``, ``p2s_oracle``, ``l2s``) read from
+            ``steerer``.
         steerer: the steerer folder (required by steerer methods; its method must equal ``method``).
         alpha: scale of the steering vector (default: the steerer's ``default_alpha``).
         positions: where the vector is added: ``generated`` tokens only (the paper), also the
@@ -46,7 +49,7 @@ class SteeredGenerationModule(L.LightningModule):
         compile: the compiled decode path (static cache + ``torch.compile`` of each decode step, as
             transformers does on GPUs; here forced on any device; the steering hook is traced into it).
             Each graph is specialised to its shapes, as in the benchmarks: under ``Trainer.predict`` the
-            static cache is sized for the run's widest row before the first batch (:meth:`fit_static_cache`)
+            static cache is sized for the run's widest row before the first batch (:meth:`use_batch_plan`)
             and the last batch is filled (``full_batches``), so a run compiles one decode graph instead of
             one per prompt width and batch size. A wider prompt grows the cache (another graph); it never
             shrinks within a run.
@@ -120,6 +123,9 @@ class SteeredGenerationModule(L.LightningModule):
         self._steering_hook = SteeringHook(None, self.alpha, positions) if self.steerer is not None else None
         self.loaded: LoadedModel | None = None
         self.encoder: PromptEncoder | None = None  # the loaded model's processor and tokenizer
+        self.prompt_baseline = ""  # the template set's, given by the data module (use_data)
+        self.data_options: str | None = None  # the data module's options, given with it
+        self.batch_plan: BatchPlan | None = None  # the plan of the current predict run
         self.shared_model = False  # the model is kept for later runs (a ModelCache): released, not moved, at the end
         self._row_settings: dict[str, Any] | None = None  # settings() of the run, for its rows
 
@@ -144,15 +150,18 @@ class SteeredGenerationModule(L.LightningModule):
                 enable_hook_guards(self.llm)
         self.encoder = PromptEncoder.of(self.loaded, self.method)
 
-    def _instruction(self) -> str:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return datamodule.templates.prompt_baseline if datamodule is not None else ""
+    def use_data(self, prompt_baseline: str, data_options: str) -> None:
+        """Set the instruction the ``prompt`` method puts before each question (the template set's
+        ``prompt_baseline``; "": each row's behaviour instruction) and the data options every row records.
+        ``PromptDataModule`` gives them first."""
+        self.prompt_baseline = prompt_baseline
+        self.data_options = data_options
 
     def collate_fn(self) -> PromptEncoder:
         """The DataLoader ``collate_fn`` that renders and encodes batches in the loader's workers (used by
         :class:`~l2s_lightning.data.datamodule.PromptDataModule`); the step then gets a :class:`PromptBatch`."""
         assert self.encoder is not None, "configure_model() has not run"
-        return dataclasses.replace(self.encoder, instruction=self._instruction())
+        return dataclasses.replace(self.encoder, instruction=self.prompt_baseline)
 
     def prompts(self, items: list[PromptItem], instruction: str = "") -> list[str]:
         """Rendered prompts; the prompt baseline puts an instruction before each question (``instruction``,
@@ -193,7 +202,7 @@ class SteeredGenerationModule(L.LightningModule):
         if kwargs["do_sample"]:
             torch.manual_seed(sampling_seed(self.seed, [item.id for item in items]))
         with self.steering(items):
-            output = self.llm.generate(**encoded, **kwargs)
+            output = cast(Any, self.llm).generate(**encoded, **kwargs)
         width = encoded["input_ids"].shape[1]
         new = output[:, width:]
         responses, counts = [], []
@@ -209,9 +218,28 @@ class SteeredGenerationModule(L.LightningModule):
 
     @property
     def full_batches(self) -> bool:
-        """Whether the data module should fill the last batch (read by ``PromptDataModule``): on the
-        compiled path a smaller batch would compile a graph of its own."""
+        """Whether the data module should fill the last batch (part of the ``BatchPlan``): on the compiled
+        path a smaller batch would compile a graph of its own."""
         return self.use_compile
+
+    def auto_batch_size(self, widest: PromptItem) -> int:
+        """``batch_size: auto``: :data:`~l2s_lightning.data.batch_plan.DEFAULT_BATCH_SIZE` (generation has no
+        memory estimate)."""
+        return DEFAULT_BATCH_SIZE
+
+    def static_cache_for(self, width: int) -> int | None:
+        """The compiled path's cache size for rows up to ``width`` tokens, sized before the first batch (put
+        in the ``BatchPlan`` of a run); None when not compiled or without ``static_cache_for_longest``."""
+        if not (self.use_compile and self.static_cache_for_longest):
+            return None
+        return self._cache_size(width)
+
+    def use_batch_plan(self, plan: BatchPlan) -> None:
+        """Record the run's :class:`BatchPlan` and grow the compiled path's cache to its size (one decode
+        graph for the run's rows)."""
+        self.batch_plan = plan
+        if plan.static_cache_length is not None and plan.static_cache_length > self.static_cache_length:
+            self.static_cache_length = plan.static_cache_length
 
     def prompt_width(self, item: PromptItem) -> int:
         """The tokens of ``item``'s encoded prompt (image tokens included): what ``PromptDataModule`` compares
@@ -220,18 +248,22 @@ class SteeredGenerationModule(L.LightningModule):
         return int(self.collate_fn()([item]).encoded["input_ids"].shape[1])
 
     def fit_static_cache(self, widest: PromptItem) -> int:
-        """Size the compiled path's cache for ``widest`` (the run's widest row, encoded here; called by
-        ``PromptDataModule`` before the first batch): rows up to its width then share one cache size, hence one
-        decode graph. Does nothing without ``static_cache_for_longest``. Returns the cache size."""
+        """Size the compiled path's cache for ``widest`` (encoded here; a run's ``BatchPlan`` does this for its
+        widest row): rows up to its width then share one cache size, hence one decode graph. Does nothing
+        without ``static_cache_for_longest``. Returns the cache size."""
         if self.static_cache_for_longest:
             self._grow_static_cache(self.prompt_width(widest))
         return self.static_cache_length
 
     def _grow_static_cache(self, width: int) -> None:
-        """Grow :attr:`static_cache_length` to fit prompts ``width`` tokens wide, in steps of ``static_cache_multiple``."""
+        """Grow :attr:`static_cache_length` to fit prompts ``width`` tokens wide (:meth:`_cache_size`)."""
+        if width + self.generation_kwargs["max_new_tokens"] > self.static_cache_length:
+            self.static_cache_length = self._cache_size(width)
+
+    def _cache_size(self, width: int) -> int:
+        """Prompt ``width`` plus ``max_new_tokens``, rounded up to a multiple of ``static_cache_multiple``."""
         needed = width + self.generation_kwargs["max_new_tokens"]
-        if needed > self.static_cache_length:
-            self.static_cache_length = -(-needed // self.static_cache_multiple) * self.static_cache_multiple
+        return -(-needed // self.static_cache_multiple) * self.static_cache_multiple
 
     def _compiled_path_kwargs(self, batch_size: int, width: int) -> dict[str, Any]:
         """``generate`` kwargs of the compiled path for ``batch_size`` prompts ``width`` tokens wide: an empty
@@ -240,7 +272,7 @@ class SteeredGenerationModule(L.LightningModule):
         ``CompileConfig`` that specialises each graph to its shapes."""
         from transformers import StaticCache
 
-        from l2s_lightning.extraction.forward import cache_kwarg
+        from l2s_lightning.internals import cache_kwarg
 
         self._grow_static_cache(width)
         key = (batch_size, self.static_cache_length)
@@ -256,11 +288,11 @@ class SteeredGenerationModule(L.LightningModule):
             "compile_config": decode_compile_config(self.compile_backend, dynamic=False),
         }
 
-    def settings(self, data: Any = None) -> dict[str, Any]:
+    def settings(self, data_options: str | None = None) -> dict[str, Any]:
         """What a prediction row's answer depends on besides its question: method, α, model, the steerer (its
-        digest), where it steers, the generation settings and, given the data module, its options (question
-        field, images, TYPO font). Recorded in every row; a run never appends to a file made with other settings
-        (:meth:`JsonlPredictionWriter.check_compatible`)."""
+        digest), where it steers, the generation settings and, when given, the data module's options (question
+        field, images, TYPO font: :func:`~l2s_lightning.data.datamodule.data_options`). Recorded in every row;
+        a run never appends to a file made with other settings (:meth:`JsonlPredictionWriter.check_compatible`)."""
         steered = self.steerer is not None
         generation = dict(self.generation_kwargs)
         if generation["do_sample"]:
@@ -269,14 +301,14 @@ class SteeredGenerationModule(L.LightningModule):
             "method": self.method,
             "alpha": self.alpha if steered else 0.0,
             "model": self.spec.display_name,
-            "steerer_digest": self.steerer.digest if steered else None,
+            "steerer_digest": self.steerer.digest if self.steerer is not None else None,
             "positions": self.positions if steered else None,
             "generation": generation,
-            **({"data_options": data_options(data)} if data is not None else {}),
+            **({"data_options": data_options} if data_options is not None else {}),
         }
 
     def on_predict_start(self) -> None:
-        self._row_settings = self.settings(getattr(self.trainer, "datamodule", None))  # fixed for the run
+        self._row_settings = self.settings(self.data_options)  # fixed for the run
 
     def on_predict_end(self) -> None:
         self._static_cache = None  # free the compiled path's KV cache
@@ -292,8 +324,9 @@ class SteeredGenerationModule(L.LightningModule):
         if isinstance(batch, PromptBatch):
             batch = batch.items
         layer = self.steerer.layer_steer if self.steerer is not None else None
+        settings = self._row_settings if self._row_settings is not None else self.settings(self.data_options)
         return [
-            self._record(item, prompt, response, n_prompt, n_new, layer, self._row_settings)
+            self._record(item, prompt, response, n_prompt, n_new, layer, settings)
             for item, prompt, response, n_prompt, n_new in zip(batch, prompts, responses, prompt_tokens, new_tokens)
             if not item.filler
         ]
@@ -332,9 +365,7 @@ def decode_compile_config(backend: str, dynamic: bool | None):
     (transformers compiles only on accelerators otherwise); ``dynamic=None``: torch's automatic dynamic shapes."""
     from transformers import CompileConfig
 
-    config = CompileConfig(fullgraph=True, dynamic=dynamic, backend=backend)
-    config._compile_all_devices = True
-    return config
+    return compile_on_any_device(CompileConfig(fullgraph=True, dynamic=dynamic, backend=backend))
 
 
 def sampling_seed(seed: int, sample_ids: Sequence[str]) -> int:
@@ -359,14 +390,15 @@ def _check_steerer_fits(steerer, spec: ModelSpec, allow_other_model: bool = Fals
     config = text_config(load_config(spec))
     if int(config.hidden_size) != steerer.hidden_size:
         raise L2SInputError(
-            f"steerer hidden size {steerer.hidden_size} does not fit model {spec.display_name} (hidden size {config.hidden_size})"
+            f"steerer hidden size {steerer.hidden_size} does not fit model {spec.display_name} "
+            f"(hidden size {config.hidden_size})"
         )
-    for field in ("layer_steer", "layer_context"):
-        index = getattr(steerer, field)
-        if not 0 <= index < int(config.num_hidden_layers):
-            raise L2SInputError(
-                f"steerer {field}={index} is out of range for model {spec.display_name} ({config.num_hidden_layers} layers)"
-            )
+    check_layer_range(
+        int(config.num_hidden_layers),
+        spec.display_name,
+        {"layer_steer": steerer.layer_steer, "layer_context": steerer.layer_context},
+        "steerer {field}={index} is out of range for model {model} ({n} layers)",
+    )
     if steerer.model and not same_model(steerer.model, spec.display_name) and not allow_other_model:
         raise L2SInputError(
             f"steerer was trained on model {steerer.model!r}, not {spec.display_name!r} "

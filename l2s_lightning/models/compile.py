@@ -16,15 +16,8 @@ import torch
 from torch import nn
 
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.internals import is_compiled_function, raise_recompile_limits
 from l2s_lightning.models.layers import decoder_layers
-
-# every block instance of one class is its own guard entry in dynamo's cache of that forward's code object
-_RECOMPILE_LIMITS = (
-    "recompile_limit",
-    "cache_size_limit",
-    "accumulated_recompile_limit",
-    "accumulated_cache_size_limit",
-)
 
 
 def vision_layers(model: nn.Module) -> nn.ModuleList | None:
@@ -41,16 +34,9 @@ def vision_layers(model: nn.Module) -> nn.ModuleList | None:
     return None
 
 
-def _raise_recompile_limits(n_blocks: int) -> None:
-    config = torch._dynamo.config
-    for name in _RECOMPILE_LIMITS:
-        if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), 4 * n_blocks + 8))
-
-
 def is_compiled_block(block: nn.Module) -> bool:
     """True when :func:`compile_blocks` has compiled ``block``'s forward."""
-    return "forward" in vars(block) and hasattr(vars(block)["forward"], "_torchdynamo_orig_callable")
+    return "forward" in vars(block) and is_compiled_function(vars(block)["forward"])
 
 
 def compile_blocks(model: nn.Module, depth: int | None = None, vision: bool = True, mode: str | None = None) -> int:
@@ -69,7 +55,7 @@ def compile_blocks(model: nn.Module, depth: int | None = None, vision: bool = Tr
     if vision:
         blocks += list(vision_layers(model) or [])
     todo = [block for block in blocks if not is_compiled_block(block)]
-    _raise_recompile_limits(len(blocks))
+    raise_recompile_limits(len(blocks))
     for block in todo:
         block.forward = torch.compile(block.forward, dynamic=True, mode=mode)
     return len(todo)

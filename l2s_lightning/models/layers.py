@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
-import torch
 from torch import nn
 
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.internals import layer_output, replace_layer_output, truncated_layers
+
+__all__ = [  # layer_output, replace_layer_output: re-exported from l2s_lightning.internals
+    "check_layer_range",
+    "decoder_layers",
+    "decoder_module",
+    "hidden_size",
+    "layer_output",
+    "num_decoder_layers",
+    "replace_layer_output",
+    "text_config",
+    "truncated_decoder",
+    "validate_layers",
+]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -66,31 +79,30 @@ def hidden_size(model: nn.Module) -> int:
     return int(text_config(model).hidden_size)
 
 
-def validate_layers(model: nn.Module, model_name: str = "", **layers: int) -> None:
-    """Raise a ValueError naming the field if any layer index is outside ``[0, num_layers)``."""
-    n = num_decoder_layers(model)
+LAYER_RANGE_MESSAGE = (
+    "{field}={index} is out of range: model {model} has {n} decoder layers "
+    "(valid indices 0..{last}; layer L is the output of decoder block L)"
+)
+
+
+def check_layer_range(
+    n_layers: int, model_name: str, layers: Mapping[str, object], message: str = LAYER_RANGE_MESSAGE
+) -> None:
+    """Raise an :class:`L2SInputError` naming the field if any of ``layers`` (field: index) is not an integer in
+    ``[0, n_layers)``. ``message``: the out-of-range message, formatted with ``field``, ``index``, ``model``,
+    ``n`` and ``last``."""
     for field, index in layers.items():
         if not isinstance(index, int) or isinstance(index, bool):
             raise L2SInputError(f"{field}={index!r} must be an integer layer index")
-        if not 0 <= index < n:
+        if not 0 <= index < n_layers:
             raise L2SInputError(
-                f"{field}={index} is out of range: model {model_name or type(model).__name__} has {n} "
-                f"decoder layers (valid indices 0..{n - 1}; layer L is the output of decoder block L)"
+                message.format(field=field, index=index, model=model_name, n=n_layers, last=n_layers - 1)
             )
 
 
-def layer_output(output: object) -> torch.Tensor:
-    """The hidden-state tensor of a decoder layer's output (a tensor in transformers 5.x, a tuple in 4.x)."""
-    return output[0] if isinstance(output, (tuple, list)) else output  # type: ignore[return-value]
-
-
-def replace_layer_output(output: object, hidden: torch.Tensor) -> object:
-    """A decoder layer output of the same structure with its hidden state replaced by ``hidden``."""
-    if isinstance(output, tuple):
-        return (hidden, *output[1:])
-    if isinstance(output, list):
-        return [hidden, *output[1:]]
-    return hidden
+def validate_layers(model: nn.Module, model_name: str = "", **layers: int) -> None:
+    """Raise a ValueError naming the field if any layer index is outside ``[0, num_layers)``."""
+    check_layer_range(num_decoder_layers(model), model_name or type(model).__name__, layers)
 
 
 @contextlib.contextmanager
@@ -99,20 +111,10 @@ def truncated_decoder(model: nn.Module, n_layers: int) -> Iterator[None]:
 
     The final norm still runs on the truncated output; callers read layer outputs with hooks.
     """
+    n = num_decoder_layers(model)
+    if not 0 < n_layers <= n:
+        raise L2SInputError(f"n_layers={n_layers} must be in 1..{n}")
     owner = decoder_module(model)
-    layers = owner.layers
-    if not 0 < n_layers <= len(layers):
-        raise L2SInputError(f"n_layers={n_layers} must be in 1..{len(layers)}")
     configs = {id(c): c for c in (getattr(owner, "config", None), text_config(model)) if c is not None}
-    saved = {key: (c, c.num_hidden_layers, getattr(c, "layer_types", None)) for key, c in configs.items()}
-    owner.layers = nn.ModuleList(list(layers)[:n_layers])
-    for c, _, layer_types in saved.values():
-        c.num_hidden_layers = n_layers
-    try:
+    with truncated_layers(owner, list(configs.values()), n_layers):
         yield
-    finally:
-        owner.layers = layers
-        for c, n, layer_types in saved.values():
-            c.num_hidden_layers = n
-            if layer_types is not None:
-                c.layer_types = layer_types

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.internals import clear_quantization_markers
 from l2s_lightning.models.layers import hidden_size, num_decoder_layers
 from l2s_lightning.models.names import model_key, normalise_model_name
 
@@ -129,12 +130,7 @@ def dequantized_gguf_folder(folder: str, gguf_file: str, cache_dir: str | None =
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-    # The GGUF loader marks the model as quantised, which blocks save_pretrained; the weights are plain now.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if hasattr(model, "is_quantized"):
-        model.is_quantized = False
+    clear_quantization_markers(model)  # the weights are plain now; the GGUF loader's marks block save_pretrained
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))  # one per process
     model.save_pretrained(tmp)
@@ -193,7 +189,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     model.requires_grad_(False)
     model.eval()
     if spec.device:
-        model.to(spec.device)
+        model.to(spec.device)  # type: ignore[arg-type]  # transformers types its wrapped to() oddly
     return LoadedModel(
         model=model, processor=processor, tokenizer=tokenizer, spec=spec, is_multimodal=kind == "image-text"
     )
@@ -218,16 +214,15 @@ class ModelCache:
         key = astuple(
             replace(spec, name_or_path=model_key(spec.name_or_path))
         )  # one folder written two ways: one model
-        kept = self._loaded is not None and key == self._key
-        if not kept or next(self._loaded.model.parameters()).dtype != torch_dtype(spec.dtype):
+        loaded = self._loaded if key == self._key else None
+        if loaded is None or next(loaded.model.parameters()).dtype != torch_dtype(spec.dtype):
             self.clear()
-            self._loaded, self._key = load_model(spec), key
+            loaded = load_model(spec)
+            self._loaded, self._key = loaded, key
             self.loads += 1
-        elif (
-            spec.device
-        ):  # a failed predict run's Trainer may have moved it to the CPU (a finished one releases it first)
-            self._loaded.model.to(spec.device)
-        return self._loaded
+        elif spec.device:  # a failed predict run's Trainer may have moved it to the CPU (a finished one releases it)
+            loaded.model.to(spec.device)
+        return loaded
 
     def clear(self) -> None:
         """Drop the kept model and free its memory (before another large model loads, e.g. a judge)."""

@@ -3,15 +3,20 @@
 Without a working torchvision, transformers 5.x turns every video processor into a dummy, and the Qwen2-VL
 / Qwen2.5-VL processors cannot be built because they require one (upstream huggingface/transformers#48558).
 We only need images: `load_processor` then builds the same processor class without its video processor.
+(:func:`l2s_lightning.internals.image_only`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from l2s_lightning.internals import image_only, needs_video_processor, processor_class_name
+
+__all__ = ["has_working_torchvision", "image_only", "load_processor"]  # image_only: from l2s_lightning.internals
 
 
 @lru_cache(maxsize=1)
@@ -25,31 +30,6 @@ def has_working_torchvision() -> bool:
     return True
 
 
-@cache
-def image_only(processor_class: type) -> type:
-    """A subclass of a processor class whose sub-processors are the image processor and tokenizer only (cached:
-    one subclass per class). ``ProcessorMixin`` derives the sub-processors from ``__init__``'s signature."""
-
-    class ImageOnlyProcessor(processor_class):  # type: ignore[misc, valid-type]
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs: Any) -> None:
-            processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-        def __reduce__(self):
-            # a class made here cannot be pickled by name: rebuild it from the base class (spawned loader workers,
-            # ddp_spawn get the processor pickled)
-            return _new_image_only, (processor_class,), self.__dict__.copy()
-
-    ImageOnlyProcessor.__name__ = f"{processor_class.__name__}ImageOnly"
-    ImageOnlyProcessor.__qualname__ = ImageOnlyProcessor.__name__
-    return ImageOnlyProcessor
-
-
-def _new_image_only(processor_class: type) -> Any:
-    """An empty instance of ``image_only(processor_class)``: unpickling fills its attributes."""
-    cls = image_only(processor_class)
-    return cls.__new__(cls)
-
-
 def _processor_class_name(folder: Path) -> str | None:
     """The processor class recorded in the folder's configs, else the one mapped to its ``model_type``."""
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
@@ -60,9 +40,7 @@ def _processor_class_name(folder: Path) -> str | None:
                 return value
     config = folder / "config.json"
     if config.is_file():
-        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-        return PROCESSOR_MAPPING_NAMES.get(json.loads(config.read_text()).get("model_type", ""))
+        return processor_class_name(json.loads(config.read_text()).get("model_type", ""))
     return None
 
 
@@ -72,7 +50,7 @@ def _video_processor_class(folder: Path) -> type | None:
 
     name = _processor_class_name(folder) if folder.is_dir() else None
     processor_class = getattr(transformers, name, None) if name else None
-    if processor_class is None or "video_processor" not in processor_class.get_attributes():
+    if processor_class is None or not needs_video_processor(processor_class):
         return None
     return processor_class
 

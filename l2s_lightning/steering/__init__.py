@@ -1,6 +1,6 @@
 """Steering at generation: a per-row additive hook on block L* and the ``attach_steerer`` API."""
 
-from l2s_lightning.steering.attach import ContextCapture, attach_steerer
+from l2s_lightning.steering.attach import ContextCapture, attach_steerer, check_steerer, steerer_vectors
 from l2s_lightning.steering.hook import (
     POSITIONS,
     Positions,
@@ -8,8 +8,10 @@ from l2s_lightning.steering.hook import (
     SteeringHook,
     add_steering,
     check_alpha,
+    check_positions,
     enable_hook_guards,
     register_hook,
+    steered_from,
 )
 
 __all__ = [
@@ -21,6 +23,10 @@ __all__ = [
     "add_steering",
     "attach_steerer",
     "check_alpha",
+    "check_positions",
+    "check_steerer",
     "enable_hook_guards",
     "register_hook",
+    "steered_from",
+    "steerer_vectors",
 ]

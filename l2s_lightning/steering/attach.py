@@ -17,6 +17,9 @@ for the batch size, device and dtype. Before any hook is added, a steerer's opti
 ``check_inputs(behaviours=, sample_ids=)`` is called (a :class:`~l2s_lightning.steerer.Steerer` refuses
 behaviours / sample ids it has no vector for). ``Steerer.vectors`` moves its MLP / stored vectors to h's
 device and dtype at the first prefill and keeps them there, so no h goes to the CPU per batch.
+
+:func:`check_steerer` and :func:`steerer_vectors` are those checks and v = g(h) on their own, for callers
+that hold h already (log-odds scoring from stored features: :mod:`l2s_lightning.scoring`).
 """
 
 from __future__ import annotations
@@ -31,14 +34,51 @@ from torch import nn
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.layers import hidden_size, layer_output, validate_layers
 from l2s_lightning.steering.hook import (
-    POSITIONS,
     Positions,
     PrefillTracker,
     SteeringHook,
     check_alpha,
+    check_positions,
     enable_hook_guards,
     register_hook,
 )
+
+
+def check_steerer(
+    steerer: Any, model: nn.Module, behaviours: list[str] | None = None, sample_ids: list[str] | None = None
+) -> None:
+    """Raise a ValueError unless ``steerer`` fits ``model`` (hidden size, L* and L') and is given the behaviours /
+    sample ids it picks its vectors by (one per batch row, each one it knows)."""
+    if int(steerer.hidden_size) != hidden_size(model):
+        raise L2SInputError(
+            f"steerer hidden size {steerer.hidden_size} does not fit the model's hidden size {hidden_size(model)}"
+        )
+    validate_layers(model, layer_steer=steerer.layer_steer, layer_context=steerer.layer_context)
+    if behaviours is not None and sample_ids is not None and len(behaviours) != len(sample_ids):
+        raise L2SInputError(f"{len(behaviours)} behaviours but {len(sample_ids)} sample ids")
+    for need, given, name in (
+        ("needs_behaviours", behaviours, "behaviours"),
+        ("needs_sample_ids", sample_ids, "sample_ids"),
+    ):
+        if getattr(steerer, need, False) and given is None:
+            raise L2SInputError(f"this steerer picks its vectors by {name}: pass {name}=[one per batch row]")
+    check_inputs = getattr(steerer, "check_inputs", None)
+    if check_inputs is not None:  # unknown behaviours / sample ids fail here, not in the middle of generate
+        check_inputs(behaviours=behaviours, sample_ids=sample_ids)
+
+
+def steerer_vectors(
+    steerer: Any, context: torch.Tensor, behaviours: list[str] | None = None, sample_ids: list[str] | None = None
+) -> torch.Tensor:
+    """v = ``steerer.vectors(h)`` (B, D) of contexts h (B, D), without gradient: the vectors the steering hook
+    scales by α and adds."""
+    with torch.no_grad():
+        vectors = steerer.vectors(context, behaviours=behaviours, sample_ids=sample_ids)
+    if vectors.shape != context.shape:
+        raise L2SInputError(
+            f"steerer.vectors returned shape {tuple(vectors.shape)} for a context of shape {tuple(context.shape)}"
+        )
+    return vectors
 
 
 class ContextCapture:
@@ -83,14 +123,8 @@ class ContextCapture:
             # the steering hook gives row j the vector j // k
             context = context[:: context.shape[0] // inputs]
         self.context = context
-        with torch.no_grad():
-            vectors = self.steerer.vectors(self.context, behaviours=self.behaviours, sample_ids=self.sample_ids)
-        if vectors.shape != self.context.shape:
-            raise L2SInputError(
-                f"steerer.vectors returned shape {tuple(vectors.shape)} for a context of shape {tuple(self.context.shape)}"
-            )
-        self.vectors = vectors
-        self.hook.set_vectors(vectors, like=hidden)
+        self.vectors = steerer_vectors(self.steerer, context, self.behaviours, self.sample_ids)
+        self.hook.set_vectors(self.vectors, like=hidden)
         self.prefills += 1
         return None
 
@@ -116,31 +150,16 @@ def attach_steerer(
     """
     alpha = steerer.default_alpha if alpha is None else alpha
     check_alpha(alpha)
-    if mode not in POSITIONS:
-        raise L2SInputError(f"mode={mode!r} must be one of {POSITIONS}")
-    if int(steerer.hidden_size) != hidden_size(model):
-        raise L2SInputError(
-            f"steerer hidden size {steerer.hidden_size} does not fit the model's hidden size {hidden_size(model)}"
-        )
-    validate_layers(model, layer_steer=steerer.layer_steer, layer_context=steerer.layer_context)
+    check_positions(mode)
     behaviours = list(behaviours) if behaviours is not None else None
     sample_ids = list(sample_ids) if sample_ids is not None else None
-    if behaviours is not None and sample_ids is not None and len(behaviours) != len(sample_ids):
-        raise L2SInputError(f"{len(behaviours)} behaviours but {len(sample_ids)} sample ids")
-    for need, given, name in (
-        ("needs_behaviours", behaviours, "behaviours"),
-        ("needs_sample_ids", sample_ids, "sample_ids"),
-    ):
-        if getattr(steerer, need, False) and given is None:
-            raise L2SInputError(f"this steerer picks its vectors by {name}: pass {name}=[one per batch row]")
-    check_inputs = getattr(steerer, "check_inputs", None)
-    if check_inputs is not None:  # unknown behaviours / sample ids fail here, not in the middle of generate
-        check_inputs(behaviours=behaviours, sample_ids=sample_ids)
+    check_steerer(steerer, model, behaviours, sample_ids)
     needs_context = bool(getattr(steerer, "needs_context", True))
     if needs_context and mode != "generated" and steerer.layer_context > steerer.layer_steer:
         raise L2SInputError(
-            f"mode={mode!r} steers a prompt position, but L'={steerer.layer_context} comes after L*={steerer.layer_steer}: "
-            "v = g(h) is not known yet when block L* runs on the prompt; use mode='generated'"
+            f"mode={mode!r} steers a prompt position, but L'={steerer.layer_context} comes after "
+            f"L*={steerer.layer_steer}: v = g(h) is not known yet when block L* runs on the prompt; "
+            "use mode='generated'"
         )
     enable_hook_guards(model)
     if hook is None:

@@ -10,6 +10,12 @@ block from static facts only, so no tensor value is read and nothing branches on
   even with a one-token prompt), or it has no KV cache at all (a plain forward);
 * every other call is a **decode** step: its tokens are generated tokens.
 
+Which positions get the vector: one rule, :func:`steered_from`, from ``mode`` and the number of prompt
+positions in the call (a prefill: all of them; a decode step: none). A teacher-forced forward over prompt +
+continuation (log-odds scoring, ``add_steering(..., prompt_width=W)``) is one prefill call whose first W
+positions are the prompt and the rest stand for generated tokens, so it is steered as ``generate`` would
+steer those tokens.
+
 Assumptions: a KV cache is used (without one every call is a whole-sequence forward, i.e. a prefill, and
 ``"generated"`` steers nothing); a chunked prefill (``prefill_chunk_size``) is fine for ``"generated"``
 as long as no chunk is a single token, but ``"last_prompt_and_generated"`` would also steer the last token
@@ -46,11 +52,39 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from l2s_lightning.errors import L2SInputError
-from l2s_lightning.models.layers import decoder_layers, hidden_size, layer_output, replace_layer_output
+from l2s_lightning.internals import drop_compiled_graphs, enable_nnmodule_hook_guards, has_compiled_call
+from l2s_lightning.models.layers import (
+    decoder_layers,
+    hidden_size,
+    layer_output,
+    replace_layer_output,
+    validate_layers,
+)
 
 Positions = Literal["generated", "last_prompt_and_generated", "all"]
 POSITIONS: tuple[str, ...] = get_args(Positions)
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+
+def steered_from(mode: Positions, prompt_tokens: int) -> int:
+    """The first position of a call that gets the vector (every later one does too), when the call's first
+    ``prompt_tokens`` positions are prompt and the rest generated: ``generated``: the first generated one;
+    ``last_prompt_and_generated``: the last prompt one; ``all``: position 0."""
+    if mode == "all":
+        return 0
+    if mode == "last_prompt_and_generated":
+        return max(prompt_tokens - 1, 0)
+    return prompt_tokens
+
+
+def check_positions(mode: str, prompt_width: int | None = None) -> None:
+    """Raise a ValueError unless ``mode`` is one of :data:`POSITIONS` and ``prompt_width`` None or an int >= 1."""
+    if mode not in POSITIONS:
+        raise L2SInputError(f"mode={mode!r} must be one of {POSITIONS}")
+    if prompt_width is not None and (
+        isinstance(prompt_width, bool) or not isinstance(prompt_width, int) or prompt_width < 1
+    ):
+        raise L2SInputError(f"prompt_width={prompt_width!r} must be a positive number of prompt positions")
 
 
 def check_alpha(alpha: float | torch.Tensor, batch: int | None = None) -> None:
@@ -105,15 +139,21 @@ class SteeringHook:
 
     ``vectors`` (B, D) may be left None and set later with :meth:`set_vectors` (before the first call that
     steers). A batch of ``k * B`` rows (``num_return_sequences``, beams) gives row j the vector ``j // k``.
+    ``prompt_width``: None for ``generate`` (a prefill is all prompt); W for teacher-forced forwards over
+    prompt + continuation (a prefill's first W positions are the prompt, the rest count as generated).
     """
 
     def __init__(
-        self, vectors: torch.Tensor | None = None, alpha: float | torch.Tensor = 1.0, mode: Positions = "generated"
+        self,
+        vectors: torch.Tensor | None = None,
+        alpha: float | torch.Tensor = 1.0,
+        mode: Positions = "generated",
+        prompt_width: int | None = None,
     ) -> None:
-        if mode not in POSITIONS:
-            raise L2SInputError(f"mode={mode!r} must be one of {POSITIONS}")
+        check_positions(mode, prompt_width)
         check_alpha(alpha)
         self.mode = mode
+        self.prompt_width = prompt_width
         self.alpha = alpha
         self.tracker = PrefillTracker()
         # alpha * vectors, (B, D), in the block's dtype once it ran: a buffer that later vectors of its shape are
@@ -162,11 +202,10 @@ class SteeringHook:
     def rearm(self, alpha: float | torch.Tensor, mode: Positions) -> None:
         """Reuse this hook for another ``generate`` call with ``alpha`` and ``mode``: the next call is a
         prefill, the counters start again, and vectors set later of the same shape go into the same tensor
-        (see :meth:`set_vectors`)."""
-        if mode not in POSITIONS:
-            raise L2SInputError(f"mode={mode!r} must be one of {POSITIONS}")
+        (see :meth:`set_vectors`); prompt positions are told apart as in ``generate`` (no ``prompt_width``)."""
+        check_positions(mode)
         check_alpha(alpha)
-        self.alpha, self.mode = alpha, mode
+        self.alpha, self.mode, self.prompt_width = alpha, mode, None
         self.prefills = self.steered_calls = 0
         self.reset()
 
@@ -192,16 +231,18 @@ class SteeringHook:
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: object) -> object:
         hidden = layer_output(output)
         prefill = self.tracker.is_prefill(hidden, kwargs)
+        length = hidden.shape[1]
+        prompt = (length if self.prompt_width is None else min(self.prompt_width, length)) if prefill else 0
+        start = steered_from(self.mode, prompt)  # Python ints: constants for the tracer
         if not torch.compiler.is_compiling():  # counters only outside compiled regions (no guard on them)
             self.prefills += prefill
-            self.steered_calls += not (prefill and self.mode == "generated")
-        if prefill:
-            if self.mode == "generated":
-                return output
-            if self.mode == "last_prompt_and_generated":
-                last = hidden[:, -1:] + self._delta_for(hidden)
-                return replace_layer_output(output, torch.cat([hidden[:, :-1], last], dim=1))
-        return replace_layer_output(output, hidden + self._delta_for(hidden))
+            self.steered_calls += start < length
+        if start == 0:
+            return replace_layer_output(output, hidden + self._delta_for(hidden))
+        if start >= length:
+            return output
+        steered = hidden[:, start:] + self._delta_for(hidden)
+        return replace_layer_output(output, torch.cat([hidden[:, :start], steered], dim=1))
 
     def register(self, module: nn.Module) -> RemovableHandle:
         """Register on ``module`` (a decoder block) as a forward hook that receives the keyword arguments."""
@@ -217,11 +258,9 @@ def enable_hook_guards(model: nn.Module | None = None) -> None:
     ``generate``; :func:`add_steering` calls it. If the flag was on and ``model`` already holds a compiled
     forward, its graphs lack those guards: they are dropped (``torch._dynamo.reset()``) with a warning.
     """
-    config = torch._dynamo.config
-    if not getattr(config, "skip_nnmodule_hook_guards", False):
+    if not enable_nnmodule_hook_guards():
         return
-    config.skip_nnmodule_hook_guards = False
-    if model is not None and getattr(model, "_compiled_call", None) is not None:
+    if model is not None and has_compiled_call(model):
         warnings.warn(
             "the model was compiled while torch._dynamo.config.skip_nnmodule_hook_guards was True, so its compiled "
             "graphs would ignore steering hooks; they were dropped (torch._dynamo.reset()) and will be recompiled. "
@@ -229,17 +268,14 @@ def enable_hook_guards(model: nn.Module | None = None) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-        torch._dynamo.reset()
+        drop_compiled_graphs()
 
 
 @contextlib.contextmanager
 def register_hook(model: nn.Module, layer: int, hook: Any, with_kwargs: bool = True) -> Iterator[RemovableHandle]:
     """A forward hook on decoder block ``layer`` of ``model``, removed on exit even after an exception."""
     layers = decoder_layers(model)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
-        raise L2SInputError(
-            f"layer={layer!r} is out of range: the model has {len(layers)} decoder layers (0..{len(layers) - 1})"
-        )
+    validate_layers(model, layer=layer)
     handle = layers[layer].register_forward_hook(hook, with_kwargs=with_kwargs)
     try:
         yield handle
@@ -262,6 +298,7 @@ def add_steering(
     vectors: torch.Tensor,
     alpha: float | torch.Tensor = 1.0,
     mode: Positions = "generated",
+    prompt_width: int | None = None,
 ) -> Iterator[SteeringHook]:
     """Add ``alpha * vectors[i]`` to row i of the output of decoder block ``layer`` while the context is open.
 
@@ -271,19 +308,17 @@ def add_steering(
     ``generate`` calls may run inside the context; each one's prefill is recognised anew when it has more
     than one token or a new cache (``generate``'s own). A cache of one's own reused across calls (a reset
     ``StaticCache``, a multi-turn loop) with one-token prompts: call ``hook.reset()`` before each call.
+    ``prompt_width``: for teacher-forced forwards over (left-padded) prompts of W positions + continuations,
+    steered as ``generate`` would steer the continuation's tokens (see :class:`SteeringHook`).
     """
-    n_layers = len(decoder_layers(model))
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise L2SInputError(
-            f"layer={layer!r} is out of range: the model has {n_layers} decoder layers (0..{n_layers - 1})"
-        )
+    validate_layers(model, layer=layer)
     if vectors.ndim != 2 or vectors.shape[-1] != hidden_size(model):
         raise L2SInputError(
             f"steering vectors must be (B, {hidden_size(model)}) (the model's hidden size), got {tuple(vectors.shape)}"
         )
     if not torch.isfinite(vectors).all():
         raise L2SInputError("steering vectors must be finite")
-    hook = SteeringHook(None, alpha, mode)
+    hook = SteeringHook(None, alpha, mode, prompt_width)
     hook.set_vectors(vectors, like=_block_like(model, layer))
     enable_hook_guards(model)
     with register_hook(model, layer, hook):

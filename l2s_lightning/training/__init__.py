@@ -1,6 +1,7 @@
 """L2S training (`FeatureDataModule`, `L2SModule`), baseline steerers and `l2s fit`.
 
-Imports are lazy so that `l2s_lightning.training.mlp` (used by the steerer) does not pull in Lightning.
+Imports are lazy so that importing the package does not pull in Lightning. `SteeringMLP` lives in
+`l2s_lightning.mlp` (the steerer uses it); it is re-exported here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "FeatureDataModule": "l2s_lightning.training.data",
     "L2SModule": "l2s_lightning.training.module",
-    "SteeringMLP": "l2s_lightning.training.mlp",
+    "SteeringMLP": "l2s_lightning.mlp",
     "build_baseline": "l2s_lightning.training.baselines",
     "l2s_steerer": "l2s_lightning.training.baselines",
     "evaluate_steerer": "l2s_lightning.training.baselines",

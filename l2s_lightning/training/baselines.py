@@ -3,8 +3,9 @@ and their evaluation against the targets z (MSE and cosine similarity)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -12,9 +13,9 @@ import torch.nn.functional as F
 
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.features import FeatureFile
+from l2s_lightning.methods import BASELINES, METHOD_REGISTRY
+from l2s_lightning.mlp import SteeringMLP
 from l2s_lightning.steerer import METHODS, Steerer
-
-BASELINES = ("mean", "mean_ba", "random", "p2s_oracle")
 
 
 def _rows(file: FeatureFile, rows: str | Sequence[int] | np.ndarray | None, default: str) -> np.ndarray:
@@ -75,6 +76,72 @@ def _common(file: FeatureFile, rows: np.ndarray, default_alpha: float, seed: int
     }
 
 
+@dataclass(frozen=True)
+class _Build:
+    """What every baseline is built from: the file, its training-row summary and the common steerer fields."""
+
+    file: FeatureFile
+    summary: dict[str, Any]
+    seed: int
+    test_split: str
+    common: dict[str, Any]
+    info: dict[str, Any]
+
+
+def _mean(b: _Build) -> Steerer:
+    return Steerer("mean", tensors={"mean": b.summary["mean"]}, info=b.info, **b.common)
+
+
+def _mean_ba(b: _Build) -> Steerer:
+    trained = b.summary["behaviour_means"]
+    test_behaviours = sorted(set(b.file.behaviour[b.file.rows(b.test_split)].tolist()))
+    missing = [behaviour for behaviour in test_behaviours if behaviour not in trained]
+    if missing:
+        raise L2SInputError(
+            f"mean_ba: behaviour(s) {missing} of split {b.test_split!r} have no training rows "
+            f"(training behaviours: {sorted(trained)}); re-split the data or drop those rows"
+        )
+    behaviours = sorted(trained)
+    return Steerer(
+        "mean_ba",
+        tensors={"behaviour_means": torch.stack([trained[behaviour] for behaviour in behaviours])},
+        behaviours=behaviours,
+        info=b.info | {"counts": b.summary["counts"]},
+        **b.common,
+    )
+
+
+def _random(b: _Build) -> Steerer:
+    generator = torch.Generator().manual_seed(int(b.seed))
+    direction = torch.randn(b.file.dim, generator=generator, dtype=torch.float64)
+    vector = direction / direction.norm() * b.summary["stats"]["z_norm_mean"]
+    return Steerer("random", tensors={"random": vector.float()}, info=b.info, **b.common)
+
+
+def _p2s_oracle(b: _Build) -> Steerer:
+    test_rows = b.file.rows(b.test_split)
+    if len(test_rows) == 0:
+        raise L2SInputError(f"p2s_oracle: {b.file.path} has no rows in split {b.test_split!r} to take targets from")
+    b.file.check_rows(test_rows)
+    steer = torch.from_numpy(b.file.read(test_rows, columns=("steer",))["steer"])
+    return Steerer(
+        "p2s_oracle",
+        tensors={"oracle_steer": steer},
+        oracle_ids=b.file.sample_id[test_rows].tolist(),
+        info=b.info | {"oracle_rows": int(len(test_rows))},
+        **b.common,
+    )
+
+
+BUILDERS: dict[str, Callable[[_Build], Steerer]] = {
+    "mean": _mean,
+    "mean_ba": _mean_ba,
+    "random": _random,
+    "p2s_oracle": _p2s_oracle,
+}
+"""How each baseline of the registry (``METHOD_REGISTRY[name].is_baseline``) is built."""
+
+
 def build_baseline(
     method: str,
     feature_file: FeatureFile | str,
@@ -90,52 +157,15 @@ def build_baseline(
     training rows); ``random``: a seeded random unit vector × mean ‖z‖; ``p2s_oracle``: the z of every row of
     ``test_split``, looked up by sample id.
     """
-    if method not in BASELINES:
+    spec = METHOD_REGISTRY.get(method)
+    if spec is None or not spec.is_baseline:
         raise L2SInputError(f"unknown baseline {method!r}; expected one of {BASELINES} (l2s is trained by `l2s fit`)")
     file = feature_file if isinstance(feature_file, FeatureFile) else FeatureFile(feature_file)
     rows = _rows(file, rows, "train")
-    file.check_finite(rows)
+    file.check_rows(rows)
     summary = target_stats(file, rows)
     common = _common(file, rows, default_alpha, seed) | {"stats": summary["stats"]}
-    info = {"rows": int(len(rows))}
-    if method == "mean":
-        return Steerer("mean", tensors={"mean": summary["mean"]}, info=info, **common)
-    if method == "mean_ba":
-        trained = summary["behaviour_means"]
-        test_behaviours = sorted(set(file.behaviour[file.rows(test_split)].tolist()))
-        missing = [b for b in test_behaviours if b not in trained]
-        if missing:
-            raise L2SInputError(
-                f"mean_ba: behaviour(s) {missing} of split {test_split!r} have no training rows "
-                f"(training behaviours: {sorted(trained)}); re-split the data or drop those rows"
-            )
-        behaviours = sorted(trained)
-        info["counts"] = summary["counts"]
-        return Steerer(
-            "mean_ba",
-            tensors={"behaviour_means": torch.stack([trained[b] for b in behaviours])},
-            behaviours=behaviours,
-            info=info,
-            **common,
-        )
-    if method == "random":
-        generator = torch.Generator().manual_seed(int(seed))
-        direction = torch.randn(file.dim, generator=generator, dtype=torch.float64)
-        vector = direction / direction.norm() * summary["stats"]["z_norm_mean"]
-        return Steerer("random", tensors={"random": vector.float()}, info=info, **common)
-    test_rows = file.rows(test_split)
-    if len(test_rows) == 0:
-        raise L2SInputError(f"p2s_oracle: {file.path} has no rows in split {test_split!r} to take targets from")
-    file.check_finite(test_rows)
-    steer = torch.from_numpy(file.read(test_rows, columns=("steer",))["steer"])
-    info["oracle_rows"] = int(len(test_rows))
-    return Steerer(
-        "p2s_oracle",
-        tensors={"oracle_steer": steer},
-        oracle_ids=file.sample_id[test_rows].tolist(),
-        info=info,
-        **common,
-    )
+    return BUILDERS[method](_Build(file, summary, seed, test_split, common, {"rows": int(len(rows))}))
 
 
 def l2s_steerer(
@@ -148,7 +178,7 @@ def l2s_steerer(
     info: dict[str, Any] | None = None,
 ) -> Steerer:
     """The ``l2s`` steerer of a trained :class:`~l2s_lightning.training.module.L2SModule` (or SteeringMLP)."""
-    mlp = getattr(module, "mlp", module)
+    mlp = cast(SteeringMLP, getattr(module, "mlp", module))
     tensors = {f"mlp.{name}": t.detach().cpu() for name, t in mlp.net.state_dict().items()}
     if mlp.normalize_input:
         tensors |= {"input_mean": mlp.input_mean.detach().cpu(), "input_std": mlp.input_std.detach().cpu()}
@@ -172,7 +202,7 @@ def evaluate_steerer(
     ``None`` when the steerer cannot produce vectors for them (the oracle outside its split)."""
     if len(rows) == 0:
         return None
-    if steerer.method == "p2s_oracle" and not set(file.sample_id[rows].tolist()) <= set(steerer.oracle_ids):
+    if steerer.needs_sample_ids and not set(file.sample_id[rows].tolist()) <= set(steerer.row_index):
         return None
     squared, cos, n = 0.0, 0.0, 0
     for part, arrays in file.iter_chunks(rows, chunk):
@@ -186,4 +216,4 @@ def evaluate_steerer(
     return {"mse": squared / (n * file.dim), "cos": cos / n, "n": n}
 
 
-__all__ = ["BASELINES", "METHODS", "build_baseline", "evaluate_steerer", "l2s_steerer", "target_stats"]
+__all__ = ["BASELINES", "BUILDERS", "METHODS", "build_baseline", "evaluate_steerer", "l2s_steerer", "target_stats"]

@@ -10,16 +10,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 import h5py
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.features import FeatureFile, check_compatible
+
+
+@runtime_checkable
+class TrainingStatistics(Protocol):
+    """What ``L2SModule`` reads from its data module before the first fit: statistics of the training rows."""
+
+    def input_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and std of h."""
+        ...
+
+    def target_moments(self, covariance: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean and, if asked, covariance of z."""
+        ...
 
 
 class H5Rows(Dataset):
@@ -72,11 +86,11 @@ class EpochShuffleSampler(Sampler[int]):
 
 def carve_validation(behaviours: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions (train, val) of a stratified random split; each behaviour keeps ≥ 1 training row."""
-    behaviours = np.asarray(behaviours, dtype=object)
+    labels = np.asarray(behaviours, dtype=object)
     rng = np.random.default_rng(seed)
     train, val = [], []
-    for behaviour in sorted(set(behaviours.tolist())):
-        positions = rng.permutation(np.flatnonzero(behaviours == behaviour))
+    for behaviour in sorted(set(labels.tolist())):
+        positions = rng.permutation(np.flatnonzero(labels == behaviour))
         n_val = min(int(round(fraction * len(positions))), len(positions) - 1)
         val.append(positions[:n_val])
         train.append(positions[n_val:])
@@ -84,7 +98,7 @@ def carve_validation(behaviours: Sequence[str], fraction: float, seed: int) -> t
 
 
 class FeatureDataModule(L.LightningDataModule):
-    """Batches ``(h, z)`` of a features.h5 file.
+    """Batches ``(h, z)`` of a features.h5 file; the :class:`TrainingStatistics` of its training rows.
 
     Args:
         features: path of features.h5.
@@ -127,8 +141,13 @@ class FeatureDataModule(L.LightningDataModule):
             source=str(features),
         )
         self.train_indices = self.val_indices = self.test_indices = np.zeros(0, np.int64)
-        self._datasets: dict[str, Dataset] = {}
+        self._datasets: dict[str, TensorDataset | H5Rows] = {}
         self._ready = False
+
+    @property
+    def hp(self) -> AttributeDict:
+        """The saved hyperparameters (the constructor's arguments)."""
+        return cast(AttributeDict, self.hparams)
 
     @property
     def dim(self) -> int:
@@ -137,20 +156,22 @@ class FeatureDataModule(L.LightningDataModule):
 
     @property
     def in_memory(self) -> bool:
-        return self.file.nbytes() <= self.hparams.in_memory_max_bytes
+        return self.file.nbytes() <= self.hp.in_memory_max_bytes
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        hp = self.hparams
+        hp = self.hp
         train_rows = self.file.rows(hp.train_split)
         if len(train_rows) == 0:
             raise L2SInputError(
-                f"{self.file.path}: no rows in split {hp.train_split!r} (splits present: {sorted(set(self.file.split))})"
+                f"{self.file.path}: no rows in split {hp.train_split!r} "
+                f"(splits present: {sorted(set(self.file.split))})"
             )
         if len(train_rows) < 2:
             raise L2SInputError(
-                f"{self.file.path}: split {hp.train_split!r} has {len(train_rows)} row; need at least 2 to hold out validation"
+                f"{self.file.path}: split {hp.train_split!r} has {len(train_rows)} row; "
+                "need at least 2 to hold out validation"
             )
         train_pos, val_pos = carve_validation(self.file.behaviour[train_rows], hp.val_fraction, hp.seed)
         if len(val_pos) == 0:
@@ -160,12 +181,12 @@ class FeatureDataModule(L.LightningDataModule):
         self.train_indices, self.val_indices = train_rows[train_pos], train_rows[val_pos]
         self.test_indices = self.file.rows(hp.test_split)
         used = np.sort(np.concatenate([train_rows, self.test_indices]))
-        self.file.check_finite(used)
+        self.file.check_rows(used)
         for name, indices in (("train", self.train_indices), ("val", self.val_indices), ("test", self.test_indices)):
             self._datasets[name] = self._dataset(indices)
         self._ready = True
 
-    def _dataset(self, indices: np.ndarray) -> Dataset:
+    def _dataset(self, indices: np.ndarray) -> TensorDataset | H5Rows:
         if self.in_memory:
             arrays = self.file.read(indices)
             return TensorDataset(torch.from_numpy(arrays["context"]), torch.from_numpy(arrays["steer"]))
@@ -205,11 +226,11 @@ class FeatureDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         self.setup()
         dataset = self._datasets[name]
-        sampler = EpochShuffleSampler(len(dataset), self.hparams.seed) if shuffle else None
-        workers = self.hparams.num_workers
+        sampler = EpochShuffleSampler(len(dataset), self.hp.seed) if shuffle else None
+        workers = self.hp.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.hparams.batch_size,
+            batch_size=self.hp.batch_size,
             sampler=sampler,
             shuffle=False,
             num_workers=workers,
@@ -224,5 +245,5 @@ class FeatureDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if len(self.test_indices) == 0:
-            raise L2SInputError(f"{self.file.path}: no rows in split {self.hparams.test_split!r}")
+            raise L2SInputError(f"{self.file.path}: no rows in split {self.hp.test_split!r}")
         return self._loader("test", shuffle=False)

@@ -21,15 +21,19 @@ was written in).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from torch import Tensor, nn
 from torchmetrics import MeanMetric, MeanSquaredError
 
 from l2s_lightning.errors import L2SInputError
-from l2s_lightning.training.mlp import SteeringMLP
+from l2s_lightning.mlp import SteeringMLP
+from l2s_lightning.training.data import TrainingStatistics
 
 PLATEAU_THRESHOLD = 1e-4  # torch.optim.lr_scheduler.ReduceLROnPlateau default (mode "rel")
 
@@ -100,34 +104,44 @@ class L2SModule(L.LightningModule):
         self.val_history: list[float | None] = []  # val/mse per epoch, drives the plateau multiplier
         self._initialised = False  # input stats / output init done (or restored from a checkpoint)
 
+    @property
+    def hp(self) -> AttributeDict:
+        """The saved hyperparameters (the constructor's arguments)."""
+        return cast(AttributeDict, self.hparams)
+
     def forward(self, context: Tensor) -> Tensor:
         return self.mlp(context)
 
     def setup(self, stage: str) -> None:
         """Before the first fit: input statistics and output initialisation from the data module's training
-        rows (when resuming, the checkpoint then overwrites both with the same values)."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage != "fit" or self._initialised or datamodule is None or not hasattr(datamodule, "target_moments"):
+        rows, when it gives them (:class:`TrainingStatistics`; when resuming, the checkpoint then overwrites
+        both with the same values)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None  # set by fit
+        if stage != "fit" or self._initialised or not isinstance(datamodule, TrainingStatistics):
             return
-        if self.hparams.normalize_input:
-            self.mlp.set_input_stats(*datamodule.input_stats())
-        if self.hparams.init_output != "none":
-            self.init_output(*datamodule.target_moments(covariance=self.hparams.init_output == "svd"))
+        self.init_from(datamodule)
+
+    def init_from(self, data: TrainingStatistics) -> None:
+        """Input statistics (with ``normalize_input``) and the output initialisation from ``data``."""
+        if self.hp.normalize_input:
+            self.mlp.set_input_stats(*data.input_stats())
+        if self.hp.init_output != "none":
+            self.init_output(*data.target_moments(covariance=self.hp.init_output == "svd"))
         self._initialised = True
 
     @torch.no_grad()
     def init_output(self, mean: Tensor, cov: Tensor | None = None) -> None:
         """Output bias = mean z; with ``cov``, output weights = leading principal directions × their std."""
-        out = self.mlp.net[-1]
+        out = cast(nn.Linear, self.mlp.net[-1])
         out.bias.copy_(mean.to(out.bias))
         if cov is not None:
             values, vectors = torch.linalg.eigh(cov.double())
-            k = min(self.hparams.hidden, len(values))
+            k = min(self.hp.hidden, len(values))
             top = values.flip(0)[:k].clamp_min(0.0).sqrt()
             out.weight[:, :k] = (vectors.flip(1)[:, :k] * top).to(out.weight)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        hp = self.hparams
+        hp = self.hp
         loss = F.mse_loss(pred, target)
         if hp.l1_weight:
             loss = loss + hp.l1_weight * F.l1_loss(pred, target)
@@ -161,7 +175,7 @@ class L2SModule(L.LightningModule):
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of ``epoch`` (see the module docstring)."""
-        hp = self.hparams
+        hp = self.hp
         scale = 1.0
         if hp.cosine:
             total = hp.cosine_epochs or (self.trainer.max_epochs if self._trainer is not None else None) or 100
@@ -173,7 +187,7 @@ class L2SModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         lr = self.lr_at(self.current_epoch)
-        for group in self.optimizers().param_groups:
+        for group in cast(LightningOptimizer, self.optimizers()).param_groups:
             group["lr"] = lr
         self.log("lr", lr, on_step=False, on_epoch=True)
 
@@ -193,4 +207,4 @@ class L2SModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam; the learning rate is set at the start of each epoch by :meth:`lr_at`."""
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.hp.lr, weight_decay=self.hp.weight_decay)

@@ -20,6 +20,9 @@ class SteeringMLP(nn.Module):
     """g(h) ≈ z. With ``normalize_input`` the input is standardised with the buffers ``input_mean`` and
     ``input_std`` (set from the training rows by :meth:`set_input_stats`)."""
 
+    input_mean: Tensor
+    input_std: Tensor
+
     def __init__(
         self,
         dim: int,

@@ -1,0 +1,62 @@
+"""What the stages share: the prompt data settings, seeding, and the Trainer of the writer stages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from l2s_lightning.data.sources import PromptSource
+
+WRITER_TRAINER_DEFAULTS: dict[str, Any] = {"logger": False, "enable_checkpointing": False}
+"""Trainer settings of ``l2s extract`` / ``l2s predict`` that differ from Lightning's (no logs, no checkpoints)."""
+
+
+@dataclass
+class PromptDataSettings:
+    """The arguments of :class:`~l2s_lightning.data.datamodule.PromptDataModule` (same names, types and defaults;
+    ``tests/test_stages.py`` keeps them equal)."""
+
+    source: PromptSource
+    templates: str = "safety"
+    split_file: str = "outputs/split.json"
+    test_fraction: float = 0.2
+    split_seed: int = 21
+    splits: list[str] | None = None
+    limit_per_category: int | dict[str, int] | None = None
+    categories: list[str] | None = None
+    use_images: bool = True
+    sort_by_length: bool = True
+    batch_size: int | Literal["auto"] = 8
+    num_workers: int = 0
+    typo_font_size: int = 90
+
+
+def seed_run(seed: int | bool) -> int:
+    """Seed every generator as the LightningCLI does before it builds the classes (``True``: a random seed,
+    ``False``: none); returns the seed (0 for none)."""
+    if seed is False:
+        return 0
+    from lightning.fabric.utilities.seed import seed_everything
+
+    return seed_everything(None if seed is True else int(seed), workers=True)
+
+
+def as_list(value: Any) -> list[Any]:
+    """A Trainer's ``callbacks`` / ``logger`` value as a list (None: empty)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def writer_trainer(settings: Mapping[str, Any], writer: Any):
+    """The Trainer of ``l2s extract`` / ``l2s predict``: ``settings`` over :data:`WRITER_TRAINER_DEFAULTS`, the
+    writer after the configured callbacks, then a Rich progress bar unless ``enable_progress_bar`` is false."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    kwargs = {**WRITER_TRAINER_DEFAULTS, **settings}
+    callbacks = [*as_list(kwargs.get("callbacks")), writer]
+    if kwargs.get("enable_progress_bar", True) is not False:
+        callbacks.append(RichProgressBar())
+    return Trainer(**{**kwargs, "callbacks": callbacks})
