@@ -12,10 +12,11 @@ prediction until its parts are merged, so a second run on the same output refuse
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,15 @@ class RankPartWriter(BasePredictionWriter):
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    @contextlib.contextmanager
+    def locked(self, rank: int) -> Iterator[None]:
+        """This rank's lock held for the block: the finished-ids check, the run and the merge."""
+        self.lock(rank)
+        try:
+            yield
+        finally:
+            self.unlock()
 
     @property
     def parts_dir(self) -> Path:

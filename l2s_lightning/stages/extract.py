@@ -96,16 +96,17 @@ def run(cfg: ExtractConfig) -> Path:
     trainer = writer_trainer(cfg.trainer, writer)
     console = Console(stderr=True)
     total = len(data.rows())
-    pending = preflight(module, data, writer)
-    if trainer.is_global_zero:
-        console.print(
-            f"[bold]extract[/]: {total} samples, {total - pending} already in {writer.output}, {pending} to do"
-        )
-    if pending == 0:
-        if writer.part_files() and trainer.is_global_zero:  # one merge (torchrun / SLURM start every rank)
-            writer.merge_and_clean()
-        return writer.output
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    with writer.locked(trainer.global_rank):  # from the finished-ids check to the merge: one run per output
+        pending = preflight(module, data, writer)
+        if trainer.is_global_zero:
+            console.print(
+                f"[bold]extract[/]: {total} samples, {total - pending} already in {writer.output}, {pending} to do"
+            )
+        if pending == 0:
+            if writer.part_files() and trainer.is_global_zero:  # one merge (torchrun / SLURM start every rank)
+                writer.merge_and_clean()
+            return writer.output
+        trainer.predict(module, datamodule=data, return_predictions=False)
     if trainer.is_global_zero:
         console.print(f"[green]features written[/] to {writer.output}")
     return writer.output

@@ -123,5 +123,7 @@ def run(cfg: PredictConfig, *, models: ModelCache | None = None) -> Path:
     module = SteeredGenerationModule(**fields_dict(cfg.model))
     data = PromptDataModule(**fields_dict(cfg.data))
     writer = JsonlPredictionWriter(**fields_dict(cfg.writer))
-    run_prediction(module, data, writer, writer_trainer(cfg.trainer, writer), models)
+    trainer = writer_trainer(cfg.trainer, writer)
+    with writer.locked(trainer.global_rank):  # from the finished-ids check to the merge: one run per output
+        run_prediction(module, data, writer, trainer, models)
     return writer.output
