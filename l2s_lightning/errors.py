@@ -5,6 +5,8 @@
 * ``OSError`` (a path that cannot be read or written) and Lightning's ``MisconfigurationException`` (a setting
   the machine cannot honour, e.g. a GPU accelerator without one): bad input too, exit status 2.
 * :class:`JudgeError`: a judge could not score. Exit status 3.
+* :class:`Terminated`: the run stopped on SIGTERM after the batch in flight; what it wrote is kept. Exit status
+  143 (128 + SIGTERM, as a shell reports a process ended by it).
 
 Anything else is a bug and keeps its traceback.
 """
@@ -30,10 +32,17 @@ class JudgeUnavailableError(JudgeError):
     """The judge cannot be reached or loaded; no score of the batch is kept."""
 
 
+class Terminated(Exception):
+    """The run stopped on SIGTERM after its last finished batch; the message says what was kept."""
+
+
 def exit_status(error: BaseException) -> int | None:
-    """2 for bad input, 3 for a judge that could not score, None for a bug (the traceback is kept)."""
+    """2 for bad input, 3 for a judge that could not score, 143 for a run stopped by SIGTERM, None for a bug
+    (the traceback is kept)."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    if isinstance(error, Terminated):
+        return 143
     if isinstance(error, JudgeError):
         return 3
     if isinstance(error, (L2SInputError, OSError, MisconfigurationException)):

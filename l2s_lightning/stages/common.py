@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
 from l2s_lightning.data.sources import PromptSource
+from l2s_lightning.errors import Terminated
 
 WRITER_TRAINER_DEFAULTS: dict[str, Any] = {"logger": False, "enable_checkpointing": False}
 """Trainer settings of ``l2s extract`` / ``l2s predict`` that differ from Lightning's (no logs, no checkpoints)."""
@@ -49,14 +54,34 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+class StopOnSigterm(Callback):
+    """Ends prediction after the batch in flight (its rows written) once the process got SIGTERM; Lightning's
+    own handler notes the signal, and its fit loop already stops on it."""
+
+    def on_predict_batch_end(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException
+
+
+@contextlib.contextmanager
+def sigterm_as_terminated(message: str | Callable[[], str]) -> Iterator[None]:
+    """Turn Lightning's SIGTERM stop (a ``SystemExit`` with status 0) into :class:`Terminated` with ``message``
+    (or what ``message()`` says at that point)."""
+    try:
+        yield
+    except SIGTERMException:
+        raise Terminated(message if isinstance(message, str) else message()) from None
+
+
 def writer_trainer(settings: Mapping[str, Any], writer: Any):
     """The Trainer of ``l2s extract`` / ``l2s predict``: ``settings`` over :data:`WRITER_TRAINER_DEFAULTS`, the
-    writer after the configured callbacks, then a Rich progress bar unless ``enable_progress_bar`` is false."""
+    writer after the configured callbacks, a SIGTERM stop after it, then a Rich progress bar unless
+    ``enable_progress_bar`` is false."""
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import RichProgressBar
 
     kwargs = {**WRITER_TRAINER_DEFAULTS, **settings}
-    callbacks = [*as_list(kwargs.get("callbacks")), writer]
+    callbacks = [*as_list(kwargs.get("callbacks")), writer, StopOnSigterm()]
     if kwargs.get("enable_progress_bar", True) is not False:
         callbacks.append(RichProgressBar())
     return Trainer(**{**kwargs, "callbacks": callbacks})

@@ -15,7 +15,13 @@ from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.extraction.writer import HDF5FeatureWriter
 from l2s_lightning.features import FORMAT_VERSION
 from l2s_lightning.models.loading import ModelSpec, is_image_text_config, load_config
-from l2s_lightning.stages.common import WRITER_TRAINER_DEFAULTS, PromptDataSettings, seed_run, writer_trainer
+from l2s_lightning.stages.common import (
+    WRITER_TRAINER_DEFAULTS,
+    PromptDataSettings,
+    seed_run,
+    sigterm_as_terminated,
+    writer_trainer,
+)
 
 
 @dataclass
@@ -106,7 +112,9 @@ def run(cfg: ExtractConfig) -> Path:
             if writer.part_files() and trainer.is_global_zero:  # one merge (torchrun / SLURM start every rank)
                 writer.merge_and_clean()
             return writer.output
-        trainer.predict(module, datamodule=data, return_predictions=False)
+        kept = f"extract stopped by SIGTERM; the batches done are kept in {writer.parts_dir}: run it again to resume"
+        with sigterm_as_terminated(kept):
+            trainer.predict(module, datamodule=data, return_predictions=False)
     if trainer.is_global_zero:
         console.print(f"[green]features written[/] to {writer.output}")
     return writer.output

@@ -21,7 +21,7 @@ from rich.table import Table
 from l2s_lightning.config import config_record, fields_dict
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.methods import BASELINES, STEERER_METHODS, SteererMethodName
-from l2s_lightning.stages.common import as_list, seed_run
+from l2s_lightning.stages.common import as_list, seed_run, sigterm_as_terminated
 from l2s_lightning.steerer import Steerer
 from l2s_lightning.training.baselines import build_baseline, evaluate_steerer, l2s_steerer
 from l2s_lightning.training.curves import TrainingCurves
@@ -252,7 +252,18 @@ def _fresh_start(root: Path, console: Console) -> None:
 def _train_l2s(cfg: FitConfig, trainer, model: L2SModule, data: FeatureDataModule, console: Console) -> None:
     if cfg.ckpt_path is None and trainer.is_global_zero:
         _fresh_start(run_dir(cfg.out_dir), console)
-    trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
+    last = run_dir(cfg.out_dir) / "checkpoints" / "last.ckpt"
+
+    def stopped() -> str:
+        if last.is_file():
+            return (
+                f"fit stopped by SIGTERM in epoch {trainer.current_epoch}; {last} holds the last finished epoch: "
+                "run again with --ckpt_path last to resume"
+            )
+        return f"fit stopped by SIGTERM in epoch {trainer.current_epoch}, before any epoch finished: run it again"
+
+    with sigterm_as_terminated(stopped):
+        trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
     if cfg.keep == "best":
         best = next(
             (cb.best_model_path for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None) == "val/mse"), ""

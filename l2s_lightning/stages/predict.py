@@ -15,7 +15,13 @@ from l2s_lightning.generation.module import SteeredGenerationModule
 from l2s_lightning.generation.writer import JsonlPredictionWriter
 from l2s_lightning.methods import MethodName
 from l2s_lightning.models.loading import ModelCache, ModelSpec
-from l2s_lightning.stages.common import WRITER_TRAINER_DEFAULTS, PromptDataSettings, seed_run, writer_trainer
+from l2s_lightning.stages.common import (
+    WRITER_TRAINER_DEFAULTS,
+    PromptDataSettings,
+    seed_run,
+    sigterm_as_terminated,
+    writer_trainer,
+)
 
 
 @dataclass
@@ -111,7 +117,9 @@ def run_prediction(
     if models is not None:
         module.loaded = models.get(module.spec)
         module.shared_model = True
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    kept = f"predict stopped by SIGTERM; the batches done are kept in {writer.parts_dir}: run it again to resume"
+    with sigterm_as_terminated(kept):
+        trainer.predict(module, datamodule=data, return_predictions=False)
     return pending
 
 
