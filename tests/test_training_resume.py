@@ -186,3 +186,55 @@ def test_kill_mid_epoch_and_resume(features, tmp_path):
     # the plateau fired in the epoch the checkpoint was written in: the hard case for resuming
     history = reference.val_history
     assert plateau_multiplier(history[: STOP - 1], 0.3, 0) == 1.0 > plateau_multiplier(history[:STOP], 0.3, 0)
+
+
+class _Marker:
+    """Unpickling this writes a file: a stand-in for code a checkpoint must never run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "ran"))
+
+
+def test_unreadable_last_checkpoint_is_named(features, tmp_path):
+    from l2s_lightning.errors import L2SInputError
+
+    out = tmp_path / "torn"
+    assert fit_main(_argv(features, out, STOP)) == 0
+    last = out / "runs" / "l2s" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(L2SInputError, match=rf"--ckpt_path last: {last} is not a readable checkpoint .*start over"):
+        fit_main([*_argv(features, out, EPOCHS), "--ckpt_path", "last"])
+
+
+def test_keep_best_loads_weights_only_from_the_run_folder(features, tmp_path):
+    """A last.ckpt whose checkpoint state names a best file elsewhere, or a best file holding pickled code, is
+    refused; the code never runs."""
+    from l2s_lightning.errors import L2SInputError
+
+    out = tmp_path / "run"
+    assert fit_main(_argv(features, out, STOP)) == 0
+    folder = out / "runs" / "l2s" / "checkpoints"
+    marker = tmp_path / "marker.txt"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": _Marker(str(marker))}, evil)
+
+    def point_best_at(path: Path) -> None:
+        checkpoint = torch.load(folder / "last.ckpt", weights_only=False)
+        for state in checkpoint["callbacks"].values():
+            if state.get("monitor") == "val/mse":
+                state["best_model_path"] = str(path)
+        torch.save(checkpoint, folder / "last.ckpt")
+
+    point_best_at(evil)
+    args = [*_argv(features, out, STOP), "--ckpt_path", "last", "--keep", "best"]  # nothing left to train
+    with pytest.raises(L2SInputError, match=rf"--keep best: the best checkpoint {evil} is not in this run's"):
+        fit_main(args)
+    inside = folder / "best-epoch099.ckpt"
+    inside.write_bytes(evil.read_bytes())
+    point_best_at(inside)
+    with pytest.raises(L2SInputError, match=rf"--keep best: {inside} is not a readable checkpoint"):
+        fit_main(args)
+    assert not marker.exists()

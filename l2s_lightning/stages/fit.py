@@ -253,6 +253,8 @@ def _train_l2s(cfg: FitConfig, trainer, model: L2SModule, data: FeatureDataModul
     if cfg.ckpt_path is None and trainer.is_global_zero:
         _fresh_start(run_dir(cfg.out_dir), console)
     last = run_dir(cfg.out_dir) / "checkpoints" / "last.ckpt"
+    if cfg.ckpt_path == "last" and last.is_file():
+        read_checkpoint(last, "--ckpt_path last")  # a torn or foreign file is named before any work
 
     def stopped() -> str:
         if last.is_file():
@@ -270,8 +272,23 @@ def _train_l2s(cfg: FitConfig, trainer, model: L2SModule, data: FeatureDataModul
         )
         if not best:
             raise RuntimeError("--keep best: no best checkpoint was saved (is validation running?)")
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        folder = last.parent.resolve()
+        if Path(best).resolve().parent != folder:
+            raise L2SInputError(f"--keep best: the best checkpoint {best} is not in this run's {folder}; not loaded")
+        model.load_state_dict(read_checkpoint(Path(best), "--keep best")["state_dict"])
         console.print(f"kept the best checkpoint: {best}")
+
+
+def read_checkpoint(path: Path, why: str) -> dict[str, Any]:
+    """A Lightning checkpoint's tensors and plain values (``weights_only``: no pickled code runs); an
+    L2SInputError naming ``path`` when it cannot be read so."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a torn file, or one holding objects other than tensors and plain values
+        raise L2SInputError(
+            f"{why}: {path} is not a readable checkpoint ({str(err).splitlines()[0]}); delete it and run without "
+            "--ckpt_path to start over"
+        ) from None
 
 
 def _report(steerers: dict[str, tuple[Steerer, bool]], data: FeatureDataModule) -> dict[str, Any]:
