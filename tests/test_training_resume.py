@@ -238,3 +238,14 @@ def test_keep_best_loads_weights_only_from_the_run_folder(features, tmp_path):
     with pytest.raises(L2SInputError, match=rf"--keep best: {inside} is not a readable checkpoint"):
         fit_main(args)
     assert not marker.exists()
+
+
+def test_a_diverging_fit_stops_naming_the_learning_rate(features, tmp_path):
+    from l2s_lightning.errors import L2SInputError
+
+    args = [*_argv(features, tmp_path / "out", EPOCHS), "--model.lr", "1e12"]
+    with pytest.raises(
+        L2SInputError, match=r"training diverged at epoch 0, step \d+: loss .*lower model\.lr \(now 1e\+12\)"
+    ):
+        fit_main(args)
+    assert not (tmp_path / "out" / "steerers").exists()

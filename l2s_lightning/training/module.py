@@ -38,6 +38,9 @@ from l2s_lightning.training.data import TrainingStatistics
 PLATEAU_THRESHOLD = 1e-4  # torch.optim.lr_scheduler.ReduceLROnPlateau default (mode "rel")
 
 
+DIVERGED = 1e4  # a training loss this many times the first step's stops the fit (a learning rate far too large)
+
+
 def plateau_multiplier(
     history: list[float | None], factor: float, patience: int, threshold: float = PLATEAU_THRESHOLD
 ) -> float:
@@ -103,6 +106,7 @@ class L2SModule(L.LightningModule):
         self.train_cos, self.val_cos, self.test_cos = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_history: list[float | None] = []  # val/mse per epoch, drives the plateau multiplier
         self._initialised = False  # input stats / output init done (or restored from a checkpoint)
+        self._first_loss: float | None = None  # the first training step's loss in this process
 
     @property
     def hp(self) -> AttributeDict:
@@ -165,7 +169,20 @@ class L2SModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        self._check_divergence(float(loss.detach()))
+        return loss
+
+    def _check_divergence(self, loss: float) -> None:
+        """Stop with an L2SInputError naming the learning rate when the training loss is NaN/inf or has grown
+        :data:`DIVERGED` times over the first step's of this process (a learning rate far too large)."""
+        first = self._first_loss = loss if self._first_loss is None else self._first_loss
+        if math.isfinite(loss) and loss <= DIVERGED * max(abs(first), 1e-12):
+            return
+        raise L2SInputError(
+            f"l2s fit: training diverged at epoch {self.current_epoch}, step {self.global_step}: loss {loss:.4g} "
+            f"(first step {first:.4g}); lower model.lr (now {self.hp.lr:g})"
+        )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
