@@ -687,3 +687,26 @@ def test_read_jsonl_drops_a_torn_last_line_only(tmp_path):
     path.write_bytes(cut + b"\n" + text)  # a bad line that is not the last one is an error
     with pytest.raises(ValueError, match=r"part\.jsonl:1"):
         writer_module.read_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "method", "message"),
+    [
+        (("--data.batch_size=0",), "none", r"data\.batch_size=0 must be a whole number of at least 1, or 'auto'"),
+        (("--model.max_new_tokens=-3",), "none", r"model\.max_new_tokens=-3 must be a whole number of at least 1"),
+        (("--model.positions=last_prompt_and_generated",), "l2s", r"but L'=2 comes after L\*=1"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_before_the_model_loads(
+    tiny_llama_dir, fitted, tmp_path, monkeypatch, extra, method, message
+):
+    import l2s_lightning.generation.module as generation_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(generation_module, "load_model", no_loading)
+    from l2s_lightning.errors import L2SInputError
+
+    with pytest.raises(L2SInputError, match=message):
+        predict_main(predict_args(tiny_llama_dir, fitted, method, tmp_path / "p.jsonl", *extra))

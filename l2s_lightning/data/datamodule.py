@@ -122,6 +122,8 @@ class PromptDataModule(L.LightningDataModule):
         self.categories = categories
         self.use_images = use_images
         self.sort_by_length = sort_by_length
+        if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise L2SInputError(f"data.batch_size={batch_size!r} must be a whole number of at least 1, or 'auto'")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.typo_kwargs = {"font_size": typo_font_size}

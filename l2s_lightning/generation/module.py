@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import zlib
 from collections.abc import Sequence
 from typing import Any, Literal, cast
@@ -20,6 +21,7 @@ from l2s_lightning.methods import STEERER_METHODS, MethodName
 from l2s_lightning.models.layers import check_layer_range, text_config, validate_layers
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
 from l2s_lightning.models.names import same_model
+from l2s_lightning.steering.attach import check_context_before_steering
 from l2s_lightning.steering.hook import SteeringHook
 
 Method = MethodName  # the choices of --model.method (l2s_lightning.methods)
@@ -112,12 +114,15 @@ class SteeredGenerationModule(L.LightningModule):
             self.steerer = _load_steerer(steerer, method)
             self.alpha = float(self.steerer.default_alpha if alpha is None else alpha)
             _check_steerer_fits(self.steerer, model, allow_other_model)
+            check_context_before_steering(self.steerer, positions)
         elif steerer:
             raise L2SInputError(f"method={method!r} takes no steerer (got steerer={steerer!r})")
         else:
             self.alpha = 0.0 if alpha is None else float(alpha)
-        if not torch.isfinite(torch.tensor(self.alpha)):
-            raise L2SInputError(f"alpha={alpha!r} must be a finite number")
+        if not math.isfinite(self.alpha):
+            raise L2SInputError(f"alpha={self.alpha!r} must be a finite number")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise L2SInputError(f"model.max_new_tokens={max_new_tokens!r} must be a whole number of at least 1")
         # one steering hook for every batch: its vectors keep their tensor (as the static cache does), which a
         # compiled decode step's CUDA graph reads in place
         self._steering_hook = SteeringHook(None, self.alpha, positions) if self.steerer is not None else None

@@ -129,6 +129,17 @@ class ContextCapture:
         return None
 
 
+def check_context_before_steering(steerer: Any, mode: str) -> None:
+    """Raise an L2SInputError when ``mode`` steers a prompt position with a context read after block L*: v = g(h)
+    would not be known yet when L* runs on the prompt."""
+    if getattr(steerer, "needs_context", True) and mode != "generated" and steerer.layer_context > steerer.layer_steer:
+        raise L2SInputError(
+            f"mode={mode!r} steers a prompt position, but L'={steerer.layer_context} comes after "
+            f"L*={steerer.layer_steer}: v = g(h) is not known yet when block L* runs on the prompt; "
+            "use mode='generated'"
+        )
+
+
 @contextlib.contextmanager
 def attach_steerer(
     steerer: Any,
@@ -154,13 +165,8 @@ def attach_steerer(
     behaviours = list(behaviours) if behaviours is not None else None
     sample_ids = list(sample_ids) if sample_ids is not None else None
     check_steerer(steerer, model, behaviours, sample_ids)
+    check_context_before_steering(steerer, mode)
     needs_context = bool(getattr(steerer, "needs_context", True))
-    if needs_context and mode != "generated" and steerer.layer_context > steerer.layer_steer:
-        raise L2SInputError(
-            f"mode={mode!r} steers a prompt position, but L'={steerer.layer_context} comes after "
-            f"L*={steerer.layer_steer}: v = g(h) is not known yet when block L* runs on the prompt; "
-            "use mode='generated'"
-        )
     enable_hook_guards(model)
     if hook is None:
         hook = SteeringHook(None, alpha, mode)
