@@ -36,6 +36,7 @@ IDENTITY_ATTRS = (
     "dataset",
     "data_options",
     "template_sha256",
+    "data_sha256",
 )
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 4096

@@ -460,3 +460,21 @@ def test_auto_batch_size(tiny_llama_dir, workdir):
         benchmark="jsonl",
     )
     assert module.auto_batch_size(item) == CPU_BATCH_SIZE
+
+
+def test_resume_from_another_data_file_of_the_same_name_is_refused(tiny_llama_dir, workdir, tmp_path):
+    """features.h5 records a digest of the data source: same ids, same file name, other questions: refused."""
+    out = workdir / "features.h5"
+    assert extract_main(_args(tiny_llama_dir, workdir, out, "--data.limit_per_category={train: 1, test: 1}")) == 0
+    before = out.read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    _templates(other / "templates.yaml")
+    rows = [json.loads(line) for line in (workdir / "data.jsonl").read_text().splitlines()]
+    rows[0]["question"] = "A different question entirely?"
+    (other / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = _args(tiny_llama_dir, other, out, f"--data.split_file={workdir / 'split.json'}")
+    with pytest.raises(ValueError, match=r"data_sha256=.* \(another data file, or its rows changed\)"):
+        extract_main(args)
+    assert out.read_bytes() == before
+    assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0  # the same data (more of it) still resumes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import heapq
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -129,6 +130,7 @@ class PromptDataModule(L.LightningDataModule):
         self.typo_kwargs = {"font_size": typo_font_size}
         self.exclude_ids: set[str] = set()
         self._rows: list[dict[str, Any]] | None = None
+        self.source_sha256 = ""  # of every row the source holds (set when the rows are read)
         self._templates: TemplateSet | None = None
         self._pending: list[dict[str, Any]] = []
         self.batch_plan: BatchPlan | None = None  # the plan of the last predict_dataloader()
@@ -152,6 +154,7 @@ class PromptDataModule(L.LightningDataModule):
         if isinstance(self.limit_per_category, dict) and set(self.limit_per_category) - {"train", "test"}:
             raise L2SInputError(f"limit_per_category={self.limit_per_category}: its keys must be 'train' and/or 'test'")
         data = self.source.load()
+        self.source_sha256 = _rows_sha256(data)
         unknown = sorted(set(self.categories or ()) - set(data["category"]))
         if unknown:
             raise L2SInputError(
@@ -343,3 +346,14 @@ def describe_data(datamodule: PromptDataModule) -> str:
     source = datamodule.source
     root = getattr(source, "root", None) or getattr(source, "path", None) or getattr(source, "hf_dataset", None)
     return f"{source.describe()}:{Path(str(root)).name if root else ''}"
+
+
+def _rows_sha256(data: Any) -> str:
+    """sha256 of every row of a source's dataset (each column's values, in order; an image by its file name, so a
+    moved data folder keeps its digest): another data file, or one whose rows changed, gives another digest even
+    under the same file name."""
+    digest = hashlib.sha256()
+    for row in data:
+        row = {**row, "image": Path(row["image"]).name if row.get("image") else ""}
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode() + b"\n")
+    return digest.hexdigest()

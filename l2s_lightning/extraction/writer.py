@@ -53,6 +53,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
 _HINTS = {
     "template_sha256": " (the template set's content changed)",
     "data_options": " (other dataset reader settings)",
+    "data_sha256": " (another data file, or its rows changed)",
 }
 
 

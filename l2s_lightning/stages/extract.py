@@ -68,6 +68,7 @@ def extraction_attrs(module: ExtractionModule, data: PromptDataModule) -> dict[s
         "template_set": data.templates.name,
         "template_sha256": data.templates.fingerprint(),
         "dataset": describe_data(data),
+        "data_sha256": data.source_sha256,
         "data_options": data_options(data),
         "split_seed": data.split_seed,
         "test_fraction": data.test_fraction,
