@@ -478,3 +478,17 @@ def test_resume_from_another_data_file_of_the_same_name_is_refused(tiny_llama_di
         extract_main(args)
     assert out.read_bytes() == before
     assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0  # the same data (more of it) still resumes
+
+
+def test_question_longer_than_the_context_is_refused_or_cut(tiny_llama_dir, workdir, recwarn):
+    """The tiny Llama has a 512-token context: a 100,000-character question is refused before the model loads,
+    naming the sample, or cut to fit with a warning when data.long_questions=truncate."""
+    with (workdir / "data.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "huge", "question": "why " * 25_000, "category": "harm"}) + "\n")
+    out = workdir / "features.h5"
+    with pytest.raises(ValueError, match=r"sample 'huge': its question is \d+ tokens, more than the \d+ .*512-token"):
+        extract_main(_args(tiny_llama_dir, workdir, out))
+    assert not out.exists()
+    assert extract_main(_args(tiny_llama_dir, workdir, out, "--data.long_questions=truncate")) == 0
+    assert "huge" in _read(out)["ids"]
+    assert any("sample 'huge': question cut from" in str(w.message) for w in recwarn)

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import heapq
 import json
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -111,6 +112,7 @@ class PromptDataModule(L.LightningDataModule):
         batch_size: int | Literal["auto"] = 8,
         num_workers: int = 0,
         typo_font_size: int = 90,
+        long_questions: Literal["refuse", "truncate"] = "refuse",
     ) -> None:
         super().__init__()
         self.source = source_for_images(source, use_images)
@@ -128,6 +130,9 @@ class PromptDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.typo_kwargs = {"font_size": typo_font_size}
+        if long_questions not in ("refuse", "truncate"):
+            raise L2SInputError(f"data.long_questions={long_questions!r} must be 'refuse' or 'truncate'")
+        self.long_questions = long_questions
         self.exclude_ids: set[str] = set()
         self._rows: list[dict[str, Any]] | None = None
         self.source_sha256 = ""  # of every row the source holds (set when the rows are read)
@@ -226,6 +231,23 @@ class PromptDataModule(L.LightningDataModule):
                 f"none (e.g. {without[:3]}); a batch cannot mix them: give every row an image, set "
                 "data.use_images=false, set data.batch_size=1, or process them in separate runs"
             )
+
+    def fit_questions(self, tokenizer: Any, max_tokens: int, context: int) -> None:
+        """Make every question at most ``max_tokens`` tokens (of a ``context``-token window): refuse the first
+        longer one, naming it, or cut each to size with a warning (``long_questions``)."""
+        rows = self.rows()
+        encoded = tokenizer([row["question"] for row in rows], add_special_tokens=False)["input_ids"]
+        for row, ids in zip(rows, encoded):
+            count = len(ids)
+            if count <= max_tokens:
+                continue
+            if self.long_questions == "refuse":
+                raise L2SInputError(
+                    f"sample {row['id']!r}: its question is {count} tokens, more than the {max_tokens} the model's "
+                    f"{context}-token context leaves for it; shorten it or set data.long_questions=truncate"
+                )
+            row["question"] = tokenizer.decode(ids[:max_tokens])
+            warnings.warn(f"sample {row['id']!r}: question cut from {count} to {max_tokens} tokens", stacklevel=2)
 
     def exclude(self, ids: Iterable[str]) -> None:
         """Skip these ids (already written by an earlier, interrupted run)."""

@@ -247,3 +247,14 @@ def load_config(spec: ModelSpec):
             f"unknown model {spec.name_or_path!r}: not a local model folder and not loadable from the hub "
             f"({type(err).__name__}: {str(err).splitlines()[0]})"
         ) from err
+
+
+def load_tokenizer(spec: ModelSpec):
+    """The model's tokenizer alone (to measure prompts before any weights load); the same folder as
+    :func:`load_config` resolves."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(spec.name_or_path)
+    if spec.gguf_file:
+        path = str(dequantized_gguf_folder(path, spec.gguf_file, spec.cache_dir))
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)

@@ -1,11 +1,15 @@
-"""Checks ``l2s run`` and ``l2s sweep`` make before any work, on the rows of the predict config's data source."""
+"""Checks made before any work: the rows of a data source against the evaluation and log-odds settings (``l2s
+run``, ``l2s sweep``), and the questions' length against the model's context (extract, predict)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from l2s_lightning.data.datamodule import PromptDataModule
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.config import EvalConfig
+from l2s_lightning.models.layers import text_config
+from l2s_lightning.models.loading import ModelSpec, load_config, load_tokenizer
 from l2s_lightning.stages.common import PromptDataSettings
 
 
@@ -51,3 +55,16 @@ def check_safety_categories(eval_config: EvalConfig, rows: Any, where: str) -> N
         eval_config.safety.check_categories(present)
     except ValueError as err:
         raise L2SInputError(f"{where}: {err}") from None
+
+
+CHAT_MARGIN = 64  # tokens kept free for the chat template and a template suffix around a question
+
+
+def check_question_lengths(data: PromptDataModule, spec: ModelSpec, new_tokens: int) -> None:
+    """Before the model loads: every question fits the model's context with ``new_tokens`` tokens to follow and
+    :data:`CHAT_MARGIN` for the chat markup (refused or cut, as ``data.long_questions`` says); a model whose
+    config names no context length is not checked."""
+    context = getattr(text_config(load_config(spec)), "max_position_embeddings", None)
+    if not isinstance(context, int):
+        return
+    data.fit_questions(load_tokenizer(spec), max(context - new_tokens - CHAT_MARGIN, 1), context)

@@ -35,6 +35,7 @@ class PromptDataSettings:
     batch_size: int | Literal["auto"] = 8
     num_workers: int = 0
     typo_font_size: int = 90
+    long_questions: Literal["refuse", "truncate"] = "refuse"
 
 
 def seed_run(seed: int | bool) -> int:

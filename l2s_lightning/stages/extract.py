@@ -15,6 +15,7 @@ from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.extraction.writer import HDF5FeatureWriter
 from l2s_lightning.features import FORMAT_VERSION
 from l2s_lightning.models.loading import ModelSpec, is_image_text_config, load_config
+from l2s_lightning.stages.checks import CHAT_MARGIN, check_question_lengths
 from l2s_lightning.stages.common import (
     WRITER_TRAINER_DEFAULTS,
     PromptDataSettings,
@@ -83,6 +84,7 @@ def preflight(module: ExtractionModule, data: PromptDataModule, writer: HDF5Feat
     empty completion), checks images and refuses empty data or rows mixing with and without images.
     """
     rows = data.rows()
+    check_question_lengths(data, module.spec, new_tokens=CHAT_MARGIN)  # the completion and template suffix
     if data.use_images and any(r["image_path"] or r["key_phrase"] for r in rows):
         if not is_image_text_config(load_config(module.spec)):
             raise L2SInputError(

@@ -15,6 +15,7 @@ from l2s_lightning.generation.module import SteeredGenerationModule
 from l2s_lightning.generation.writer import JsonlPredictionWriter
 from l2s_lightning.methods import MethodName
 from l2s_lightning.models.loading import ModelCache, ModelSpec
+from l2s_lightning.stages.checks import check_question_lengths
 from l2s_lightning.stages.common import (
     WRITER_TRAINER_DEFAULTS,
     PromptDataSettings,
@@ -101,6 +102,7 @@ def run_prediction(
     """Check everything, skip finished ids, generate the rest (with the model kept in ``models``, when given);
     returns the number of rows generated."""
     rows = data.rows()
+    check_question_lengths(data, module.spec, new_tokens=module.generation_kwargs["max_new_tokens"])
     check_rows(module, data, rows)
     writer.check_compatible(module.settings(data_options(data)))
     data.exclude(writer.done_ids())
