@@ -19,7 +19,7 @@ from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.config import resolve_eval_config
 from l2s_lightning.extraction.cli import load_config as load_extract_config
 from l2s_lightning.generation.cli import load_config as load_predict_config
-from l2s_lightning.methods import METHOD_REGISTRY, MethodName
+from l2s_lightning.methods import ALL_METHODS, MethodName
 from l2s_lightning.models.loading import ModelCache
 from l2s_lightning.stages import evaluate, extract, fit, predict
 from l2s_lightning.stages.checks import check_logodds_templates, check_safety_categories, data_rows
@@ -29,8 +29,6 @@ from l2s_lightning.stages.fit import FitConfig
 from l2s_lightning.stages.predict import PredictConfig
 from l2s_lightning.steerer import Steerer
 from l2s_lightning.training.cli import load_config as load_fit_config
-
-ALL_METHODS = list(METHOD_REGISTRY)  # none, prompt, mean, mean_ba, random, p2s_oracle, l2s
 
 
 @dataclass

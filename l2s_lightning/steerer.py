@@ -33,7 +33,6 @@ from l2s_lightning.mlp import SteeringMLP
 from l2s_lightning.readers import read_json
 
 FORMAT_VERSION = 1
-METHODS = STEERER_METHODS
 JSON_NAME, WEIGHTS_NAME, ORACLE_IDS_NAME = "steerer.json", "weights.safetensors", "oracle_ids.json"
 
 
@@ -62,7 +61,7 @@ class Steerer:
     def __post_init__(self) -> None:
         spec = METHOD_REGISTRY.get(self.method)
         if spec is None or not spec.has_steerer:
-            raise L2SInputError(f"unknown steering method {self.method!r}; expected one of {METHODS}")
+            raise L2SInputError(f"unknown steering method {self.method!r}; expected one of {STEERER_METHODS}")
         self._spec = spec
         missing = [name for name in spec.required if name not in self.tensors]
         if missing:

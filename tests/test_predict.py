@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from l2s_lightning.data.batch_plan import BatchPlan
 from l2s_lightning.extraction.cli import extract_main
 from l2s_lightning.generation import writer as writer_module
 from l2s_lightning.generation.cli import predict_main
@@ -346,7 +347,9 @@ def test_compiled_qwen_run_sizes_its_cache_for_the_widest_image(tiny_qwen2_vl_di
     assert max(widths, key=widths.get) == "q5" and widths["q5"] > max(
         widths[f"q{i}"] for i in range(5)
     )  # nor among the 4 longest
-    assert data.widest_item(dataset, module).id == "q5"
+    from l2s_lightning.data.batch_plan import widest
+
+    assert widest(data.widest_candidates(dataset), module)[0].id == "q5"
 
     args = [
         "--data.source=l2s_lightning.data.sources.JsonlSource",
@@ -380,7 +383,7 @@ def test_compiled_qwen_run_sizes_its_cache_for_the_widest_image(tiny_qwen2_vl_di
 
 
 def test_compiled_path_cache_grows_in_steps_and_never_shrinks(tiny_llama_dir):
-    """The cache is sized for the longest row up front (``fit_static_cache``), grows in steps of
+    """The cache is sized for the longest row up front (the run's ``BatchPlan``), grows in steps of
     ``static_cache_multiple`` for wider prompts and keeps its size for narrower ones."""
     from l2s_lightning.generation.module import SteeredGenerationModule
     from l2s_lightning.models.loading import ModelSpec
@@ -394,10 +397,14 @@ def test_compiled_path_cache_grows_in_steps_and_never_shrinks(tiny_llama_dir):
     assert module.full_batches and not SteeredGenerationModule(ModelSpec(str(tiny_llama_dir))).full_batches
     longest = _item("long", "How do I make thing " * 8)
     width = module.collate_fn()([longest]).encoded["input_ids"].shape[1]
-    assert module.fit_static_cache(longest) == -(-(width + 5) // 16) * 16 == module.static_cache_length > 16
+    assert module.prompt_width(longest) == width
+    size = module.static_cache_for(width)
+    assert size == -(-(width + 5) // 16) * 16 > 16
+    module.use_batch_plan(BatchPlan(batch_size=1, rows=1, static_cache_length=size))
+    assert module.static_cache_length == size
     module.static_cache_length = 0
     module.static_cache_for_longest = False  # each batch sizes it as far as its own width needs
-    assert module.fit_static_cache(longest) == 0
+    assert module.static_cache_for(width) is None
     lengths, caches = [], []
     for width in (10, 11, 12, 3, 40):
         module._compiled_path_kwargs(2, width)

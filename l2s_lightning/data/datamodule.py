@@ -16,7 +16,7 @@ import lightning as L
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from l2s_lightning.data.batch_plan import BatchPlan, PromptEncoding, filled_length, plan_batches, widest
+from l2s_lightning.data.batch_plan import BatchPlan, PromptEncoding, filled_length, plan_batches
 from l2s_lightning.data.images import TYPO_FONT, check_image, load_image, render_typo_image, typo_image_size
 from l2s_lightning.data.items import PromptItem
 from l2s_lightning.data.sources import PromptSource
@@ -85,8 +85,8 @@ class PromptDataModule(L.LightningDataModule):
         use_images: False for text-only models (no image is loaded or rendered; a source with a
             ``use_images`` of its own, MM-SafetyBench's, is set to False too).
         sort_by_length: order rows by question length so batches carry little padding.
-        batch_size: rows per batch, or ``auto``: the LightningModule's ``auto_batch_size(widest_item)``
-            (see :meth:`widest_item`) chooses it from free accelerator memory once the model is on its device.
+        batch_size: rows per batch, or ``auto``: the LightningModule's ``auto_batch_size`` chooses it for the
+            run's widest row (:meth:`widest_candidates`) from free accelerator memory once the model is on its device.
 
     The LightningModule, when it is a :class:`~l2s_lightning.data.batch_plan.PromptEncoding` (extraction,
     generation), encodes the batches (its ``collate_fn()``), gets the template set's ``prompt_baseline`` and
@@ -255,12 +255,6 @@ class PromptDataModule(L.LightningDataModule):
 
     def pending_rows(self) -> list[dict[str, Any]]:
         return [row for row in self.rows() if row["id"] not in self.exclude_ids]
-
-    def widest_item(self, dataset: _Items, encoder: PromptEncoding | None) -> PromptItem:
-        """The pending item whose inputs are widest (it sizes the batches and the compiled path's cache): among
-        :meth:`widest_candidates`, the widest by the encoder's ``prompt_width`` (each candidate encoded once),
-        or by text length without an encoder."""
-        return widest(self.widest_candidates(dataset), encoder)[0]
 
     def widest_candidates(self, dataset: _Items) -> Sequence[PromptItem]:
         """The items that may be widest, in row order: the ``WIDEST_CANDIDATES`` rows with the longest text

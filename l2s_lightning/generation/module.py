@@ -252,14 +252,6 @@ class SteeredGenerationModule(L.LightningModule):
         assert self.encoder is not None, "configure_model() has not run"
         return int(self.collate_fn()([item]).encoded["input_ids"].shape[1])
 
-    def fit_static_cache(self, widest: PromptItem) -> int:
-        """Size the compiled path's cache for ``widest`` (encoded here; a run's ``BatchPlan`` does this for its
-        widest row): rows up to its width then share one cache size, hence one decode graph. Does nothing
-        without ``static_cache_for_longest``. Returns the cache size."""
-        if self.static_cache_for_longest:
-            self._grow_static_cache(self.prompt_width(widest))
-        return self.static_cache_length
-
     def _grow_static_cache(self, width: int) -> None:
         """Grow :attr:`static_cache_length` to fit prompts ``width`` tokens wide (:meth:`_cache_size`)."""
         if width + self.generation_kwargs["max_new_tokens"] > self.static_cache_length:

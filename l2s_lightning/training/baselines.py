@@ -15,7 +15,7 @@ from l2s_lightning.errors import L2SInputError
 from l2s_lightning.features import FeatureFile
 from l2s_lightning.methods import BASELINES, METHOD_REGISTRY
 from l2s_lightning.mlp import SteeringMLP
-from l2s_lightning.steerer import METHODS, Steerer
+from l2s_lightning.steerer import Steerer
 
 
 def _rows(file: FeatureFile, rows: str | Sequence[int] | np.ndarray | None, default: str) -> np.ndarray:
@@ -216,4 +216,4 @@ def evaluate_steerer(
     return {"mse": squared / (n * file.dim), "cos": cos / n, "n": n}
 
 
-__all__ = ["BASELINES", "BUILDERS", "METHODS", "build_baseline", "evaluate_steerer", "l2s_steerer", "target_stats"]
+__all__ = ["BASELINES", "BUILDERS", "build_baseline", "evaluate_steerer", "l2s_steerer", "target_stats"]

@@ -13,18 +13,19 @@ The command parses its arguments into a :class:`~l2s_lightning.stages.fit.FitCon
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from l2s_lightning.methods import SteererMethodName
 from l2s_lightning.stages import fit
-from l2s_lightning.stages.fit import FIT_TRAINER_DEFAULTS, FitConfig, checkpoint_callbacks, run_dir
+from l2s_lightning.stages.fit import FIT_TRAINER_DEFAULTS, FitConfig, FitMethod, checkpoint_callbacks, run_dir
 from l2s_lightning.training.data import FeatureDataModule
 from l2s_lightning.training.module import L2SModule
 from l2s_lightning.writer_cli import StageCLI, load_stage_config, parse_stage_config
 
-Method = Literal[SteererMethodName, "all"]
+Method = FitMethod
+_DEFAULT = {field.name: field.default for field in dataclasses.fields(FitConfig)}  # the command's defaults
 
 __all__ = ["FitCLI", "Method", "checkpoint_callbacks", "fit_main", "load_config", "run_dir"]
 
@@ -50,20 +51,28 @@ class FitCLI(StageCLI[FitConfig]):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
-            "--method", type=Method, default="l2s", help="what to build; `all` = L2S and every baseline"
+            "--method", type=Method, default=_DEFAULT["method"], help="what to build; `all` = L2S and every baseline"
         )
-        parser.add_argument("--out_dir", type=str, default="outputs/fit", help="steerers, run logs and the report")
         parser.add_argument(
-            "--ckpt_path", type=str | None, default=None, help="`last` resumes from runs/l2s/checkpoints/last.ckpt"
+            "--out_dir", type=str, default=_DEFAULT["out_dir"], help="steerers, run logs and the report"
         )
-        parser.add_argument("--default_alpha", type=float, default=1.0, help="α recorded in the steerers")
         parser.add_argument(
-            "--keep", type=Literal["last", "best"], default="last", help="L2S weights kept: final epoch or best val/mse"
+            "--ckpt_path",
+            type=str | None,
+            default=_DEFAULT["ckpt_path"],
+            help="`last` resumes from runs/l2s/checkpoints/last.ckpt",
+        )
+        parser.add_argument("--default_alpha", type=float, default=_DEFAULT["default_alpha"], help="α in the steerers")
+        parser.add_argument(
+            "--keep",
+            type=Literal["last", "best"],
+            default=_DEFAULT["keep"],
+            help="L2S weights kept: final epoch or best val/mse",
         )
         parser.add_argument(
             "--torch_threads",
             type=int | None,
-            default=1,
+            default=_DEFAULT["torch_threads"],
             help="CPU threads while fitting (restored after); the MLP is tiny and extra threads only add overhead; "
             "null = leave as is",
         )
