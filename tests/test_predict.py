@@ -483,12 +483,13 @@ def test_a_file_of_another_steerer_or_settings_is_never_resumed(tiny_llama_dir, 
         predict_main([*args, f"--model.steerer={retrained}"])
     same = _copy_steerer(fitted, "l2s", tmp_path / "same", default_alpha=2.5, sweep={"chosen_alpha": 2.5})
     assert json.loads(rows[0]["data_options"]) == {"use_images": False}
-    for extra, field in (
-        (["--model.max_new_tokens=6"], "generation"),
-        (["--model.positions=all"], "positions"),
-        (["--data.use_images=true"], "data_options"),
+    for extra, message in (
+        (["--model.max_new_tokens=6"], "holds predictions with generation="),
+        # these steerers read h after L*: a prompt position cannot be steered at all (refused first)
+        (["--model.positions=all"], "steers a prompt position, but L'=2 comes after L"),
+        (["--data.use_images=true"], "holds predictions with data_options="),
     ):
-        with pytest.raises(ValueError, match=rf"holds predictions with {field}="):
+        with pytest.raises(ValueError, match=message):
             predict_main([*args, f"--model.steerer={same}", *extra])
     assert out.read_text() == written  # nothing appended by the refused runs
     assert predict_main([*args, f"--model.steerer={same}"]) == 0 and out.read_text() == written  # all done: resumed
@@ -717,3 +718,13 @@ def test_settings_that_cannot_work_are_refused_before_the_model_loads(
 
     with pytest.raises(L2SInputError, match=message):
         predict_main(predict_args(tiny_llama_dir, fitted, method, tmp_path / "p.jsonl", *extra))
+
+
+def test_a_file_steered_at_other_positions_is_never_resumed(tiny_llama_dir, fitted, tmp_path):
+    """A mean steerer reads no h, so every position rule is allowed; a file made with another one is refused."""
+    out = tmp_path / "mean.jsonl"
+    assert predict_main(predict_args(tiny_llama_dir, fitted, "mean", out)) == 0
+    written = out.read_text()
+    with pytest.raises(ValueError, match="holds predictions with positions='generated', this run has positions='all'"):
+        predict_main(predict_args(tiny_llama_dir, fitted, "mean", out, "--model.positions=all"))
+    assert out.read_text() == written
