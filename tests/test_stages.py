@@ -244,6 +244,13 @@ def test_stage_functions_write_what_the_clis_write(configs, tmp_path):
             argv.append(f"--model.steerer={cli / 'steerers' / method}")
         assert predict_cli.predict_main(argv) == 0
         assert output == stage / f"{method}.jsonl" and _rows(output) == _rows(cli / f"{method}.jsonl")
+    # a config built in Python without splits serves the test split, as `l2s predict` does
+    built = replace(
+        base_predict,
+        data=replace(base_predict.data, splits=None),
+        writer=replace(base_predict.writer, output=str(stage / "none_default_splits.jsonl")),
+    )
+    assert _rows(predict.run(built)) == _rows(stage / "none.jsonl")
 
 
 def test_run_composes_the_stages(configs, tmp_path):

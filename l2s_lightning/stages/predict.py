@@ -58,7 +58,7 @@ class PredictionWriterSettings:
 
 @dataclass
 class PredictConfig:
-    """What ``l2s predict`` does: the module, the data (``l2s predict`` serves the test split by default), the
+    """What ``l2s predict`` does: the module, the data (the test split unless ``data.splits`` names others), the
     writer, Trainer arguments and the seed (the keys of ``configs/predict/*.yaml``;
     ``l2s_lightning.generation.cli.load_config`` reads one)."""
 
@@ -131,7 +131,7 @@ def run(cfg: PredictConfig, *, models: ModelCache | None = None) -> Path:
     file."""
     seed_run(cfg.seed_everything)
     module = SteeredGenerationModule(**fields_dict(cfg.model))
-    data = PromptDataModule(**fields_dict(cfg.data))
+    data = PromptDataModule(**(fields_dict(cfg.data) | {"splits": cfg.data.splits or ["test"]}))
     writer = JsonlPredictionWriter(**fields_dict(cfg.writer))
     trainer = writer_trainer(cfg.trainer, writer)
     with writer.locked(trainer.global_rank):  # from the finished-ids check to the merge: one run per output
