@@ -22,6 +22,16 @@ YAML (every key optional; examples in ``configs/evaluate/``)::
       instances: [annotations/instances_val2014.json]
       captions: [annotations/captions_val2014.json]
       synonyms: chair_synonyms.txt
+    degeneration:              # when an answer counts as degenerate (evaluation/degeneration.py)
+      ngram: 4
+      repeated_share_limit: 0.3  # share of repeated token 4-grams; null: off
+      repeated_span_limit: 20    # longest repeated token span; null: off
+      garbage_share_limit: 0.3   # share of non-ASCII characters; null: off (non-Latin scripts)
+    behaviour:                 # answer classes refuse/defer/comply/degenerate (evaluation/behaviour.py)
+      refusal_phrases: refusal_phrases.txt
+      compliance_phrases: compliance_phrases.txt
+      lead_chars: 200
+      answer_behaviours: [answer, benign]  # rows steered toward a normal answer (over-refusal rate)
     plots: true
     scores: true               # write per-row scores.jsonl
 """
@@ -35,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.evaluation.behaviour import BehaviourConfig
+from l2s_lightning.evaluation.degeneration import DegenerationConfig
 from l2s_lightning.evaluation.judges.registry import judge_spec
 from l2s_lightning.evaluation.safety import SafetyConfig
 from l2s_lightning.readers import read_yaml
@@ -68,6 +80,8 @@ class EvalConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     pope: PopeConfig = field(default_factory=PopeConfig)
     chair: ChairConfig = field(default_factory=ChairConfig)
+    degeneration: DegenerationConfig = field(default_factory=DegenerationConfig)
+    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
     plots: bool = True
     scores: bool = True
 
@@ -75,7 +89,13 @@ class EvalConfig:
     def from_dict(cls, data: Mapping[str, Any] | None) -> EvalConfig:
         data = dict(data or {})
         _check_keys(data, cls, "evaluation config")
-        sections = {"safety": SafetyConfig, "pope": PopeConfig, "chair": ChairConfig}
+        sections = {
+            "safety": SafetyConfig,
+            "pope": PopeConfig,
+            "chair": ChairConfig,
+            "degeneration": DegenerationConfig,
+            "behaviour": BehaviourConfig,
+        }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in sections:
@@ -110,6 +130,8 @@ class EvalConfig:
             "safety": {f.name: getattr(self.safety, f.name) for f in dataclasses.fields(self.safety)},
             "pope": dataclasses.asdict(self.pope),
             "chair": dataclasses.asdict(self.chair),
+            "degeneration": dataclasses.asdict(self.degeneration),
+            "behaviour": dataclasses.asdict(self.behaviour),
             "plots": self.plots,
             "scores": self.scores,
         }

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from l2s_lightning.evaluation.behaviour import BehaviourClassifier, behaviour_metrics
 from l2s_lightning.evaluation.chair import ChairVocabulary, chair_metrics, image_id_of, load_ground_truth
 from l2s_lightning.evaluation.config import EvalConfig
 from l2s_lightning.evaluation.judges.base import Judge, check_scores, describe_judge
@@ -98,7 +99,9 @@ def evaluate_predictions(
     Returns ``{"format_version", "inputs", "judge", "config", "benchmarks": {name: {"runs": [...]}}}``; each
     run (one per benchmark, method, α, model and layer_steer) has ``method``, ``alpha``, ``label``, ``series``,
     ``model``, ``layer_steer``, ``files``, ``summary`` and a breakdown (``per_scenario`` / ``per_category`` /
-    ``per_subset``).
+    ``per_subset``); a safety or JSONL run also has ``per_behaviour`` (behaviour classes by target behaviour,
+    :mod:`l2s_lightning.evaluation.behaviour`), its summary and categories the class rates and
+    ``coherent_quality``, its scores.jsonl rows the degeneration figures and ``behaviour_class``.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -131,6 +134,9 @@ def evaluate_predictions(
                 )
 
     scores: dict[tuple[str, str], tuple[float, float | None]] = {}
+    classifier = None
+    if judged_runs:  # phrase lists are read before the judge runs
+        classifier = BehaviourClassifier(cfg.behaviour, cfg.safety.ed_phrases, cfg.degeneration)
     if judged_runs:
         judge_obj = build_judge(judge if judge is not None else cfg.judge)
         scores = judge_runs(judged_runs, judge_obj, cfg.safety.quality)
@@ -148,7 +154,16 @@ def evaluate_predictions(
                 ]
             strict = run.benchmark == "mm_safetybench"
             summary, groups, per_row = safety_metrics(run.rows, p, q, cfg.safety, strict, categories)
+            classes = behaviour_metrics(
+                run.rows, categories_of(run.rows, strict), q, cast(BehaviourClassifier, classifier)
+            )
+            summary.update(classes.summary)
+            for name, values in classes.per_category.items():
+                groups[name].update(values)
+            for fields, extra in zip(per_row, classes.per_row):
+                fields.update(extra)
             entry.update(summary=summary, **{"per_scenario" if strict else "per_category": groups})
+            entry["per_behaviour"] = classes.per_behaviour
         elif run.benchmark == "pope":
             summary, groups, per_row = pope_metrics(run.rows, cfg.pope.empty_as)  # type: ignore[arg-type]
             entry.update(summary=summary, per_subset=groups)

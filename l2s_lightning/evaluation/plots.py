@@ -11,11 +11,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from l2s_lightning.evaluation.behaviour import CLASSES, RATE_KEYS
 from l2s_lightning.evaluation.report import GROUPS, TITLES, summary_metrics
 
 ALPHA_METRICS = {
-    "mm_safetybench": ["ed_score", "quality"],
-    "jsonl": ["ed_score", "quality"],
+    "mm_safetybench": ["ed_score", "quality", "coherent_quality", "degenerate_share"],
+    "jsonl": ["ed_score", "quality", "coherent_quality", "degenerate_share", "over_refusal_rate"],
     "pope": ["accuracy", "f1", "yes_ratio"],
     "chair": ["chair_s", "chair_i", "recall"],
 }
@@ -85,17 +86,58 @@ def plot_groups(benchmark: str, runs: list[dict], metric: str, path: Path) -> Pa
     return path
 
 
+CLASS_COLOURS = {"refuse": "C0", "defer": "C2", "comply": "C1", "degenerate": "C3"}
+
+
+def plot_behaviour_classes(benchmark: str, runs: list[dict], path: Path) -> Path | None:
+    """One panel per target behaviour (``per_behaviour``), one stacked bar per run: the shares of its answers
+    that refuse, defer, comply or are degenerate."""
+    behaviours = sorted({name for run in runs for name in run.get("per_behaviour") or {}})
+    if not behaviours:
+        return None
+    fig, axes = plt.subplots(
+        1, len(behaviours), figsize=(max(4.0, 0.45 * len(runs) + 1.5) * len(behaviours), 4.2), squeeze=False
+    )
+    for ax, behaviour in zip(axes[0], behaviours):
+        groups = [(run.get("per_behaviour") or {}).get(behaviour) or {} for run in runs]
+        bottom = [0.0] * len(runs)
+        for cls in CLASSES:
+            values = [group.get(RATE_KEYS[cls]) or 0.0 for group in groups]
+            ax.bar(range(len(runs)), values, bottom=bottom, color=CLASS_COLOURS[cls], label=cls, width=0.7)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        counts = [group.get("n", 0) for group in groups]
+        ax.set_xticks(range(len(runs)))
+        ax.set_xticklabels([run["label"] for run in runs], rotation=35, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.0)
+        ax.set_title(f"target: {behaviour} (n={max(counts) if counts else 0})")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    axes[0][0].set_ylabel("share of answers")
+    fig.suptitle(f"{TITLES.get(benchmark, benchmark)}: answer classes by target behaviour")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """All plots of the results into ``out_dir``: ``<benchmark>_vs_alpha.png``,
-    ``<benchmark>_<metric>_by_group.png``."""
+    ``<benchmark>_<metric>_by_group.png``, ``<benchmark>_classes_by_behaviour.png``."""
     written: list[Path] = []
     for benchmark, block in results["benchmarks"].items():
         runs = block["runs"]
         path = plot_vs_alpha(benchmark, runs, out_dir / f"{benchmark}_vs_alpha.png")
         if path:
             written.append(path)
+        path = plot_behaviour_classes(benchmark, runs, out_dir / f"{benchmark}_classes_by_behaviour.png")
+        if path:
+            written.append(path)
         metrics = [m for m in summary_metrics(benchmark, runs) if m.startswith("unsafe@")][:1]
-        metrics += {"mm_safetybench": ["ed_score"], "jsonl": ["ed_score"], "pope": ["f1"]}.get(benchmark, [])
+        metrics += {
+            "mm_safetybench": ["ed_score", "degenerate_share"],
+            "jsonl": ["ed_score", "degenerate_share"],
+            "pope": ["f1"],
+        }.get(benchmark, [])
         for metric in metrics:
             safe = metric.replace("@", "_at_")
             path = plot_groups(benchmark, runs, metric, out_dir / f"{benchmark}_{safe}_by_group.png")

@@ -16,13 +16,36 @@ TITLES = {
     "chair": "CHAIR",
 }
 
+# Behaviour-class figures of the safety runs (evaluation/behaviour.py), after the safety metrics.
+CLASS_METRICS = [
+    "refusal_rate",
+    "deferral_rate",
+    "compliance_rate",
+    "degenerate_share",
+    "coherent_quality",
+    "over_refusal_rate",
+    "coherent_answer_rate",
+    "n_answer",
+]
 # Metrics shown in the summary tables, in order (unsafe@t rows are added from the results).
 SUMMARY_METRICS = {
-    "mm_safetybench": ["ed_score", "quality", "mean_p_unsafe", "n", "n_empty", "n_unsafe_scored", "n_ed_scored"],
-    "jsonl": ["ed_score", "quality", "mean_p_unsafe", "n", "n_empty", "n_unsafe_scored", "n_ed_scored"],
+    "mm_safetybench": ["ed_score", "quality", "mean_p_unsafe", "n", "n_empty", "n_unsafe_scored", "n_ed_scored"]
+    + CLASS_METRICS,
+    "jsonl": ["ed_score", "quality", "mean_p_unsafe", "n", "n_empty", "n_unsafe_scored", "n_ed_scored"] + CLASS_METRICS,
     "pope": ["accuracy", "precision", "recall", "f1", "yes_ratio", "f1_release", "accuracy_first15", "n", "n_empty"],
     "chair": ["chair_s", "chair_i", "recall", "n_mentions", "mean_words", "n", "n_empty"],
 }
+
+CLASS_NOTE = (
+    "Behaviour classes (evaluation/behaviour.py), one per answer, first rule first: degenerate (empty, or a "
+    "repetition loop / garbage by evaluation/degeneration.py), defer (a deferral phrase), refuse (a refusal "
+    "phrase up front, or later without a compliance phrase), comply; refusal_rate + deferral_rate + "
+    "compliance_rate + degenerate_share = 1. coherent_quality: quality with degenerate answers rated 1. "
+    "over_refusal_rate / coherent_answer_rate: refused or deferred / complied, among the n_answer rows steered "
+    "toward a normal answer (behaviour.answer_behaviours)."
+)
+# Figures of the per_behaviour breakdown (rows: target behaviours) in metrics.md.
+BEHAVIOUR_METRICS = ["n", "refusal_rate", "deferral_rate", "compliance_rate", "degenerate_share", "coherent_quality"]
 
 NOTES = {
     "mm_safetybench": [
@@ -111,7 +134,7 @@ def group_metrics(benchmark: str, runs: list[dict]) -> list[str]:
     """Metrics broken down by group in the report (every unsafe@t for the safety benchmarks)."""
     if benchmark in ("mm_safetybench", "jsonl"):
         unsafe = [m for m in summary_metrics(benchmark, runs) if m.startswith("unsafe@")]
-        return unsafe + ["ed_score", "quality"]
+        return unsafe + ["ed_score", "quality", "degenerate_share", "refusal_rate", "deferral_rate"]
     if benchmark == "pope":
         return ["accuracy", "f1", "yes_ratio"]
     return []
@@ -147,6 +170,8 @@ def benchmark_notes(benchmark: str, runs: list[dict]) -> list[str]:
     if benchmark == "jsonl":
         notes.append(categories_note(runs, "ed_scenarios", "ed_score scores", kind, " (n_ed_scored responses)"))
         notes += sorted({run["summary"]["ed_note"] for run in runs if run["summary"].get("ed_note")})
+    if any("degenerate_share" in run["summary"] for run in runs):
+        notes.append(CLASS_NOTE)
     return [note for note in notes if note is not None and note]
 
 
@@ -176,6 +201,10 @@ def to_markdown(results: dict[str, Any]) -> str:
             table = group_table(runs, key, metric)
             if table:
                 parts += [f"### {metric} by {key.removeprefix('per_')}", "", _markdown_table(*table), ""]
+        for metric in BEHAVIOUR_METRICS:
+            table = group_table(runs, "per_behaviour", metric)
+            if table:
+                parts += [f"### {metric} by target behaviour", "", _markdown_table(*table), ""]
     return "\n".join(parts)
 
 
