@@ -234,20 +234,37 @@ def predict_rows(
     return data_rows(predict_config.data)
 
 
+REPORT_KEYS = (
+    "unsafe@0.5",
+    "unsafe@0.7",
+    "unsafe@0.9",
+    "ed_score",
+    "quality",
+    "coherent_quality",
+    "refusal_rate",
+    "deferral_rate",
+    "compliance_rate",
+    "degenerate_share",
+)
+ANSWER_KEYS = ("over_refusal_rate", "coherent_answer_rate")  # shown when the data has benign / answer rows
+
+
 def build_report(
     config: RunConfig, metrics: dict[str, Any], logodds: dict[str, dict[str, float]], timings: dict[str, float]
 ) -> dict[str, Any]:
-    """One row per method: unsafe score, ED-score, quality, log-odds (of the data's benchmark: MM-SafetyBench, or
-    the one present, e.g. a JSONL dataset's)."""
+    """One row per method: unsafe score, ED-score, quality, the behaviour classes' rates (and, with benign /
+    answer rows, over-refusal and coherent answers), log-odds (of the data's benchmark: MM-SafetyBench, or the
+    one present, e.g. a JSONL dataset's)."""
     rows = []
     benchmarks = metrics["benchmarks"]
     benchmark = "mm_safetybench" if "mm_safetybench" in benchmarks else next(iter(benchmarks))
     runs = benchmarks[benchmark]["runs"]
     by_method = {run["method"]: run for run in runs}
+    keys = [*REPORT_KEYS, *(key for key in ANSWER_KEYS if any(key in run["summary"] for run in runs)), "n"]
     for method in config.methods:
         summary = by_method.get(method, {}).get("summary", {})
         row = {"method": method, "alpha": by_method.get(method, {}).get("alpha")}
-        row |= {key: summary.get(key) for key in ("unsafe@0.5", "unsafe@0.7", "unsafe@0.9", "ed_score", "quality", "n")}
+        row |= {key: summary.get(key) for key in keys}
         row |= {f"logodds_{b}": v for b, v in logodds.get(method, {}).items()}
         rows.append(row)
     pooled = next((run["summary"].get("unsafe_scenarios") for run in runs), None)

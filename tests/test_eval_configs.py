@@ -156,9 +156,8 @@ def test_run_on_a_jsonl_dataset_checks_its_logodds_templates_first_and_reports_i
     with pytest.raises(ValueError, match=r"l2s run: logodds_templates: category 'trivia' .*logodds_templates: null"):
         run_pipeline(config)
     assert not (tmp_path / "out").exists()
-    metrics = {
-        "benchmarks": {"jsonl": {"runs": [{"method": "none", "alpha": None, "summary": {"unsafe@0.5": 0.25, "n": 3}}]}}
-    }
+    summary = {"unsafe@0.5": 0.25, "refusal_rate": 0.5, "n": 3}
+    metrics = {"benchmarks": {"jsonl": {"runs": [{"method": "none", "alpha": None, "summary": summary}]}}}
     report = build_report(config, metrics, {}, {})
     assert report["rows"] == [
         {
@@ -169,9 +168,16 @@ def test_run_on_a_jsonl_dataset_checks_its_logodds_templates_first_and_reports_i
             "unsafe@0.9": None,
             "ed_score": None,
             "quality": None,
+            "coherent_quality": None,
+            "refusal_rate": 0.5,
+            "deferral_rate": None,
+            "compliance_rate": None,
+            "degenerate_share": None,
             "n": 3,
         }
     ]
+    summary["over_refusal_rate"] = 0.0  # data with benign / answer rows: their columns appear
+    assert build_report(config, metrics, {}, {})["rows"][0]["over_refusal_rate"] == 0.0
 
 
 def test_run_and_sweep_check_the_evaluations_categories_against_the_data_first(tmp_path, monkeypatch):
