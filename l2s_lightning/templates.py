@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 TEMPLATE_DIR = "templates"
 # The behaviour of a row that brings its own T+/T- and whose category (if any) has no template.
 CUSTOM_BEHAVIOUR = "custom"
+# The completion teacher-forced on both sides for a ``zero_target`` behaviour: the two sides are the same text, so
+# its rows' target is z = 0 (the extraction sets it to exactly 0 for rows whose completions are equal).
+ZERO_TARGET_COMPLETION = "Sure,"
+# The keys a ``zero_target`` behaviour may have (it has no contrast: no completions, suffix or fields).
+ZERO_TARGET_KEYS = {"zero_target", "instruction"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Behaviour:
     suffix: str = ""
     close_turn: bool = False
     fields: Mapping[str, str] = field(default_factory=dict)
+    zero_target: bool = False  # no contrast: its rows' target is z = 0 (both sides are ZERO_TARGET_COMPLETION)
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,12 @@ class TemplateSet:
 
     def fingerprint(self) -> str:
         """sha256 of everything that shapes the extracted features: each behaviour's completions, suffix,
-        close_turn and fields, the category mapping and the default behaviour (not instructions/names)."""
+        close_turn and fields (and ``zero_target`` where set), the category mapping and the default behaviour
+        (not instructions/names)."""
         content = {
             "behaviours": {
                 name: [b.positive, b.negative, b.suffix, bool(b.close_turn), dict(sorted(b.fields.items()))]
+                + (["zero_target"] if b.zero_target else [])
                 for name, b in sorted(self.behaviours.items())
             },
             "categories": {key: [name, dict(sorted(f.items()))] for key, (name, f) in sorted(self.categories.items())},
@@ -96,7 +104,8 @@ class TemplateSet:
         """The contrast of one sample; the row's own ``positive``/``negative`` win over the template.
 
         A row with both its own completions needs no template: its behaviour is the given one, else its
-        category's, else :data:`CUSTOM_BEHAVIOUR` (also when it has no category).
+        category's, else :data:`CUSTOM_BEHAVIOUR` (also when it has no category). A ``zero_target`` behaviour
+        gives both sides :data:`ZERO_TARGET_COMPLETION` (z = 0), unless the row brings its own completions.
         """
         if not behaviour and positive and negative and category not in self.categories:
             behaviour = CUSTOM_BEHAVIOUR
@@ -154,6 +163,32 @@ def _check_format(text: str, where: str) -> None:
         )
 
 
+def _zero_target_behaviour(name: str, spec: dict[str, Any], where: str) -> Behaviour:
+    """A behaviour with ``zero_target: true``: no completions (its rows' target is z = 0), an optional
+    instruction; anything else is an error naming the file and the behaviour."""
+    if spec["zero_target"] is not True:
+        raise L2SInputError(
+            f"{where}: behaviour {name!r} zero_target is {spec['zero_target']!r}: write `zero_target: true` "
+            "(unquoted), or leave it out and give positive and negative completions"
+        )
+    extra = sorted(set(spec) - ZERO_TARGET_KEYS)
+    if extra:
+        raise L2SInputError(
+            f"{where}: behaviour {name!r} has zero_target: true and {extra}: a zero-target behaviour has no "
+            "completions, suffix or fields (its target is z = 0); drop them, or drop zero_target for a contrastive pair"
+        )
+    instruction = spec.get("instruction", "")
+    if not isinstance(instruction, str):
+        raise L2SInputError(f"{where}: behaviour {name!r} instruction is {instruction!r}, not text")
+    return Behaviour(
+        name=name,
+        positive=ZERO_TARGET_COMPLETION,
+        negative=ZERO_TARGET_COMPLETION,
+        instruction=instruction,
+        zero_target=True,
+    )
+
+
 def template_names() -> list[str]:
     """The names of the bundled template sets (``l2s_lightning/resources/templates/<name>.yaml``)."""
     return [name.removesuffix(".yaml") for name in bundled_names(TEMPLATE_DIR, ".yaml")]
@@ -189,18 +224,25 @@ def load_templates(name_or_path: str) -> TemplateSet:
             raise L2SInputError(
                 f"{where}: behaviour {name!r} must be a mapping with positive and negative, got {spec!r}"
             )
+        if spec.get("zero_target", False) is not False:
+            behaviours[name] = _zero_target_behaviour(name, spec, where)
+            continue
+        spec = {key: value for key, value in spec.items() if key != "zero_target"}  # `zero_target: false`
+        unknown = set(spec) - {"positive", "negative", "instruction", "suffix", "close_turn", "fields"}
+        if unknown:
+            raise L2SInputError(
+                f"{where}: behaviour {name!r} has unknown keys {sorted(unknown)} "
+                "(a behaviour has positive, negative, instruction, suffix, close_turn, fields; or zero_target: true)"
+            )
         missing = [key for key in ("positive", "negative") if spec.get(key) in (None, "")]
         if missing:
-            raise L2SInputError(f"{where}: behaviour {name!r} lacks {missing}")
+            raise L2SInputError(f"{where}: behaviour {name!r} lacks {missing} (or is it zero_target: true?)")
         for key in ("positive", "negative", "instruction", "suffix"):
             if key in spec and not isinstance(spec[key], str):
                 raise L2SInputError(
                     f"{where}: behaviour {name!r} {key} is {spec[key]!r}, not text "
                     "(quote it: YAML reads yes/no as booleans)"
                 )
-        unknown = set(spec) - {"positive", "negative", "instruction", "suffix", "close_turn", "fields"}
-        if unknown:
-            raise L2SInputError(f"{where}: behaviour {name!r} has unknown keys {sorted(unknown)}")
         if not isinstance(spec.get("close_turn", False), bool):
             raise L2SInputError(
                 f"{where}: behaviour {name!r} close_turn is {spec['close_turn']!r}, not true or false (unquoted)"

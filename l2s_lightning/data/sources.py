@@ -7,6 +7,7 @@ Every row has the columns of :data:`COLUMNS`: ``id``, ``question``, ``category``
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -331,3 +332,80 @@ def _check_jsonl_record(where: str, item: dict[str, Any]) -> None:
             raise L2SInputError(f"{where}: field {key!r} must be text, got {type(value).__name__}")
     if not item["question"].strip():
         raise L2SInputError(f"{where}: field 'question' is blank")
+
+
+@dataclass
+class MultiSource(PromptSource):
+    """Several sources served as one dataset: their rows in order, each part read as it says (its own images,
+    question field, benchmark). Sample ids must stay unique across the parts: a clash is refused, naming both
+    parts.
+
+    Args:
+        sources: the parts (each a :class:`PromptSource`, ``class_path`` / ``init_args`` in YAML).
+        use_images: False reads every part that has a ``use_images`` of its own without images (a data module
+            with ``use_images: false`` sets it); True leaves each part as it is.
+    """
+
+    sources: list[PromptSource]
+    use_images: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise L2SInputError("MultiSource needs at least one source in `sources`")
+        for index, part in enumerate(self.sources):
+            if not isinstance(part, PromptSource):
+                raise L2SInputError(
+                    f"MultiSource sources[{index}] is {type(part).__name__}, not a PromptSource "
+                    "(give it as class_path / init_args)"
+                )
+
+    def parts(self) -> list[PromptSource]:
+        """The parts as this source reads them: without images when ``use_images`` is False (copies; the
+        parts given stay as they are)."""
+        if self.use_images:
+            return list(self.sources)
+        parts = []
+        for part in self.sources:
+            if getattr(part, "use_images", None) is True:
+                part = copy.copy(part)
+                object.__setattr__(part, "use_images", False)
+            parts.append(part)
+        return parts
+
+    def _labels(self) -> list[str]:
+        """Each part as ``<describe()>:<file or folder name>`` (what a features file records of a single source)."""
+        labels = []
+        for part in self.parts():
+            root = getattr(part, "root", None) or getattr(part, "path", None) or getattr(part, "hf_dataset", None)
+            labels.append(f"{part.describe()}:{Path(str(root)).name if root else ''}")
+        return labels
+
+    def describe(self) -> str:
+        return f"MultiSource[{' + '.join(self._labels())}]"
+
+    def options(self) -> dict[str, Any]:
+        """Each part's source and options, in order (a mix never records the options of one of its parts)."""
+        return {
+            "sources": [
+                {"source": label, **part.options()} for label, part in zip(self._labels(), self.parts(), strict=True)
+            ]
+        }
+
+    def load(self) -> datasets.Dataset:
+        rows: list[dict[str, str]] = []
+        owner: dict[str, str] = {}
+        for label, part in zip(self._labels(), self.parts(), strict=True):
+            data = part.load()
+            missing = sorted(set(COLUMNS) - set(data.column_names))
+            if missing:
+                raise L2SInputError(f"MultiSource part {label}: its rows lack the columns {missing}")
+            for row in data:
+                sample_id = row["id"]
+                if sample_id in owner:
+                    raise L2SInputError(
+                        f"MultiSource: sample id {sample_id!r} is in both {owner[sample_id]} and {label}; "
+                        "ids must be unique across the sources"
+                    )
+                owner[sample_id] = label
+                rows.append({column: row[column] for column in COLUMNS})
+        return _dataset(rows, self.describe())

@@ -146,7 +146,16 @@ class ExtractionModule(L.LightningModule):
 
     def features(self, batch: list[PromptItem] | EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, z) of a batch (rows, or rows already encoded by :meth:`collate_fn`), each (B, D) float32 on
-        the module's device."""
+        the module's device. A row whose two completions are the same text (a ``zero_target`` behaviour's) has
+        z = 0 exactly: its two forwards are equal by definition, though batched kernels need not agree bit for bit."""
+        context, steer = self._features(batch)
+        items = batch.items if isinstance(batch, EncodedBatch) else batch
+        same = [i for i, item in enumerate(items) if item.positive == item.negative]
+        if same:
+            steer[torch.tensor(same, device=steer.device)] = 0.0
+        return context, steer
+
+    def _features(self, batch: list[PromptItem] | EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = batch.inputs if isinstance(batch, EncodedBatch) else self.encode(batch)
         if self.forward_style == "reference":
             return self._reference(inputs)
