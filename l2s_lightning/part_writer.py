@@ -13,9 +13,11 @@ prediction until its parts are merged, so a second run on the same output refuse
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,10 @@ def naming_file(error: OSError, path: Path) -> OSError:
     return OSError(error.errno, error.strerror or str(error), str(path))
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+_NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP}
+
+
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` through a temporary file of this process, synced, then renamed over ``path``;
     a failed write leaves ``path`` as it was, removes the temporary file and names ``path``."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -48,7 +53,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def hdf5_bytes(fill: Callable[[Any], None]) -> bytes:
+def hdf5_bytes(fill: Callable[[Any], None]) -> memoryview:
     """An HDF5 file built in memory by ``fill(h5py.File)``: HDF5 never writes to disk itself, so a full disk is
     an OSError of :func:`write_atomically`, not a crash inside the HDF5 library."""
     import h5py
@@ -56,7 +61,7 @@ def hdf5_bytes(fill: Callable[[Any], None]) -> bytes:
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as file:
         fill(file)
-    return buffer.getvalue()
+    return buffer.getbuffer()  # no copy of the file
 
 
 class OutputLock:
@@ -66,13 +71,11 @@ class OutputLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
+        self._pid = 0  # the process that took it (a forked copy never releases it)
 
     def acquire(self, output: Path) -> None:
-        """Take the lock, or raise an L2SInputError naming ``output`` and the pid that holds it."""
+        """Take the lock, or raise an L2SInputError naming ``output`` and the pid that holds it. On a file system
+        without ``flock`` (some NFS / Lustre mounts) the run goes on unlocked, with a warning."""
         while self._fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -84,6 +87,13 @@ class OutputLock:
                     f"{output} is being written by another run (pid {holder}, lock {self.path}): wait for it to "
                     "end or choose another output"
                 ) from None
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in _NO_FLOCK:
+                    raise naming_file(err, self.path) from None
+                self.path.unlink(missing_ok=True)
+                warnings.warn(f"{self.path}: no file locks here ({err.strerror}); {output} is not locked", stacklevel=3)
+                return
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:  # removed by the holder that just released it: lock the new one
@@ -91,15 +101,20 @@ class OutputLock:
             if not same_file:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            self._fd = fd
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+            except OSError as err:
+                os.close(fd)
+                raise naming_file(err, self.path) from None
+            self._fd, self._pid = fd, os.getpid()
 
     def release(self) -> None:
         if self._fd is None:
             return
-        self.path.unlink(missing_ok=True)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._pid == os.getpid():
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
 
@@ -115,6 +130,7 @@ class RankPartWriter(BasePredictionWriter):
         self._part: Any = None
         self._next_index = 0
         self._lock: OutputLock | None = None
+        self._locked_by_setup = False  # the Trainer's setup took the lock (so its teardown releases it)
 
     def lock(self, rank: int) -> None:
         """Hold this rank's lock on ``output`` (until :meth:`unlock`); refuse when another run holds it."""
@@ -176,8 +192,10 @@ class RankPartWriter(BasePredictionWriter):
             self._part = None
 
     def remove_parts(self) -> None:
-        """Delete the part files and temporary files a killed run left (``*.tmp``), then the empty folder."""
+        """Delete the part files and the temporary files killed runs left (``*.tmp`` among the parts and a merge's
+        ``<output>.<pid>.tmp``), then the empty folder."""
         leftovers = sorted(self.parts_dir.glob("*.tmp")) if self.parts_dir.is_dir() else []
+        leftovers += sorted(self.output.parent.glob(f"{self.output.name}.*.tmp"))
         for path in self.part_files() + leftovers:
             path.unlink()
         if self.parts_dir.is_dir() and not any(self.parts_dir.iterdir()):
@@ -196,14 +214,17 @@ class RankPartWriter(BasePredictionWriter):
         return count
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._locked_by_setup = self._lock is None  # else the caller holds it (``locked``) and releases it
         self.lock(trainer.global_rank)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.unlock()
+        if self._locked_by_setup:
+            self.unlock()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.close_part()
-        self.unlock()
+        if self._locked_by_setup:
+            self.unlock()
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.close_part()

@@ -19,7 +19,7 @@ from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.config import resolve_eval_config
 from l2s_lightning.extraction.cli import load_config as load_extract_config
 from l2s_lightning.generation.cli import load_config as load_predict_config
-from l2s_lightning.methods import ALL_METHODS, MethodName
+from l2s_lightning.methods import ALL_METHODS, METHOD_REGISTRY, MethodName
 from l2s_lightning.models.loading import ModelCache
 from l2s_lightning.stages import evaluate, extract, fit, predict
 from l2s_lightning.stages.checks import check_logodds_templates, check_safety_categories, data_rows
@@ -118,7 +118,7 @@ def method_config(config: RunConfig, base: PredictConfig, method: str) -> Predic
     the predict config names), the run's α for a steerer, and its prediction file."""
     out = Path(config.out_dir)
     model = replace(base.model, method=cast(MethodName, method), steerer=None)
-    if method not in ("none", "prompt"):
+    if METHOD_REGISTRY[method].has_steerer:
         model = replace(
             model,
             steerer=str(out / "steerers" / method),
@@ -206,7 +206,7 @@ def run_logodds(
     context = torch.from_numpy(features.read([row_of[item.id] for item in items], columns=("context",))["context"])
     results: dict[str, dict[str, float]] = {}
     for method in config.methods:
-        steerer = Steerer.load(out / "steerers" / method) if method not in ("none", "prompt") else None
+        steerer = Steerer.load(out / "steerers" / method) if METHOD_REGISTRY[method].has_steerer else None
         scores = []
         for i in range(0, len(items), 16):
             batch, h = items[i : i + 16], context[i : i + 16]

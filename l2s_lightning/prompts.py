@@ -137,3 +137,23 @@ def encode_completions(tokenizer: Any, texts: Sequence[str]) -> tuple[torch.Tens
         if not row:
             raise L2SInputError(f"completion {text!r} encodes to no tokens")
     return right_pad(ids, pad_token_id(tokenizer))
+
+
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+"""Encoded-input fields with one value per token (the last two: token types, 0 for text)."""
+
+
+def append_tokens(
+    inputs: dict[str, torch.Tensor] | Any, ids: torch.Tensor, mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """``inputs`` (B, W) followed by token ``ids`` (B, C) whose attention ``mask`` (B, C; default all ones) marks
+    the real ones: ids and mask concatenated, token types extended with text (0)."""
+    attention = inputs["attention_mask"]
+    mask = torch.ones_like(ids) if mask is None else mask
+    out = dict(inputs)
+    out["input_ids"] = torch.cat([inputs["input_ids"], ids.to(attention.device)], dim=1)
+    out["attention_mask"] = torch.cat([attention, mask.to(attention.device, attention.dtype)], dim=1)
+    for key in PER_TOKEN_KEYS[2:]:
+        if key in inputs:
+            out[key] = torch.cat([inputs[key], inputs[key].new_zeros(inputs[key].shape[0], ids.shape[1])], dim=1)
+    return out

@@ -17,7 +17,7 @@ import torch
 from l2s_lightning.data.items import PromptItem
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.models.loading import LoadedModel
-from l2s_lightning.prompts import encode_completions, encode_prompts, render_prompt
+from l2s_lightning.prompts import append_tokens, encode_completions, encode_prompts, render_prompt
 from l2s_lightning.steering import Positions, add_steering, check_steerer, steerer_vectors
 from l2s_lightning.templates import TemplateSet
 
@@ -32,15 +32,9 @@ def append_continuations(
     """Model inputs of left-padded ``prompts`` (B, W) followed by right-padded ``continuations`` (B, C) of
     ``lengths`` (B,): ids, attention mask and per-token type ids extended, and position ids counting real tokens
     (none for image grids: the model computes its own)."""
-    mask = prompts["attention_mask"]
-    width = continuations.shape[1]
-    cont_mask = (torch.arange(width, device=mask.device)[None] < lengths[:, None].to(mask.device)).to(mask.dtype)
-    inputs = dict(prompts)
-    inputs["input_ids"] = torch.cat([prompts["input_ids"], continuations.to(mask.device)], dim=1)
-    inputs["attention_mask"] = torch.cat([mask, cont_mask], dim=1)
-    for key in ("mm_token_type_ids", "token_type_ids"):
-        if key in inputs:
-            inputs[key] = torch.cat([inputs[key], inputs[key].new_zeros(inputs[key].shape[0], width)], dim=1)
+    device = prompts["attention_mask"].device
+    cont_mask = torch.arange(continuations.shape[1], device=device)[None] < lengths[:, None].to(device)
+    inputs = append_tokens(prompts, continuations, cont_mask)
     if "image_grid_thw" not in inputs:
         inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     return inputs

@@ -200,11 +200,12 @@ def test_pope_files_and_jsonl(tmp_path):
         ('{"id": "a", "question": ["How", "?"]}', r"w\.jsonl:2: field 'question' must be text, got list"),
         ('{"id": {"n": 1}, "question": "q"}', r"w\.jsonl:2: field 'id' must be text or a whole number, got dict"),
         ('{"id": true, "question": "q"}', r"w\.jsonl:2: field 'id' must be text or a whole number, got bool"),
-        ('{"id": "a", "question": "q", "category": 3}', r"w\.jsonl:2: field 'category' must be text, got int"),
+        ('{"id": "a", "question": "q", "category": [3]}', r"w\.jsonl:2: field 'category' must be text, got list"),
+        ('{"id": "a", "question": 3}', r"w\.jsonl:2: field 'question' must be text, got int"),
         ('["a", "q"]', r"w\.jsonl:2: expected a JSON object, got list"),
     ],
 )
-def test_jsonl_refuses_fields_of_the_wrong_kind(tmp_path, line, message):
+def test_jsonl_refuses_fields_of_the_wrong_kind(tmp_path, line, message):  # numbers stay accepted (below)
     """Each refused with the file, line and field named, instead of being turned into text."""
     (tmp_path / "w.jsonl").write_text('{"id": "ok", "question": "fine"}\n' + line + "\n")
     with pytest.raises(L2SInputError, match=message):
@@ -524,3 +525,9 @@ def test_template_file_of_the_wrong_shape_is_named(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(L2SInputError, match=rf"t\.yaml: {message}"):
         load_templates(str(path))
+
+
+def test_jsonl_takes_numbers_as_category_and_label(tmp_path):
+    (tmp_path / "n.jsonl").write_text('{"id": 1, "question": "q", "category": 3, "label": 0}\n')
+    data = JsonlSource(str(tmp_path / "n.jsonl")).load()
+    assert data["category"] == ["3"] and data["label"] == ["0"]

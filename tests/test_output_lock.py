@@ -69,3 +69,29 @@ def test_concurrent_extract_refuses_before_writing(tiny_llama_dir, workdir):
         assert not out.exists() and not out.with_name(out.name + ".parts").exists()
     assert extract_main(_args(tiny_llama_dir, workdir, out)) == 0  # the holder gone, the run goes ahead
     assert out.is_file() and not list(workdir.glob("*.lock"))
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    writer = JsonlPredictionWriter(output=str(tmp_path / "pred.jsonl"))
+    with pytest.warns(UserWarning, match=r"pred\.jsonl\.rank0\.lock: no file locks here .*is not locked"):
+        writer.lock(0)
+    writer.unlock()
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_a_merge_removes_what_killed_merges_left(tmp_path):
+    output = tmp_path / "pred.jsonl"
+    writer = JsonlPredictionWriter(output=str(output))
+    writer.parts_dir.mkdir()
+    (writer.parts_dir / "rank0-0.jsonl").write_text('{"id": "a", "response": "x"}\n')
+    stale = tmp_path / "pred.jsonl.12345.tmp"  # a merge killed before its rename
+    stale.write_text("half a file")
+    assert writer.merge_and_clean() == 1
+    assert output.is_file() and not stale.exists() and not writer.parts_dir.exists()

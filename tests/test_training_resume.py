@@ -249,3 +249,14 @@ def test_a_diverging_fit_stops_naming_the_learning_rate(features, tmp_path):
     ):
         fit_main(args)
     assert not (tmp_path / "out" / "steerers").exists()
+
+
+def test_resume_only_from_the_runs_own_checkpoint_folder(features, tmp_path):
+    from l2s_lightning.errors import L2SInputError
+
+    out = tmp_path / "run"
+    assert fit_main(_argv(features, out, STOP)) == 0
+    elsewhere = tmp_path / "elsewhere.ckpt"
+    elsewhere.write_bytes((out / "runs" / "l2s" / "checkpoints" / "last.ckpt").read_bytes())
+    with pytest.raises(L2SInputError, match=r"--ckpt_path .*elsewhere\.ckpt: only a checkpoint of this run's folder"):
+        fit_main([*_argv(features, out, EPOCHS), "--ckpt_path", str(elsewhere)])

@@ -368,8 +368,11 @@ def _rows_sha256(data: Any) -> str:
     """sha256 of every row of a source's dataset (each column's values, in order; an image by its file name, so a
     moved data folder keeps its digest): another data file, or one whose rows changed, gives another digest even
     under the same file name."""
-    digest = hashlib.sha256()
+    lines = []
     for row in data:
         row = {**row, "image": Path(row["image"]).name if row.get("image") else ""}
-        digest.update(json.dumps(row, sort_keys=True, default=str).encode() + b"\n")
+        lines.append(json.dumps(row, sort_keys=True, default=str))
+    digest = hashlib.sha256()
+    for line in sorted(lines):  # the rows' order in the file does not matter
+        digest.update(line.encode() + b"\n")
     return digest.hexdigest()

@@ -328,7 +328,8 @@ def _check_jsonl_record(where: str, item: dict[str, Any]) -> None:
         raise L2SInputError(f"{where}: missing field 'question'")
     for key in _TEXT_FIELDS:
         value = item.get(key)
-        if value is not None and not isinstance(value, str):
+        text_or_number = isinstance(value, str) or (key != "question" and isinstance(value, (int, float)))
+        if value is not None and (isinstance(value, bool) or not text_or_number):
             raise L2SInputError(f"{where}: field {key!r} must be text, got {type(value).__name__}")
     if not item["question"].strip():
         raise L2SInputError(f"{where}: field 'question' is blank")

@@ -29,8 +29,7 @@ from l2s_lightning.internals import (
     rope_position_ids,
 )
 from l2s_lightning.models.layers import decoder_layers, text_config, truncated_decoder
-
-PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+from l2s_lightning.prompts import append_tokens
 
 
 @dataclass
@@ -218,18 +217,6 @@ def prefix_shared_features(
     return context.float(), (last[0::2] - last[1::2]).float()
 
 
-def append_tokens(prefix: Mapping[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Inputs of one un-padded sample X with ``ids`` appended (per-token fields extended)."""
-    out = dict(prefix)
-    n = ids.numel()
-    out["input_ids"] = torch.cat([prefix["input_ids"], ids[None].to(prefix["input_ids"].device)], dim=1)
-    out["attention_mask"] = torch.ones_like(out["input_ids"])
-    for key in PER_TOKEN_KEYS[2:]:
-        if key in prefix:
-            out[key] = torch.cat([prefix[key], prefix[key].new_zeros(1, n)], dim=1)
-    return out
-
-
 @torch.no_grad()
 def reference_features(
     model: nn.Module,
@@ -249,8 +236,8 @@ def reference_features(
     """
 
     context = last_token_state(model, prefix if context_prefix is None else context_prefix, layer_context)
-    steer = last_token_state(model, append_tokens(prefix, positive), layer_steer) - last_token_state(
-        model, append_tokens(prefix, negative), layer_steer
+    steer = last_token_state(model, append_tokens(prefix, positive[None]), layer_steer) - last_token_state(
+        model, append_tokens(prefix, negative[None]), layer_steer
     )
     return context.float(), steer.float()
 

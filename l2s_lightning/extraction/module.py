@@ -13,10 +13,8 @@ from l2s_lightning.data.batch_plan import BatchPlan
 from l2s_lightning.data.items import PromptItem
 from l2s_lightning.extraction.encoding import ContrastEncoder, EncodedBatch
 from l2s_lightning.extraction.forward import (
-    PER_TOKEN_KEYS,
     ContextTail,
     ContrastInputs,
-    append_tokens,
     last_token_state,
     prefix_shared_features,
     reference_features,
@@ -26,6 +24,7 @@ from l2s_lightning.extraction.host_copy import copy_to_host
 from l2s_lightning.models.compile import compile_blocks
 from l2s_lightning.models.layers import check_layer_range, text_config
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
+from l2s_lightning.prompts import PER_TOKEN_KEYS, append_tokens
 
 
 class ExtractionModule(L.LightningModule):
@@ -227,7 +226,8 @@ def _context_prompt(inputs: ContrastInputs, row: int) -> dict[str, torch.Tensor]
 def _plain_prompt(prefix: Mapping[str, torch.Tensor], tail: ContextTail, row: int) -> dict[str, torch.Tensor]:
     """One sample's whole, un-padded plain prompt: the positions of ``prefix`` it shares, then its ``tail``."""
     shared = _unpad_row({**prefix, "attention_mask": tail.prefix_mask}, row)
-    return append_tokens(shared, tail.ids[row, : tail.lengths[row]])
+    shared["attention_mask"] = torch.ones_like(shared["input_ids"])  # un-padded: every position is real
+    return append_tokens(shared, tail.ids[row, : tail.lengths[row]][None])
 
 
 def _unpad_row(encoded: Mapping[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from l2s_lightning.errors import L2SInputError
-from l2s_lightning.extraction.forward import PER_TOKEN_KEYS
+from l2s_lightning.prompts import PER_TOKEN_KEYS
 
 
 @dataclass

@@ -253,8 +253,7 @@ def _train_l2s(cfg: FitConfig, trainer, model: L2SModule, data: FeatureDataModul
     if cfg.ckpt_path is None and trainer.is_global_zero:
         _fresh_start(run_dir(cfg.out_dir), console)
     last = run_dir(cfg.out_dir) / "checkpoints" / "last.ckpt"
-    if cfg.ckpt_path == "last" and last.is_file():
-        read_checkpoint(last, "--ckpt_path last")  # a torn or foreign file is named before any work
+    resume = resume_checkpoint(cfg.ckpt_path, last)
 
     def stopped() -> str:
         if last.is_file():
@@ -265,18 +264,33 @@ def _train_l2s(cfg: FitConfig, trainer, model: L2SModule, data: FeatureDataModul
         return f"fit stopped by SIGTERM in epoch {trainer.current_epoch}, before any epoch finished: run it again"
 
     with sigterm_as_terminated(stopped):
-        trainer.fit(model, datamodule=data, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=data, ckpt_path=resume, weights_only=True)
     if cfg.keep == "best":
         best = next(
             (cb.best_model_path for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None) == "val/mse"), ""
         )
         if not best:
-            raise RuntimeError("--keep best: no best checkpoint was saved (is validation running?)")
+            raise L2SInputError("--keep best: no best checkpoint was saved (is validation running?)")
         folder = last.parent.resolve()
         if Path(best).resolve().parent != folder:
             raise L2SInputError(f"--keep best: the best checkpoint {best} is not in this run's {folder}; not loaded")
         model.load_state_dict(read_checkpoint(Path(best), "--keep best")["state_dict"])
         console.print(f"kept the best checkpoint: {best}")
+
+
+def resume_checkpoint(ckpt_path: str | None, last: Path) -> Path | None:
+    """The checkpoint a fit resumes from: ``None`` (start over), ``last`` (``last``, when it exists) or a file in
+    the run's own checkpoint folder, checked readable (weights only) before any work."""
+    if ckpt_path is None or (ckpt_path == "last" and not last.is_file()):
+        return None
+    path = last if ckpt_path == "last" else Path(ckpt_path)
+    if path.resolve().parent != last.parent.resolve():
+        raise L2SInputError(
+            f"--ckpt_path {ckpt_path}: only a checkpoint of this run's folder {last.parent} is resumed ('last' or a "
+            "file there)"
+        )
+    read_checkpoint(path, f"--ckpt_path {ckpt_path}")  # a torn or foreign file is named before any work
+    return path
 
 
 def read_checkpoint(path: Path, why: str) -> dict[str, Any]:

@@ -81,15 +81,17 @@ def check_rows(module: SteeredGenerationModule, data: PromptDataModule, rows: li
                 f"behaviour(s) {missing} have no instruction, so the prompt baseline would equal `none`: add a "
                 "prompt_baseline or an instruction to each behaviour"
             )
-    if module.method in ("mean_ba", "p2s_oracle") and module.steerer is not None:
-        hints = {
-            "mean_ba": f"fit it on features made with template set {templates.name!r}",
-            "p2s_oracle": "extract the test split too (data.splits=[train, test])",
-        }
+    steerer = module.steerer
+    if steerer is not None and (steerer.needs_behaviours or steerer.needs_sample_ids):
+        hint = (
+            f"fit it on features made with template set {templates.name!r}"
+            if steerer.needs_behaviours
+            else "extract the test split too (data.splits=[train, test])"
+        )
         try:
-            module.steerer.check_inputs(behaviours=[r["behaviour"] for r in rows], sample_ids=[r["id"] for r in rows])
+            steerer.check_inputs(behaviours=[r["behaviour"] for r in rows], sample_ids=[r["id"] for r in rows])
         except ValueError as err:
-            raise L2SInputError(f"{err}; steerer {module.hparams['steerer']}: {hints[module.method]}") from None
+            raise L2SInputError(f"{err}; steerer {module.hparams['steerer']}: {hint}") from None
 
 
 def run_prediction(

@@ -175,9 +175,10 @@ class L2SModule(L.LightningModule):
 
     def _check_divergence(self, loss: float) -> None:
         """Stop with an L2SInputError naming the learning rate when the training loss is NaN/inf or has grown
-        :data:`DIVERGED` times over the first step's of this process (a learning rate far too large)."""
+        :data:`DIVERGED` times over the first step's of this process, or over 1 when that was smaller (a learning
+        rate far too large)."""
         first = self._first_loss = loss if self._first_loss is None else self._first_loss
-        if math.isfinite(loss) and loss <= DIVERGED * max(abs(first), 1e-12):
+        if math.isfinite(loss) and loss <= DIVERGED * max(abs(first), 1.0):
             return
         raise L2SInputError(
             f"l2s fit: training diverged at epoch {self.current_epoch}, step {self.global_step}: loss {loss:.4g} "
