@@ -141,6 +141,16 @@ def test_multisource_serves_the_parts_as_one_dataset():
     assert describe_data(modules["mix"]) != describe_data(modules["part"])
 
 
+def test_multisource_can_give_every_row_one_benchmark():
+    """A prediction file holds one benchmark: the mix can evaluate every row as ``jsonl`` (categories kept), and
+    records so in its options."""
+    mmsb, rho = _mmsb(question_field="Changed Question", use_images=False), JsonlSource(str(RHO))
+    mixed = MultiSource([mmsb, rho], benchmark="jsonl")
+    data = mixed.load()
+    assert set(data["benchmark"]) == {"jsonl"} and "10-Legal_Opinion" in set(data["category"])
+    assert mixed.options()["benchmark"] == "jsonl" and "benchmark" not in MultiSource([mmsb, rho]).options()
+
+
 def test_multisource_refuses_an_id_clash_naming_both(tmp_path):
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     one.write_text('{"id": "a", "question": "Q a?", "category": "benign"}\n{"id": "b", "question": "Q?"}\n')

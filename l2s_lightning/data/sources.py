@@ -345,10 +345,13 @@ class MultiSource(PromptSource):
         sources: the parts (each a :class:`PromptSource`, ``class_path`` / ``init_args`` in YAML).
         use_images: False reads every part that has a ``use_images`` of its own without images (a data module
             with ``use_images: false`` sets it); True leaves each part as it is.
+        benchmark: the benchmark every row is evaluated as (e.g. ``jsonl``, whose categories are the parts'
+            categories: a prediction file holds one benchmark); None: each part's own.
     """
 
     sources: list[PromptSource]
     use_images: bool = True
+    benchmark: str | None = None
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -386,11 +389,10 @@ class MultiSource(PromptSource):
 
     def options(self) -> dict[str, Any]:
         """Each part's source and options, in order (a mix never records the options of one of its parts)."""
-        return {
-            "sources": [
-                {"source": label, **part.options()} for label, part in zip(self._labels(), self.parts(), strict=True)
-            ]
-        }
+        sources = [
+            {"source": label, **part.options()} for label, part in zip(self._labels(), self.parts(), strict=True)
+        ]
+        return {"sources": sources} | ({"benchmark": self.benchmark} if self.benchmark else {})
 
     def load(self) -> datasets.Dataset:
         rows: list[dict[str, str]] = []
@@ -408,5 +410,8 @@ class MultiSource(PromptSource):
                         "ids must be unique across the sources"
                     )
                 owner[sample_id] = label
-                rows.append({column: row[column] for column in COLUMNS})
+                rows.append(
+                    {column: row[column] for column in COLUMNS}
+                    | ({"benchmark": self.benchmark} if self.benchmark else {})
+                )
         return _dataset(rows, self.describe())
