@@ -266,3 +266,36 @@ def test_fit_p2s_oracle_without_test_rows(tmp_path):
     )
     report = json.loads((out / "fit_report.json").read_text())
     assert "p2s_oracle" not in report["methods"] and report["methods"]["mean"]["saved"]
+
+
+def test_evaluation_per_behaviour_reads_a_zero_target_by_its_norm(tmp_path):
+    """Rows of a zero-target behaviour (z = 0) have no cosine; their mean vector norm shows whether a steerer
+    leaves them alone (Mean-S(BA) exactly, the single mean not)."""
+    import numpy as np
+
+    from l2s_lightning.features import FeatureFile, write_features
+    from l2s_lightning.training.baselines import build_baseline, evaluate_steerer
+
+    rng = np.random.default_rng(0)
+    n, dim = 40, 8
+    behaviours = ["refuse", "answer"] * (n // 2)
+    steer = rng.normal(size=(n, dim)) + 3.0
+    steer[1::2] = 0.0  # the answer rows: z = 0
+    attrs = {"model": "m", "layer_steer": 1, "layer_context": 1, "hidden_size": dim, "num_layers": 2}
+    path = write_features(
+        tmp_path / "f.h5",
+        rng.normal(size=(n, dim)),
+        steer,
+        [f"id{i:02d}" for i in range(n)],
+        ["c"] * n,
+        behaviours,
+        ["train"] * n,
+        **attrs,
+    )
+    file = FeatureFile(path)
+    rows = np.arange(n)
+    by_mean_ba = evaluate_steerer(build_baseline("mean_ba", file, rows=rows), file, rows)["by_behaviour"]
+    by_mean = evaluate_steerer(build_baseline("mean", file, rows=rows), file, rows)["by_behaviour"]
+    assert by_mean_ba["answer"]["cos"] is None and by_mean_ba["answer"]["norm"] == pytest.approx(0.0, abs=1e-6)
+    assert by_mean_ba["refuse"]["cos"] > 0.5 and by_mean_ba["refuse"]["n"] == n // 2
+    assert by_mean["answer"]["norm"] > 1.0  # one vector for every input cannot leave the answer rows alone

@@ -197,23 +197,47 @@ def l2s_steerer(
 @torch.no_grad()
 def evaluate_steerer(
     steerer: Steerer, file: FeatureFile, rows: np.ndarray, chunk: int = 4096
-) -> dict[str, float] | None:
-    """MSE (over all elements) and mean cosine similarity between the steerer's vectors and z on ``rows``;
-    ``None`` when the steerer cannot produce vectors for them (the oracle outside its split)."""
+) -> dict[str, Any] | None:
+    """MSE (over all elements) and mean cosine similarity between the steerer's vectors and z on ``rows``, and the
+    same per behaviour (``by_behaviour``: ``mse``, ``cos`` over rows whose z is not zero (None when every z is
+    zero, as for a ``zero_target`` behaviour), mean vector norm ``norm``, ``n``); ``None`` when the steerer cannot
+    produce vectors for the rows (the oracle outside its split)."""
     if len(rows) == 0:
         return None
     if steerer.needs_sample_ids and not set(file.sample_id[rows].tolist()) <= set(steerer.row_index):
         return None
-    squared, cos, n = 0.0, 0.0, 0
+    sums: dict[str, dict[str, float]] = {}
     for part, arrays in file.iter_chunks(rows, chunk):
         context, target = torch.from_numpy(arrays["context"]), torch.from_numpy(arrays["steer"])
-        vectors = steerer.vectors(
-            context, behaviours=file.behaviour[part].tolist(), sample_ids=file.sample_id[part].tolist()
-        )
-        squared += float(((vectors.double() - target.double()) ** 2).sum())
-        cos += float(F.cosine_similarity(vectors, target, dim=-1).double().sum())
-        n += len(part)
-    return {"mse": squared / (n * file.dim), "cos": cos / n, "n": n}
+        behaviours = file.behaviour[part].tolist()
+        vectors = steerer.vectors(context, behaviours=behaviours, sample_ids=file.sample_id[part].tolist())
+        squared = ((vectors.double() - target.double()) ** 2).sum(dim=-1)
+        cos = F.cosine_similarity(vectors, target, dim=-1).double()
+        nonzero = target.abs().sum(dim=-1) > 0
+        norms = vectors.double().norm(dim=-1)
+        for i, behaviour in enumerate(behaviours):
+            for key in ("", behaviour):  # "" gathers every row
+                acc = sums.setdefault(
+                    key, {"squared": 0.0, "cos": 0.0, "all_cos": 0.0, "n_cos": 0, "norm": 0.0, "n": 0}
+                )
+                acc["squared"] += float(squared[i])
+                acc["all_cos"] += float(cos[i])
+                acc["cos"] += float(cos[i]) if nonzero[i] else 0.0
+                acc["n_cos"] += int(nonzero[i])
+                acc["norm"] += float(norms[i])
+                acc["n"] += 1
+    total = sums.pop("")
+    n = int(total["n"])
+    by_behaviour = {
+        behaviour: {
+            "mse": acc["squared"] / (acc["n"] * file.dim),
+            "cos": acc["cos"] / acc["n_cos"] if acc["n_cos"] else None,
+            "norm": acc["norm"] / acc["n"],
+            "n": int(acc["n"]),
+        }
+        for behaviour, acc in sorted(sums.items())
+    }
+    return {"mse": total["squared"] / (n * file.dim), "cos": total["all_cos"] / n, "n": n, "by_behaviour": by_behaviour}
 
 
 __all__ = ["BASELINES", "BUILDERS", "build_baseline", "evaluate_steerer", "l2s_steerer", "target_stats"]
