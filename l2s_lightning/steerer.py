@@ -17,17 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.files import write_atomically
 from l2s_lightning.methods import METHOD_REGISTRY, STEERER_METHODS, MethodSpec
 from l2s_lightning.mlp import SteeringMLP
 from l2s_lightning.readers import read_json
@@ -263,12 +263,10 @@ class Steerer:
         files = {JSON_NAME: json.dumps(self.to_json(), indent=2).encode()}
         if self._spec.needs_sample_ids:
             files[ORACLE_IDS_NAME] = json.dumps(self.oracle_ids).encode()
-        tmp = folder / (WEIGHTS_NAME + ".tmp")
-        save_file(self.tensors, str(tmp), metadata={"method": self.method, "format_version": str(FORMAT_VERSION)})
-        os.replace(tmp, folder / WEIGHTS_NAME)
+        metadata = {"method": self.method, "format_version": str(FORMAT_VERSION)}
+        write_atomically(folder / WEIGHTS_NAME, save(self.tensors, metadata=metadata))
         for name, data in files.items():
-            (folder / (name + ".tmp")).write_bytes(data)
-            os.replace(folder / (name + ".tmp"), folder / name)
+            write_atomically(folder / name, data)
         if not self._spec.needs_sample_ids and (folder / ORACLE_IDS_NAME).exists():
             (folder / ORACLE_IDS_NAME).unlink()
         return folder

@@ -14,7 +14,7 @@ _TARGET = re.compile(r"^(l2s_lightning(?:\.\w+)+):\w+$")
 
 # lowest first: a module imports only modules of its own layer or of a lower one
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "readers", "jsonl", "internals", "models.names", "part_writer", "mlp", "methods", "config"),
+    ("errors", "readers", "files", "jsonl", "internals", "models.names", "part_writer", "mlp", "methods", "config"),
     ("models", "templates", "features", "prompts"),
     ("data", "steering", "steerer", "scoring"),
     ("extraction", "generation", "training", "evaluation"),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.files import write_atomically
 from l2s_lightning.readers import read_json
 
 
@@ -67,7 +67,5 @@ def load_or_make_split(
         "train": sorted(i for i, s in split.items() if s == "train"),
         "test": sorted(i for i, s in split.items() if s == "test"),
     }
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: every rank of a torchrun job may write it
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+    write_atomically(path, json.dumps(payload, indent=1).encode())  # every rank of a torchrun job may write it
     return split

@@ -26,8 +26,9 @@ import torch
 
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.features import ARRAY_COLUMNS, IDENTITY_ATTRS, STRING_COLUMNS, append_rows
+from l2s_lightning.files import write_atomically
 from l2s_lightning.models.names import same_setting
-from l2s_lightning.part_writer import RankPartWriter, hdf5_bytes, write_atomically
+from l2s_lightning.part_writer import RankPartWriter, hdf5_bytes
 
 
 def read_rows(path: str | Path) -> dict[str, Any]:

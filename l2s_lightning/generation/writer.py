@@ -11,9 +11,10 @@ from typing import Any
 import lightning as L
 
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.files import naming_file, write_atomically
 from l2s_lightning.jsonl import iter_jsonl
 from l2s_lightning.models.names import same_setting
-from l2s_lightning.part_writer import RankPartWriter, naming_file, write_atomically
+from l2s_lightning.part_writer import RankPartWriter
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -195,9 +195,7 @@ def l2s_steerer(
 
 
 @torch.no_grad()
-def evaluate_steerer(
-    steerer: Steerer, file: FeatureFile, rows: np.ndarray, chunk: int = 4096
-) -> dict[str, Any] | None:
+def evaluate_steerer(steerer: Steerer, file: FeatureFile, rows: np.ndarray, chunk: int = 4096) -> dict[str, Any] | None:
     """MSE (over all elements) and mean cosine similarity between the steerer's vectors and z on ``rows``, and the
     same per behaviour (``by_behaviour``: ``mse``, ``cos`` over rows whose z is not zero (None when every z is
     zero, as for a ``zero_target`` behaviour), mean vector norm ``norm``, ``n``); ``None`` when the steerer cannot
