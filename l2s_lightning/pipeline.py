@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sized
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -16,9 +16,11 @@ from rich.table import Table
 
 from l2s_lightning.config import fields_dict, parse_dataclass_config
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.evaluation.bootstrap import macro_mean, paired_difference_ci
 from l2s_lightning.evaluation.config import resolve_eval_config
 from l2s_lightning.extraction.cli import load_config as load_extract_config
 from l2s_lightning.generation.cli import load_config as load_predict_config
+from l2s_lightning.jsonl import iter_jsonl
 from l2s_lightning.methods import ALL_METHODS, METHOD_REGISTRY, MethodName
 from l2s_lightning.models.loading import ModelCache
 from l2s_lightning.stages import evaluate, extract, fit, predict
@@ -168,7 +170,8 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     models.clear()  # before the judge loads
     metrics = evaluate.run(predictions, out / "eval", eval_config)
     timings["evaluate_s"] = time.time() - start
-    report = build_report(config, metrics, logodds, timings)
+    scores = read_scores(out / "eval" / "scores.jsonl") if eval_config.scores else []
+    report = build_report(config, metrics, logodds, timings, scores)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(report_markdown(report))
     print_report(report, console)
@@ -211,7 +214,8 @@ def run_logodds(
         for i in range(0, len(items), 16):
             batch, h = items[i : i + 16], context[i : i + 16]
             if steerer is not None:
-                scores.append(steerer_log_odds(loaded, batch, eval_templates, steerer, h, config.alpha))
+                tokens = predict_cfg.model.steer_tokens
+                scores.append(steerer_log_odds(loaded, batch, eval_templates, steerer, h, config.alpha, tokens))
             else:
                 prompt = baseline_instructions(batch, data.templates.prompt_baseline) if method == "prompt" else None
                 scores.append(behaviour_log_odds(loaded, batch, eval_templates, instructions=prompt))
@@ -239,22 +243,89 @@ REPORT_KEYS = (
     "unsafe@0.7",
     "unsafe@0.9",
     "ed_score",
+    "behaviour_score",
     "quality",
     "coherent_quality",
     "refusal_rate",
     "deferral_rate",
     "compliance_rate",
     "degenerate_share",
+    "answer_perplexity",
 )
 ANSWER_KEYS = ("over_refusal_rate", "coherent_answer_rate")  # shown when the data has benign / answer rows
+COMPARED = ("mean", "mean_ba", "prompt", "none")  # l2s is compared with each of these present
+_RUN_TAG = ("method", "alpha", "model", "layer_steer")  # how scores.jsonl rows name their run
+
+
+def read_scores(path: Path) -> list[dict[str, Any]]:
+    """The per-row fields the evaluation wrote to ``scores.jsonl`` (none when the file is absent)."""
+    return [row for _, row in iter_jsonl(path)] if path.is_file() else []
+
+
+def success_by_id(run: Mapping[str, Any], benchmark: str, scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sample id → (target behaviour, 1.0 / 0.0) of the run's rows with a success rule (``scores.jsonl``)."""
+    return {
+        str(row["id"]): (str(row.get("behaviour") or ""), float(row["success"]))
+        for row in scores
+        if row.get("benchmark") == benchmark
+        and row.get("success") is not None
+        and all(row.get(key) == run.get(key) for key in _RUN_TAG)
+    }
+
+
+def _difference(a: Sequence[float], b: Sequence[float], groups: Sequence[str]) -> dict[str, Any]:
+    return {
+        "n": len(a),
+        "difference": macro_mean(a, groups) - macro_mean(b, groups),
+        "difference_ci": list(paired_difference_ci(a, b, groups)),
+    }
+
+
+def paired_comparison(method: str, against: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """``method`` − ``against`` on the questions both answered (``success_by_id`` maps, matched by id): the
+    difference in behaviour score with its paired bootstrap interval (rows resampled within each target behaviour,
+    the same for both), and per target behaviour the difference in success rate."""
+    ids = sorted(set(a) & set(b))
+    entry: dict[str, Any] = {"method": method, "against": against, "n": len(ids), "difference": None}
+    entry |= {"difference_ci": None, "per_behaviour": {}}
+    if not ids:
+        return entry
+    groups = [a[i][0] for i in ids]
+    x, y = [a[i][1] for i in ids], [b[i][1] for i in ids]
+    entry |= _difference(x, y, groups)
+    for name in sorted(set(groups)):
+        keep = [g == name for g in groups]
+        xs, ys = [v for v, k in zip(x, keep) if k], [v for v, k in zip(y, keep) if k]
+        entry["per_behaviour"][name] = _difference(xs, ys, [name] * len(xs))
+    return entry
+
+
+def method_comparisons(
+    runs: Sequence[Mapping[str, Any]], benchmark: str, methods: Sequence[str], scores: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """l2s against each method of ``COMPARED`` that ran (:func:`paired_comparison`); none without l2s or scores."""
+    by_method = {run["method"]: run for run in runs if run["method"] in methods}
+    if "l2s" not in by_method or not scores:
+        return []
+    ours = success_by_id(by_method["l2s"], benchmark, scores)
+    return [
+        paired_comparison("l2s", other, ours, success_by_id(by_method[other], benchmark, scores))
+        for other in COMPARED
+        if other in by_method
+    ]
 
 
 def build_report(
-    config: RunConfig, metrics: dict[str, Any], logodds: dict[str, dict[str, float]], timings: dict[str, float]
+    config: RunConfig,
+    metrics: dict[str, Any],
+    logodds: dict[str, dict[str, float]],
+    timings: dict[str, float],
+    scores: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """One row per method: unsafe score, ED-score, quality, the behaviour classes' rates (and, with benign /
-    answer rows, over-refusal and coherent answers), log-odds (of the data's benchmark: MM-SafetyBench, or the
-    one present, e.g. a JSONL dataset's)."""
+    """One row per method: unsafe score, ED-score, behaviour score, quality, the behaviour classes' rates (and,
+    with benign / answer rows, over-refusal and coherent answers), log-odds (of the data's benchmark:
+    MM-SafetyBench, or the one present, e.g. a JSONL dataset's); ``comparisons``: l2s against the baselines on
+    the per-row ``success`` of ``scores`` (the evaluation's scores.jsonl rows; :func:`method_comparisons`)."""
     rows = []
     benchmarks = metrics["benchmarks"]
     benchmark = "mm_safetybench" if "mm_safetybench" in benchmarks else next(iter(benchmarks))
@@ -274,8 +345,38 @@ def build_report(
         "benchmark": benchmark,
         "unsafe_scenarios": pooled,
         "rows": rows,
+        "comparisons": method_comparisons(runs, benchmark, config.methods, scores),
         "timings": timings,
     }
+
+
+def _signed(entry: Mapping[str, Any] | None) -> str:
+    if not entry or entry.get("difference") is None:
+        return "–"
+    lo, hi = entry["difference_ci"]
+    return f"{entry['difference']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+COMPARISON_NOTE = (
+    "behaviour_score difference (per target behaviour: success-rate difference) with a 95 % paired bootstrap "
+    "interval over the questions both methods answered (matched by id, resampled within each target behaviour)."
+)
+
+
+def comparison_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows (``l2s − mean: +0.12 [+0.03, +0.21]``, then per target behaviour) of the report's
+    comparisons; None without any."""
+    comparisons = report.get("comparisons") or []
+    if not comparisons:
+        return None
+    behaviours = sorted({name for entry in comparisons for name in entry["per_behaviour"]})
+    header = ["comparison", "n", "behaviour_score", *behaviours]
+    rows = [
+        [f"{entry['method']} − {entry['against']}", str(entry["n"]), _signed(entry)]
+        + [_signed(entry["per_behaviour"].get(name)) for name in behaviours]
+        for entry in comparisons
+    ]
+    return header, rows
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -289,6 +390,12 @@ def report_markdown(report: dict[str, Any]) -> str:
         pooled = ", ".join(report["unsafe_scenarios"]) or "none"
         kind = "scenarios" if report.get("benchmark", "mm_safetybench") == "mm_safetybench" else "categories"
         lines += ["", f"unsafe@t pools the responses of {kind} {pooled}."]
+    table = comparison_table(report)
+    if table is not None:
+        header, body = table
+        lines += ["", "## Paired comparisons", "", COMPARISON_NOTE, ""]
+        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 
 
@@ -303,6 +410,15 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     if not console.is_terminal and console.width < 160:  # a log file or pipe gets Rich's 80 columns: too narrow
         console = Console(file=console.file, width=160)
     console.print(table)
+    compared = comparison_table(report)
+    if compared is not None:
+        header, cells = compared
+        paired = Table(title="Paired comparisons (behaviour_score, 95 % bootstrap over questions)")
+        for key in header:
+            paired.add_column(key, justify="left" if key == "comparison" else "right", overflow="fold")
+        for row in cells:
+            paired.add_row(*row)
+        console.print(paired)
     console.print("timings: " + ", ".join(f"{k}={v:.0f}s" for k, v in report["timings"].items()))
 
 

@@ -61,10 +61,12 @@ def behaviour_log_odds(
     layer_steer: int | None = None,
     instructions: Sequence[str] | None = None,
     alpha: float | torch.Tensor = 1.0,
+    steer_tokens: int | None = None,
 ) -> torch.Tensor:
     """Per item: log p(positive) - log p(negative) of the eval template of its category, with ``alpha *
-    vectors`` (B, D) (None: unsteered) added at block ``layer_steer`` at :data:`SCORING_POSITIONS`, and
-    ``instructions`` (one per item, the prompt baseline) before the questions."""
+    vectors`` (B, D) (None: unsteered) added at block ``layer_steer`` at :data:`SCORING_POSITIONS` (up to the
+    position producing continuation token ``steer_tokens``, as generation steers), and ``instructions`` (one per
+    item, the prompt baseline) before the questions."""
     if vectors is not None and layer_steer is None:
         raise L2SInputError("behaviour_log_odds: layer_steer is needed with vectors")
     instructions = instructions or [""] * len(items)
@@ -79,7 +81,9 @@ def behaviour_log_odds(
     if vectors is not None:
         assert layer_steer is not None
         width = encoded["input_ids"].shape[1]
-        steering = add_steering(loaded.model, layer_steer, vectors, alpha, SCORING_POSITIONS, prompt_width=width)
+        steering = add_steering(
+            loaded.model, layer_steer, vectors, alpha, SCORING_POSITIONS, prompt_width=width, steer_tokens=steer_tokens
+        )
     scores = []
     with steering:
         for side in ("positive", "negative"):
@@ -95,12 +99,16 @@ def steerer_log_odds(
     steerer: Any,
     context: torch.Tensor,
     alpha: float | torch.Tensor | None = None,
+    steer_tokens: int | None = None,
 ) -> torch.Tensor:
-    """:func:`behaviour_log_odds` steered by ``steerer`` at ``alpha`` (None: its ``default_alpha``) from
+    """:func:`behaviour_log_odds` steered by ``steerer`` at ``alpha`` (None: its ``default_alpha``), up to
+    ``steer_tokens`` continuation tokens (None: all), from
     contexts ``context`` (B, D) (h at L' of the items' prompts, e.g. read from features.h5): the per-row vectors
     that ``attach_steerer`` adds for the same h, behaviours and sample ids, after the same checks."""
     behaviours, sample_ids = [item.behaviour for item in items], [item.id for item in items]
     check_steerer(steerer, loaded.model, behaviours, sample_ids)
     vectors = steerer_vectors(steerer, context, behaviours, sample_ids)
     alpha = steerer.default_alpha if alpha is None else alpha
-    return behaviour_log_odds(loaded, items, eval_templates, vectors, steerer.layer_steer, alpha=alpha)
+    return behaviour_log_odds(
+        loaded, items, eval_templates, vectors, steerer.layer_steer, alpha=alpha, steer_tokens=steer_tokens
+    )

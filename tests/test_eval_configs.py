@@ -167,12 +167,14 @@ def test_run_on_a_jsonl_dataset_checks_its_logodds_templates_first_and_reports_i
             "unsafe@0.7": None,
             "unsafe@0.9": None,
             "ed_score": None,
+            "behaviour_score": None,
             "quality": None,
             "coherent_quality": None,
             "refusal_rate": 0.5,
             "deferral_rate": None,
             "compliance_rate": None,
             "degenerate_share": None,
+            "answer_perplexity": None,
             "n": 3,
         }
     ]

@@ -268,3 +268,12 @@ def test_runs_without_answer_rows_and_config(tmp_path):
     assert cfg.to_dict()["behaviour"]["answer_behaviours"] == ["refuse"]
     with pytest.raises(L2SInputError, match="unknown key"):
         EvalConfig.from_dict({"degeneration": {"limit": 1}})
+
+
+@pytest.mark.parametrize(
+    "answer", ["Toon,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,", "To--------------------------------------"]
+)
+def test_punctuation_runs_are_loops(answer):
+    """Over-steered SmolLM2 answers at large α: one word, then one punctuation character again and again."""
+    figures = degeneration(answer)
+    assert figures.degenerate and figures.repeated_share > 0.9

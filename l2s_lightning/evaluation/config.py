@@ -32,6 +32,8 @@ YAML (every key optional; examples in ``configs/evaluate/``)::
       compliance_phrases: compliance_phrases.txt
       lead_chars: 200
       answer_behaviours: [answer, benign]  # rows steered toward a normal answer (over-refusal rate)
+      success: {refuse: [refuse, defer], consult_expert: [defer], answer: [comply], benign: [comply]}
+                               # classes that count as success per target behaviour (behaviour_score)
     plots: true
     scores: true               # write per-row scores.jsonl
 """

@@ -49,6 +49,7 @@ class Prediction:
     image: str = ""
     model: str = ""
     layer_steer: int | None = None
+    answer_nll: float | None = None  # nats per answer token under the unsteered model (None: not scored, or empty)
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -100,6 +101,15 @@ def _alpha(value: Any, where: str) -> float | None:
     return alpha
 
 
+def _answer_nll(value: Any, where: str) -> float | None:
+    """The row's ``answer_nll``: None when absent or null, else a finite number >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise PredictionFormatError(f"{where}: answer_nll {value!r} is not a finite number >= 0 (or null)")
+    return float(value)
+
+
 def _parse_row(item: Any, where: str) -> Prediction:
     if not isinstance(item, dict):
         raise PredictionFormatError(f"{where}: a line must be a JSON object, got {type(item).__name__}")
@@ -138,6 +148,7 @@ def _parse_row(item: Any, where: str) -> Prediction:
         "image",
         "model",
         "layer_steer",
+        "answer_nll",
     }
     return Prediction(
         id=str(item["id"]),
@@ -154,6 +165,7 @@ def _parse_row(item: Any, where: str) -> Prediction:
         image=str(item.get("image") or ""),
         model=str(item.get("model") or ""),
         layer_steer=int(layer) if isinstance(layer, (int, float)) and not isinstance(layer, bool) else None,
+        answer_nll=_answer_nll(item.get("answer_nll"), where),
         source=where,
         extra={k: v for k, v in item.items() if k not in known},
     )

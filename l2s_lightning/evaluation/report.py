@@ -18,6 +18,7 @@ TITLES = {
 
 # Behaviour-class figures of the safety runs (evaluation/behaviour.py), after the safety metrics.
 CLASS_METRICS = [
+    "behaviour_score",
     "refusal_rate",
     "deferral_rate",
     "compliance_rate",
@@ -42,10 +43,20 @@ CLASS_NOTE = (
     "phrase up front, or later without a compliance phrase), comply; refusal_rate + deferral_rate + "
     "compliance_rate + degenerate_share = 1. coherent_quality: quality with degenerate answers rated 1. "
     "over_refusal_rate / coherent_answer_rate: refused or deferred / complied, among the n_answer rows steered "
-    "toward a normal answer (behaviour.answer_behaviours)."
+    "toward a normal answer (behaviour.answer_behaviours). behaviour_score: mean over target behaviours of the "
+    "share of answers in a class that counts as success for that behaviour (behaviour.success); [lo, hi]: 95 % "
+    "bootstrap interval over questions."
 )
 # Figures of the per_behaviour breakdown (rows: target behaviours) in metrics.md.
-BEHAVIOUR_METRICS = ["n", "refusal_rate", "deferral_rate", "compliance_rate", "degenerate_share", "coherent_quality"]
+BEHAVIOUR_METRICS = [
+    "n",
+    "success_rate",
+    "refusal_rate",
+    "deferral_rate",
+    "compliance_rate",
+    "degenerate_share",
+    "coherent_quality",
+]
 
 NOTES = {
     "mm_safetybench": [
@@ -102,6 +113,15 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def cell(values: dict[str, Any], metric: str) -> str:
+    """``fmt`` of ``values[metric]``, followed by its interval ``values[metric + "_ci"]`` when there is one."""
+    text = fmt(values.get(metric))
+    interval = values.get(f"{metric}_ci")
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in interval:
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
+
+
 def summary_metrics(benchmark: str, runs: list[dict]) -> list[str]:
     """The summary rows of a benchmark's table: unsafe@t keys first (safety), then the fixed list."""
     unsafe = sorted({k for run in runs for k in run["summary"] if k.startswith("unsafe@")}, key=lambda k: float(k[7:]))
@@ -112,7 +132,7 @@ def summary_metrics(benchmark: str, runs: list[dict]) -> list[str]:
 def summary_table(benchmark: str, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header (metric, run labels...) and rows (one per metric)."""
     header = ["metric"] + [run["label"] for run in runs]
-    rows = [[m] + [fmt(run["summary"].get(m)) for run in runs] for m in summary_metrics(benchmark, runs)]
+    rows = [[m] + [cell(run["summary"], m) for run in runs] for m in summary_metrics(benchmark, runs)]
     return header, rows
 
 
@@ -126,7 +146,7 @@ def group_table(runs: list[dict], group_key: str, metric: str) -> tuple[list[str
     if not groups:
         return None
     header = [group_key.removeprefix("per_")] + [run["label"] for run in runs]
-    rows = [[g] + [fmt((run.get(group_key) or {}).get(g, {}).get(metric)) for run in runs] for g in sorted(groups)]
+    rows = [[g] + [cell((run.get(group_key) or {}).get(g, {}), metric) for run in runs] for g in sorted(groups)]
     return header, rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import zlib
 from collections.abc import Sequence
@@ -21,8 +22,10 @@ from l2s_lightning.methods import STEERER_METHODS, MethodName
 from l2s_lightning.models.layers import check_layer_range, text_config, validate_layers
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
 from l2s_lightning.models.names import same_model
+from l2s_lightning.prompts import pad_token_id, right_pad
+from l2s_lightning.scoring import append_continuations
 from l2s_lightning.steering.attach import check_context_before_steering
-from l2s_lightning.steering.hook import SteeringHook
+from l2s_lightning.steering.hook import SteeringHook, check_steer_tokens
 
 Method = MethodName  # the choices of --model.method (l2s_lightning.methods)
 
@@ -40,6 +43,9 @@ class SteeredGenerationModule(L.LightningModule):
         alpha: scale of the steering vector (default: the steerer's ``default_alpha``).
         positions: where the vector is added: ``generated`` tokens only (the paper), also the
             ``last_prompt_and_generated`` token, or ``all`` positions (the authors' release).
+        steer_tokens: steer only the positions that produce the first k generated tokens, then continue
+            unsteered (:mod:`l2s_lightning.steering.hook`); None: every generated token. Eager decoding only
+            (refused with ``compile``).
         max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, seed: generation settings
             (greedy by default; ``top_k`` 0: no top-k cut). Each is passed to ``generate``, so none comes from
             the model's own ``generation_config`` (Qwen2-VL's sets top_k 1 and a repetition penalty: sampling
@@ -64,6 +70,9 @@ class SteeredGenerationModule(L.LightningModule):
         compile_backend: the ``torch.compile`` backend of the compiled path (``eager`` traces without
             code generation: for checking graphs quickly).
         allow_other_model: apply a steerer trained on another model of the same shape.
+        answer_nll: score each answer under the unsteered model (:func:`answer_nll`, one teacher-forced forward
+            per batch after ``generate``, the steering hooks removed): rows get ``answer_nll`` (mean negative
+            log-likelihood per answer token, nats; null for an empty answer) and ``answer_tokens``.
     """
 
     def __init__(
@@ -73,6 +82,7 @@ class SteeredGenerationModule(L.LightningModule):
         steerer: str | None = None,
         alpha: float | None = None,
         positions: Literal["generated", "last_prompt_and_generated", "all"] = "generated",
+        steer_tokens: int | None = None,
         max_new_tokens: int = 64,
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -86,12 +96,14 @@ class SteeredGenerationModule(L.LightningModule):
         static_cache_for_longest: bool = True,
         compile_backend: str = "inductor",
         allow_other_model: bool = False,
+        answer_nll: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.spec = model
         self.method = method
         self.positions = positions
+        self.steer_tokens = steer_tokens
         self.generation_kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "do_sample": do_sample,
@@ -100,6 +112,7 @@ class SteeredGenerationModule(L.LightningModule):
         if do_sample:
             self.generation_kwargs |= {"temperature": temperature, "top_p": top_p, "top_k": top_k}
         self.seed = seed
+        self.score_answers = answer_nll
         self.cache_implementation = cache_implementation
         self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
         if static_cache_multiple < 1:
@@ -115,9 +128,15 @@ class SteeredGenerationModule(L.LightningModule):
             self.alpha = float(self.steerer.default_alpha if alpha is None else alpha)
             _check_steerer_fits(self.steerer, model, allow_other_model)
             check_context_before_steering(self.steerer, positions)
+            check_steer_tokens(steer_tokens, positions)
+            if steer_tokens is not None and compile:
+                raise L2SInputError(
+                    f"model.steer_tokens={steer_tokens} needs eager decoding: it cannot be used with model.compile=true"
+                )
         elif steerer:
             raise L2SInputError(f"method={method!r} takes no steerer (got steerer={steerer!r})")
         else:
+            check_steer_tokens(steer_tokens, "all")  # unsteered: only the value is checked
             self.alpha = 0.0 if alpha is None else float(alpha)
         if not math.isfinite(self.alpha):
             raise L2SInputError(f"alpha={self.alpha!r} must be a finite number")
@@ -125,7 +144,9 @@ class SteeredGenerationModule(L.LightningModule):
             raise L2SInputError(f"model.max_new_tokens={max_new_tokens!r} must be a whole number of at least 1")
         # one steering hook for every batch: its vectors keep their tensor (as the static cache does), which a
         # compiled decode step's CUDA graph reads in place
-        self._steering_hook = SteeringHook(None, self.alpha, positions) if self.steerer is not None else None
+        self._steering_hook = (
+            SteeringHook(None, self.alpha, positions, steer_tokens=steer_tokens) if self.steerer is not None else None
+        )
         self.loaded: LoadedModel | None = None
         self.encoder: PromptEncoder | None = None  # the loaded model's processor and tokenizer
         self.prompt_baseline = ""  # the template set's, given by the data module (use_data)
@@ -181,6 +202,7 @@ class SteeredGenerationModule(L.LightningModule):
             self.llm,
             alpha=self.alpha,
             mode=self.positions,
+            steer_tokens=self.steer_tokens,
             behaviours=[item.behaviour for item in items],
             sample_ids=[item.id for item in items],
             hook=self._steering_hook,
@@ -190,6 +212,14 @@ class SteeredGenerationModule(L.LightningModule):
     def generate(self, batch: list[PromptItem] | PromptBatch) -> tuple[list[str], list[str], list[int], list[int]]:
         """(prompts, responses, prompt token counts, new token counts) of a batch (rows, or rows already
         encoded by :meth:`collate_fn`)."""
+        return self._generate(batch)[0]
+
+    @torch.no_grad()
+    def _generate(
+        self, batch: list[PromptItem] | PromptBatch
+    ) -> tuple[tuple[list[str], list[str], list[int], list[int]], dict[str, torch.Tensor], list[list[int]]]:
+        """:meth:`generate`'s tuple, the encoded prompts (on the model's device) and each row's answer tokens
+        (:func:`answer_tokens`)."""
         assert self.loaded is not None
         if not isinstance(batch, PromptBatch):
             batch = self.collate_fn()(batch)
@@ -210,6 +240,7 @@ class SteeredGenerationModule(L.LightningModule):
             output = cast(Any, self.llm).generate(**encoded, **kwargs)
         width = encoded["input_ids"].shape[1]
         new = output[:, width:]
+        answers = [answer_tokens(row.tolist(), stop_ids(self.llm, tokenizer)) for row in new]
         responses, counts = [], []
         for row in new:
             keep = row[row != tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else row
@@ -219,7 +250,7 @@ class SteeredGenerationModule(L.LightningModule):
             counts.append(len(ids))
             responses.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
         prompt_tokens = encoded["attention_mask"].sum(1).tolist()
-        return prompts, responses, prompt_tokens, counts
+        return (prompts, responses, prompt_tokens, counts), encoded, answers
 
     @property
     def full_batches(self) -> bool:
@@ -300,6 +331,7 @@ class SteeredGenerationModule(L.LightningModule):
             "model": self.spec.display_name,
             "steerer_digest": self.steerer.digest if self.steerer is not None else None,
             "positions": self.positions if steered else None,
+            "steer_tokens": self.steer_tokens if steered else None,
             "generation": generation,
             **({"data_options": data_options} if data_options is not None else {}),
         }
@@ -317,14 +349,23 @@ class SteeredGenerationModule(L.LightningModule):
     def predict_step(
         self, batch: list[PromptItem] | PromptBatch, batch_idx: int, dataloader_idx: int = 0
     ) -> list[dict[str, Any]]:
-        prompts, responses, prompt_tokens, new_tokens = self.generate(batch)
+        (prompts, responses, prompt_tokens, new_tokens), encoded, answers = self._generate(batch)
         if isinstance(batch, PromptBatch):
             batch = batch.items
         layer = self.steerer.layer_steer if self.steerer is not None else None
         settings = self._row_settings if self._row_settings is not None else self.settings(self.data_options)
+        scores: list[dict[str, Any]] = [{} for _ in answers]
+        if self.score_answers:
+            # after generate: the steering context has exited, so no hook is on the model (the next batch's
+            # attach_steerer registers and re-arms the module's hook again)
+            assert self.loaded is not None
+            nlls = answer_nll(self.llm, encoded, answers, pad_token_id(self.loaded.tokenizer))
+            scores = [{"answer_nll": nll, "answer_tokens": len(ids)} for nll, ids in zip(nlls, answers)]
         return [
-            self._record(item, prompt, response, n_prompt, n_new, layer, settings)
-            for item, prompt, response, n_prompt, n_new in zip(batch, prompts, responses, prompt_tokens, new_tokens)
+            self._record(item, prompt, response, n_prompt, n_new, layer, settings) | score
+            for item, prompt, response, n_prompt, n_new, score in zip(
+                batch, prompts, responses, prompt_tokens, new_tokens, scores
+            )
             if not item.filler
         ]
 
@@ -355,6 +396,47 @@ class SteeredGenerationModule(L.LightningModule):
             "layer_steer": layer,
             **settings,
         }
+
+
+def stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end an answer: the model's ``generation_config.eos_token_id`` (one or a list: where
+    ``generate`` stops) and the tokenizer's EOS (where :meth:`SteeredGenerationModule.generate` cuts the text)."""
+    config = getattr(model, "generation_config", None)
+    found = getattr(config, "eos_token_id", None) if config is not None else None
+    ids = set(found) if isinstance(found, (list, tuple)) else {found}
+    ids.add(getattr(tokenizer, "eos_token_id", None))
+    return {int(i) for i in ids if i is not None}
+
+
+def answer_tokens(row: Sequence[int], stops: set[int]) -> list[int]:
+    """The tokens of a generated ``row`` that :func:`answer_nll` scores: up to and including its first stop
+    token (what follows it is ``generate``'s padding); none when the answer is empty (it stops at once)."""
+    for i, token in enumerate(row):
+        if token in stops:
+            return list(row[: i + 1]) if i else []
+    return list(row)
+
+
+@torch.no_grad()
+def answer_nll(
+    model: Any, encoded: dict[str, torch.Tensor], answers: Sequence[Sequence[int]], pad: int
+) -> list[float | None]:
+    """Mean negative log-likelihood per token (nats) of each row's ``answers`` tokens after its left-padded
+    prompt ``encoded``, under ``model`` as it is (call it with no steering hook on it): one teacher-forced
+    forward over prompt + answer, no cache. None for a row without answer tokens."""
+    if not any(answers):
+        return [None] * len(answers)
+    device = encoded["input_ids"].device
+    ids, lengths = (t.to(device) for t in right_pad(answers, pad))
+    span = ids.shape[1]
+    # the logits of the answer's positions and the prompt's last only, where the model can leave the rest out
+    keep = {"logits_to_keep": span + 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    logits = model(**append_continuations(encoded, ids, lengths), **keep, use_cache=False).logits
+    logits = logits[:, -span - 1 : -1].float()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+    real = torch.arange(span, device=device)[None] < lengths[:, None]
+    means = (nll * real).sum(1) / lengths.clamp(min=1)
+    return [float(m) if n else None for m, n in zip(means.tolist(), lengths.tolist())]
 
 
 def decode_compile_config(backend: str, dynamic: bool | None):

@@ -34,6 +34,7 @@ class GenerationSettings:
     steerer: str | None = None
     alpha: float | None = None
     positions: Literal["generated", "last_prompt_and_generated", "all"] = "generated"
+    steer_tokens: int | None = None
     max_new_tokens: int = 64
     do_sample: bool = False
     temperature: float = 1.0
@@ -47,6 +48,7 @@ class GenerationSettings:
     static_cache_for_longest: bool = True
     compile_backend: str = "inductor"
     allow_other_model: bool = False
+    answer_nll: bool = True
 
 
 @dataclass

@@ -9,9 +9,11 @@ from l2s_lightning.steering.hook import (
     add_steering,
     check_alpha,
     check_positions,
+    check_steer_tokens,
     enable_hook_guards,
     register_hook,
     steered_from,
+    steered_until,
 )
 
 __all__ = [
@@ -24,9 +26,11 @@ __all__ = [
     "attach_steerer",
     "check_alpha",
     "check_positions",
+    "check_steer_tokens",
     "check_steerer",
     "enable_hook_guards",
     "register_hook",
     "steered_from",
+    "steered_until",
     "steerer_vectors",
 ]

@@ -39,6 +39,7 @@ from l2s_lightning.steering.hook import (
     SteeringHook,
     check_alpha,
     check_positions,
+    check_steer_tokens,
     enable_hook_guards,
     register_hook,
 )
@@ -149,6 +150,7 @@ def attach_steerer(
     behaviours: Sequence[str] | None = None,
     sample_ids: Sequence[str] | None = None,
     hook: SteeringHook | None = None,
+    steer_tokens: int | None = None,
 ) -> Iterator[ContextCapture]:
     """Steer ``model`` with ``steerer`` while the context is open (see the module docstring).
 
@@ -157,11 +159,13 @@ def attach_steerer(
     the steerers that pick vectors by them; ``hook``: the steering hook of an earlier call to reuse (its
     vectors' tensor keeps its address from batch to batch, so a compiled decode step's CUDA graph is not
     recorded again; ``capture.hook`` is the one used; not one still in use by another context). Yields the
-    :class:`ContextCapture` (last h and v).
+    :class:`ContextCapture` (last h and v). ``steer_tokens``: steer only the positions producing the first k
+    generated tokens (eager decoding only; :mod:`l2s_lightning.steering.hook`); None: every one.
     """
     alpha = steerer.default_alpha if alpha is None else alpha
     check_alpha(alpha)
     check_positions(mode)
+    check_steer_tokens(steer_tokens, mode)
     behaviours = list(behaviours) if behaviours is not None else None
     sample_ids = list(sample_ids) if sample_ids is not None else None
     check_steerer(steerer, model, behaviours, sample_ids)
@@ -169,13 +173,13 @@ def attach_steerer(
     needs_context = bool(getattr(steerer, "needs_context", True))
     enable_hook_guards(model)
     if hook is None:
-        hook = SteeringHook(None, alpha, mode)
+        hook = SteeringHook(None, alpha, mode, steer_tokens=steer_tokens)
     elif hook.attached:
         raise L2SInputError(
             "this steering hook is in use by another attach_steerer context (reuse a hook once it has exited)"
         )
     else:
-        hook.rearm(alpha, mode)
+        hook.rearm(alpha, mode, steer_tokens)
     capture = ContextCapture(steerer, hook, behaviours, sample_ids)
     capture_layer = steerer.layer_context if needs_context else steerer.layer_steer
     hook.attached = True

@@ -16,6 +16,19 @@ continuation (log-odds scoring, ``add_steering(..., prompt_width=W)``) is one pr
 positions are the prompt and the rest stand for generated tokens, so it is steered as ``generate`` would
 steer those tokens.
 
+How many generated tokens are steered: ``steer_tokens`` = k (None: all of them). Generated token j is produced
+at the position before its own (token 1 at the last prompt position), and **only the positions that produce
+generated tokens 1..k get the vector**, i.e. the positions before generated token k's (:func:`steered_until`),
+intersected with those of ``mode``: ``last_prompt_and_generated`` steers the last prompt position and generated
+tokens 1..k-1 (tokens 1..k produced under steering), ``generated`` steers generated tokens 1..k-1 (tokens 2..k:
+token 1 always comes from the unsteered last prompt position, so k = 1 would steer nothing and is refused),
+``all`` every prompt position and generated tokens 1..k-1. Tokens after k are produced by unsteered positions
+(they still attend to the steered ones). The hook counts the generated tokens fed since the prefill in a Python
+counter, so this works in eager decoding only: ``SteeredGenerationModule`` refuses ``compile`` with
+``steer_tokens`` up front, and a hook with ``steer_tokens`` traced by ``torch.compile`` raises an
+:class:`~l2s_lightning.errors.L2SInputError` (with ``fullgraph=True`` dynamo reports it as an unsupported
+exception).
+
 Assumptions: a KV cache is used (without one every call is a whole-sequence forward, i.e. a prefill, and
 ``"generated"`` steers nothing); a chunked prefill (``prefill_chunk_size``) is fine for ``"generated"``
 as long as no chunk is a single token, but ``"last_prompt_and_generated"`` would also steer the last token
@@ -75,6 +88,31 @@ def steered_from(mode: Positions, prompt_tokens: int) -> int:
     if mode == "last_prompt_and_generated":
         return max(prompt_tokens - 1, 0)
     return prompt_tokens
+
+
+def steered_until(prompt_tokens: int, steer_tokens: int | None, fed_before: int = 0) -> int | None:
+    """The end (exclusive) of the positions of a call that get the vector with ``steer_tokens`` = k (None: no
+    end): the positions before generated token k's, which produce tokens 1..k. The call's first
+    ``prompt_tokens`` positions are prompt, the rest generated tokens after the ``fed_before`` ones fed by earlier
+    calls since the prefill (decode step n: n - 1)."""
+    if steer_tokens is None:
+        return None
+    return max(prompt_tokens + steer_tokens - 1 - fed_before, 0)
+
+
+def check_steer_tokens(steer_tokens: int | None, mode: str = "generated") -> None:
+    """Raise an L2SInputError unless ``steer_tokens`` is None or an int >= 1 that steers something with ``mode``."""
+    if steer_tokens is None:
+        return
+    if isinstance(steer_tokens, bool) or not isinstance(steer_tokens, int) or steer_tokens < 1:
+        raise L2SInputError(
+            f"steer_tokens={steer_tokens!r} must be a whole number of at least 1, or None (every token)"
+        )
+    if steer_tokens == 1 and mode == "generated":
+        raise L2SInputError(
+            "steer_tokens=1 with positions='generated' steers nothing (generated token 1 comes from the unsteered "
+            "last prompt position): use steer_tokens >= 2 or positions='last_prompt_and_generated'"
+        )
 
 
 def check_positions(mode: str, prompt_width: int | None = None) -> None:
@@ -141,6 +179,8 @@ class SteeringHook:
     steers). A batch of ``k * B`` rows (``num_return_sequences``, beams) gives row j the vector ``j // k``.
     ``prompt_width``: None for ``generate`` (a prefill is all prompt); W for teacher-forced forwards over
     prompt + continuation (a prefill's first W positions are the prompt, the rest count as generated).
+    ``steer_tokens``: steer only the positions producing the first k generated tokens (module docstring; eager
+    decoding only); None: every one.
     """
 
     def __init__(
@@ -149,11 +189,15 @@ class SteeringHook:
         alpha: float | torch.Tensor = 1.0,
         mode: Positions = "generated",
         prompt_width: int | None = None,
+        steer_tokens: int | None = None,
     ) -> None:
         check_positions(mode, prompt_width)
+        check_steer_tokens(steer_tokens, mode)
         check_alpha(alpha)
         self.mode = mode
         self.prompt_width = prompt_width
+        self.steer_tokens = steer_tokens
+        self.fed_tokens = 0  # generated tokens fed since the last prefill (counted with steer_tokens, eager only)
         self.alpha = alpha
         self.tracker = PrefillTracker()
         # alpha * vectors, (B, D), in the block's dtype once it ran: a buffer that later vectors of its shape are
@@ -199,13 +243,14 @@ class SteeringHook:
             and (not old.is_inference() or torch.is_inference_mode_enabled())
         )
 
-    def rearm(self, alpha: float | torch.Tensor, mode: Positions) -> None:
-        """Reuse this hook for another ``generate`` call with ``alpha`` and ``mode``: the next call is a
-        prefill, the counters start again, and vectors set later of the same shape go into the same tensor
-        (see :meth:`set_vectors`); prompt positions are told apart as in ``generate`` (no ``prompt_width``)."""
+    def rearm(self, alpha: float | torch.Tensor, mode: Positions, steer_tokens: int | None = None) -> None:
+        """Reuse this hook for another ``generate`` call with ``alpha``, ``mode`` and ``steer_tokens``: the next
+        call is a prefill, the counters start again, and vectors set later of the same shape go into the same
+        tensor (see :meth:`set_vectors`); prompt positions are told apart as in ``generate`` (no ``prompt_width``)."""
         check_positions(mode)
+        check_steer_tokens(steer_tokens, mode)
         check_alpha(alpha)
-        self.alpha, self.mode, self.prompt_width = alpha, mode, None
+        self.alpha, self.mode, self.prompt_width, self.steer_tokens = alpha, mode, None, steer_tokens
         self.prefills = self.steered_calls = 0
         self.reset()
 
@@ -234,15 +279,26 @@ class SteeringHook:
         length = hidden.shape[1]
         prompt = (length if self.prompt_width is None else min(self.prompt_width, length)) if prefill else 0
         start = steered_from(self.mode, prompt)  # Python ints: constants for the tracer
+        end = length
+        if self.steer_tokens is not None:
+            if torch.compiler.is_compiling():
+                raise L2SInputError(
+                    f"steer_tokens={self.steer_tokens} needs eager decoding: it cannot be used with a compiled "
+                    "decode step (compile / cache_implementation='static' compiled by generate)"
+                )
+            fed_before = 0 if prefill else self.fed_tokens
+            self.fed_tokens = fed_before + length - prompt
+            until = steered_until(prompt, self.steer_tokens, fed_before)
+            end = length if until is None else min(length, until)
         if not torch.compiler.is_compiling():  # counters only outside compiled regions (no guard on them)
             self.prefills += prefill
-            self.steered_calls += start < length
-        if start == 0:
-            return replace_layer_output(output, hidden + self._delta_for(hidden))
-        if start >= length:
+            self.steered_calls += start < end
+        if start >= end:
             return output
-        steered = hidden[:, start:] + self._delta_for(hidden)
-        return replace_layer_output(output, torch.cat([hidden[:, :start], steered], dim=1))
+        if start == 0 and end == length:
+            return replace_layer_output(output, hidden + self._delta_for(hidden))
+        steered = hidden[:, start:end] + self._delta_for(hidden)
+        return replace_layer_output(output, torch.cat([hidden[:, :start], steered, hidden[:, end:]], dim=1))
 
     def register(self, module: nn.Module) -> RemovableHandle:
         """Register on ``module`` (a decoder block) as a forward hook that receives the keyword arguments."""
@@ -299,6 +355,7 @@ def add_steering(
     alpha: float | torch.Tensor = 1.0,
     mode: Positions = "generated",
     prompt_width: int | None = None,
+    steer_tokens: int | None = None,
 ) -> Iterator[SteeringHook]:
     """Add ``alpha * vectors[i]`` to row i of the output of decoder block ``layer`` while the context is open.
 
@@ -310,6 +367,8 @@ def add_steering(
     ``StaticCache``, a multi-turn loop) with one-token prompts: call ``hook.reset()`` before each call.
     ``prompt_width``: for teacher-forced forwards over (left-padded) prompts of W positions + continuations,
     steered as ``generate`` would steer the continuation's tokens (see :class:`SteeringHook`).
+    ``steer_tokens``: steer only the positions producing the first k generated tokens (eager decoding only;
+    module docstring); None: every one.
     """
     validate_layers(model, layer=layer)
     if vectors.ndim != 2 or vectors.shape[-1] != hidden_size(model):
@@ -318,7 +377,7 @@ def add_steering(
         )
     if not torch.isfinite(vectors).all():
         raise L2SInputError("steering vectors must be finite")
-    hook = SteeringHook(None, alpha, mode, prompt_width)
+    hook = SteeringHook(None, alpha, mode, prompt_width, steer_tokens)
     hook.set_vectors(vectors, like=_block_like(model, layer))
     enable_hook_guards(model)
     with register_hook(model, layer, hook):
