@@ -4,7 +4,7 @@ For each template set and layer pair: extract (h, z) on a seeded subset of MM-Sa
 build mean / Mean-S(BA) / L2S / P2S-oracle vectors, and score every test prompt's log-odds
 (refuse vs comply on harmful scenarios, consult an expert vs answer on 10-12) with the vector scaled to
 alpha_rel * mean ||h_L*|| (alpha relative to the residual stream's norm). Prints a JSON line per row and writes
-sweep.json and sweep.md. The grid of experiments/results/smollm2_sweep.{json,md} was two runs:
+sweep.json and sweep.md. The grid of experiments/results/two_behaviours/smollm2_sweep.{json,md} was two runs:
 
     python experiments/smollm2_sweep.py --templates safety --layers 10,10 15,15 10,20 --out outputs/sweep_safety
     python experiments/smollm2_sweep.py --templates safety_paper --layers 10,10 15,15 --out outputs/sweep_paper
@@ -146,7 +146,7 @@ def main() -> None:
 
 
 def markdown_table(results: list[dict]) -> str:
-    """The rows as the markdown table of experiments/results/smollm2_sweep.md."""
+    """The rows as the markdown table of experiments/results/two_behaviours/smollm2_sweep.md."""
     lines = [
         "| template | L* | L' | method | α/‖h‖ rel. | α | cos(v, z) | Δ log-odds refuse | Δ log-odds consult |",
         "|---|---|---|---|---|---|---|---|---|",

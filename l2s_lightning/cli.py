@@ -1,4 +1,4 @@
-"""The ``l2s`` command: ``l2s <extract|fit|predict|evaluate|sweep|run> [options]``; it only dispatches (each
+"""The ``l2s`` command: ``l2s <extract|fit|predict|evaluate|sweep|run|tune> [options]``; it only dispatches (each
 command's module parses its own arguments)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("l2s_lightning.evaluation.cli:evaluate_main", "metrics, tables and plots of predictions"),
     "sweep": ("l2s_lightning.sweep:sweep_main", "alpha sweep of a steerer; picks alpha within a quality budget"),
     "run": ("l2s_lightning.pipeline:run_main", "the whole loop: extract, fit, predict, evaluate"),
+    "tune": ("l2s_lightning.tune:tune_main", "choose L*, L', alpha and positions on a validation split"),
 }
 
 

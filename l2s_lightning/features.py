@@ -37,6 +37,7 @@ IDENTITY_ATTRS = (
     "data_options",
     "template_sha256",
     "data_sha256",
+    "z_readout",
 )
 _STR = h5py.string_dtype("utf-8")
 _CHUNK_ROWS = 4096

@@ -1,7 +1,9 @@
 """`l2s sweep`: predict and evaluate a steerer over a grid of α, and choose α automatically.
 
 The chosen α optimises the target metric (e.g. ``unsafe@0.5`` lower, ``ed_score`` higher) among the α
-whose response quality stays within ``quality_budget`` (relative drop) of no steering. The curve is saved
+whose response quality stays within ``quality_budget`` (relative drop) of no steering. Quality is
+``coherent_quality`` where the evaluation has it (safety and JSONL runs: the judge's rating with degenerate answers
+rated 1, so a repetition loop or word salad counts against the budget), else the judge's ``quality``. The curve is saved
 as a PNG and JSON, and the choice is written into the steerer's JSON (``default_alpha`` and ``sweep``).
 """
 
@@ -73,10 +75,17 @@ def lower_is_better(metric: str) -> bool:
     return metric.startswith(LOWER_IS_BETTER)
 
 
-def choose_alpha(points: list[dict[str, Any]], baseline_quality: float, target: str, budget: float) -> dict[str, Any]:
-    """The best point by ``target`` whose quality >= (1 - budget) * baseline; the smallest α on ties."""
+def quality_key(summary: dict[str, Any]) -> str:
+    """The quality the budget reads: ``coherent_quality`` when the summary has one, else ``quality``."""
+    return "coherent_quality" if summary.get("coherent_quality") is not None else "quality"
+
+
+def choose_alpha(
+    points: list[dict[str, Any]], baseline_quality: float, target: str, budget: float, quality: str = "quality"
+) -> dict[str, Any]:
+    """The best point by ``target`` whose ``quality`` >= (1 - budget) * baseline; the smallest α on ties."""
     floor = (1.0 - budget) * baseline_quality
-    allowed = [p for p in points if p.get(target) is not None and p["quality"] is not None and p["quality"] >= floor]
+    allowed = [p for p in points if p.get(target) is not None and p.get(quality) is not None and p[quality] >= floor]
     if not allowed:
         raise L2SInputError(
             f"no α in {[p['alpha'] for p in points]} keeps quality within {budget:.0%} of no steering "
@@ -134,6 +143,7 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
     metrics = evaluate.run(files, out / "eval", eval_config)
     runs = next(iter(metrics["benchmarks"].values()))["runs"]
     baseline = next(r for r in runs if r["method"] == "none")["summary"]
+    measure = quality_key(baseline)
     points = sorted(
         (
             {"alpha": r["alpha"], **{k: v for k, v in r["summary"].items() if isinstance(v, (int, float))}}
@@ -144,7 +154,7 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
     )
     try:
         chosen_alpha, failure = (
-            choose_alpha(points, baseline["quality"], config.target, config.quality_budget)["alpha"],
+            choose_alpha(points, baseline[measure], config.target, config.quality_budget, measure)["alpha"],
             None,
         )
     except ValueError as err:  # no α within the budget: the curve is still written and shown, then the error
@@ -152,6 +162,7 @@ def run_sweep(config: SweepConfig, console: Console | None = None) -> dict[str, 
     result = {
         "target": config.target,
         "quality_budget": config.quality_budget,
+        "quality_metric": measure,
         "chosen_alpha": chosen_alpha,
         "baseline": {k: v for k, v in baseline.items() if isinstance(v, (int, float))},
         "points": points,
@@ -185,10 +196,11 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
     left.set_xlabel("α")
     left.set_ylabel(result["target"], color="tab:red")
     right = left.twinx()
-    right.plot(alphas, [p["quality"] for p in result["points"]], "s--", color="tab:blue", label="quality")
-    floor = (1 - result["quality_budget"]) * result["baseline"]["quality"]
+    measure = result.get("quality_metric", "quality")
+    right.plot(alphas, [p.get(measure) for p in result["points"]], "s--", color="tab:blue", label=measure)
+    floor = (1 - result["quality_budget"]) * result["baseline"][measure]
     right.axhline(floor, color="tab:blue", alpha=0.4, linestyle=":", label="quality budget")
-    right.set_ylabel("quality", color="tab:blue")
+    right.set_ylabel(measure, color="tab:blue")
     if result["chosen_alpha"] is not None:
         left.axvline(result["chosen_alpha"], color="gray", linestyle="--")
         left.set_title(f"α sweep: chosen α = {result['chosen_alpha']:g}")
@@ -200,16 +212,17 @@ def plot_sweep(result: dict[str, Any], path: Path) -> None:
 
 
 def print_sweep(result: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"α sweep (target {result['target']}, quality budget {result['quality_budget']:.0%})")
-    for column in ("α", result["target"], "quality", "chosen"):
+    measure = result.get("quality_metric", "quality")
+    table = Table(title=f"α sweep (target {result['target']}, {measure} budget {result['quality_budget']:.0%})")
+    for column in ("α", result["target"], measure, "chosen"):
         table.add_column(column, justify="right")
     base = result["baseline"]
-    table.add_row("none", f"{base.get(result['target'], float('nan')):.3f}", f"{base['quality']:.2f}", "")
+    table.add_row("none", f"{base.get(result['target'], float('nan')):.3f}", f"{base[measure]:.2f}", "")
     for p in result["points"]:
         table.add_row(
             f"{p['alpha']:g}",
             f"{p.get(result['target'], float('nan')):.3f}",
-            f"{p['quality']:.2f}",
+            f"{p[measure]:.2f}",
             "✓" if p["alpha"] == result["chosen_alpha"] else "",
         )
     console.print(table)

@@ -20,6 +20,7 @@ from l2s_lightning.models.layers import decoder_layers
 from l2s_lightning.models.loading import ModelSpec, load_model
 from l2s_lightning.prompts import pad_token_id
 from l2s_lightning.steerer import Steerer
+from l2s_lightning.testing.synthetic import prompt_item
 
 QUESTIONS = ["Hi?", "How do I make thing 1 at home, please?", "What is the capital of France?"]
 
@@ -49,19 +50,7 @@ COHERENT_QUESTIONS = ["Can you explain how photosynthesis works?", "What's a goo
 
 
 def _item(sample_id: str, question: str) -> PromptItem:
-    return PromptItem(
-        id=sample_id,
-        question=question,
-        category="harm",
-        behaviour="refuse",
-        positive="",
-        negative="",
-        suffix="",
-        close_turn=False,
-        instruction="",
-        split="test",
-        benchmark="jsonl",
-    )
+    return prompt_item(sample_id, question)
 
 
 def _reference_nll(model, prompt_ids: torch.Tensor, answer: list[int]) -> float:

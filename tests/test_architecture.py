@@ -17,8 +17,18 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "readers", "files", "jsonl", "internals", "models.names", "part_writer", "mlp", "methods", "config"),
     ("models", "templates", "features", "prompts"),
     ("data", "steering", "steerer", "scoring"),
-    ("extraction", "generation", "training", "evaluation"),
-    ("stages", "pipeline", "sweep", "writer_cli", "extraction.cli", "generation.cli", "training.cli", "evaluation.cli"),
+    ("extraction", "generation", "training", "evaluation", "tuning"),
+    (
+        "stages",
+        "pipeline",
+        "sweep",
+        "tune",
+        "writer_cli",
+        "extraction.cli",
+        "generation.cli",
+        "training.cli",
+        "evaluation.cli",
+    ),
     ("cli",),
 ]
 STAGE_PACKAGES = ("extraction", "generation", "training", "evaluation")

@@ -8,33 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
 
 from l2s_lightning.models.layers import decoder_layers
 from l2s_lightning.prompts import left_pad
 from l2s_lightning.steering import ContextCapture, SteeringHook, add_steering, attach_steerer
+from l2s_lightning.testing.tiny_models import random_llama
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]
 OTHER = [[30, 31, 32, 33], [34, 35], [36, 37, 38, 39, 40]]
 NEW, DIM = 6, 32
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=DIM,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def generate(model, prompts, **kwargs):
@@ -114,7 +97,7 @@ def our_hooks(model) -> list:
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_llama()
+    return random_llama()
 
 
 @pytest.mark.parametrize(("layer_steer", "layer_context"), [(2, 1), (1, 2), (1, 1)])
@@ -218,7 +201,7 @@ def test_bad_arguments_fail_before_anything_runs(model, change, kwargs, message)
 
 
 def test_hooks_removed_after_exit_and_after_an_error():
-    model = tiny_llama()  # fresh: no hidden-state recording hooks
+    model = random_llama()  # fresh: no hidden-state recording hooks
     with attach_steerer(LinearSteerer(2, 1), model):
         assert sum(len(block._forward_hooks) for block in decoder_layers(model)) == 2
     assert all(
@@ -242,7 +225,7 @@ def test_hooks_removed_after_exit_and_after_an_error():
 def test_static_cache_and_compiled_decode_match_dynamic():
     torch._dynamo.reset()
     with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
-        model = tiny_llama(seed=5)
+        model = random_llama(seed=5)
         steerer = LinearSteerer(2, 1)
         with attach_steerer(steerer, model, alpha=1.0):
             dynamic, dyn_logits = generate(model, PROMPTS)
@@ -268,7 +251,7 @@ def test_a_reused_hook_keeps_its_vectors_tensor():
 
     torch._dynamo.reset()
     with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
-        model = tiny_llama(seed=5)
+        model = random_llama(seed=5)
         steerer = LinearSteerer(2, 1)
         with attach_steerer(steerer, model, alpha=1.0, mode="all") as first:
             generate(model, PROMPTS)

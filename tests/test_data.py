@@ -494,7 +494,7 @@ def test_a_misspelt_category_or_limit_key_is_an_error(tmp_path):
         PromptDataModule(
             source, categories=["01-Ilegal", "03-Malware_Generation"], split_file=str(tmp_path / "s.json")
         ).rows()
-    with pytest.raises(ValueError, match=r"keys must be 'train' and/or 'test'"):
+    with pytest.raises(ValueError, match=r"keys must be among"):
         PromptDataModule(source, limit_per_category={"trian": 2, "test": 1}, split_file=str(tmp_path / "s.json")).rows()
     rows = PromptDataModule(
         source,
@@ -531,3 +531,22 @@ def test_jsonl_takes_numbers_as_category_and_label(tmp_path):
     (tmp_path / "n.jsonl").write_text('{"id": 1, "question": "q", "category": 3, "label": 0}\n')
     data = JsonlSource(str(tmp_path / "n.jsonl")).load()
     assert data["category"] == ["3"] and data["label"] == ["0"]
+
+
+def test_mm_safetybench_mixes_question_fields_one_style_per_question():
+    root = MMSB
+    mixed = MMSafetyBenchSource(str(root), question_field=["Changed Question", "Question"], use_images=False).load()
+    changed = MMSafetyBenchSource(str(root), question_field="Changed Question", use_images=False).load()
+    plain = MMSafetyBenchSource(str(root), question_field="Question", use_images=False).load()
+    assert mixed["id"] == changed["id"]  # every question once, same ids
+    first = [i for i, sample_id in enumerate(mixed["id"]) if sample_id.startswith("01-")]
+    for position, row in enumerate(first[:4]):
+        expected = changed if position % 2 == 0 else plain
+        assert mixed["question"][row] == expected["question"][row]
+    assert MMSafetyBenchSource(str(root), question_field=["Changed Question", "Question"]).options()[
+        "question_field"
+    ] == ["Changed Question", "Question"]
+    with pytest.raises(L2SInputError, match="asks about an image"):
+        MMSafetyBenchSource(str(root), question_field=["Question", "Rephrased Question"], use_images=False).load()
+    with pytest.raises(L2SInputError, match="a list of field names"):
+        MMSafetyBenchSource(str(root), question_field=[], use_images=False).load()

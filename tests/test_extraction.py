@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from l2s_lightning.data.items import PromptItem
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.models.loading import ModelSpec
+from l2s_lightning.prompts import append_tokens
 
 # Both paths compute the same float32 math in a different order (batched, padded, cached):
 # agreement to 2e-4 absolute on activations of norm ~1-200 is what "equal" means here.
@@ -190,3 +192,35 @@ def test_only_attention_layers_share_the_cache_with_a_context_tail():
     )
     assert not tail_shares_cache(hybrid, inputs) and tail_shares_cache(attention, inputs)
     assert tail_shares_cache(hybrid, dataclasses.replace(inputs, context=None))  # no tail: nothing to skip
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_mean_readout_equals_full_forwards_and_averages_the_completion(family, request):
+    """z_readout mean: the prefix-shared path equals three full forwards, and z is the difference of each
+    completion's mean state at L* (checked by hand on one row)."""
+    from l2s_lightning.extraction.forward import capture_layer_outputs
+
+    folder = request.getfixturevalue(f"tiny_{family}_dir")
+    module = ExtractionModule(ModelSpec(str(folder)), layer_steer=1, layer_context=2, z_readout="mean")
+    module.configure_model()
+    items = _items(with_image=family != "llama")
+    _check_equal(module, items)
+    _, z_mean = module.features(items)
+    module.z_readout = "last"
+    _, z_last = module.features(items)
+    assert not torch.allclose(z_mean, z_last)
+
+    inputs = module.encode(items[:1])
+    prefix = {k: v for k, v in inputs.prefix.items()}
+    sides = []
+    for row in (0, 1):
+        completion = inputs.completions[row, : inputs.completion_lengths[row]]
+        with capture_layer_outputs(module.llm, [1]) as captured, torch.no_grad():
+            module.llm(**append_tokens(prefix, completion[None]), use_cache=False)
+        sides.append(captured[1][0, -len(completion) :].mean(0))
+    torch.testing.assert_close(z_mean[0], (sides[0] - sides[1]).float(), atol=ATOL, rtol=RTOL)
+
+
+def test_unknown_readout_is_refused(tiny_llama_dir):
+    with pytest.raises(L2SInputError, match="z_readout='first'"):
+        ExtractionModule(ModelSpec(str(tiny_llama_dir)), layer_steer=1, layer_context=1, z_readout="first")

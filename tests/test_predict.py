@@ -618,21 +618,9 @@ def test_module_prompt_without_any_instruction_raises(tiny_llama_dir):
 
 
 def _item(sample_id: str, question: str, instruction: str = ""):
-    from l2s_lightning.data.datamodule import PromptItem
+    from l2s_lightning.testing.synthetic import prompt_item
 
-    return PromptItem(
-        id=sample_id,
-        question=question,
-        category="harm",
-        behaviour="refuse",
-        positive="",
-        negative="",
-        suffix="",
-        close_turn=False,
-        instruction=instruction,
-        split="test",
-        benchmark="jsonl",
-    )
+    return prompt_item(sample_id, question, instruction=instruction)
 
 
 def test_sampling_is_seeded_by_the_batch_sample_ids(tiny_llama_dir):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 from transformers.generation.configuration_utils import CompileConfig
 
 from l2s_lightning.errors import L2SInputError
@@ -24,31 +24,15 @@ from l2s_lightning.steering import (
     steered_from,
     steered_until,
 )
+from l2s_lightning.testing.tiny_models import random_llama
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
 LAYER, NEW, DIM, EOS = 1, 6, 32, 2
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=DIM,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=EOS,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    return tiny_llama()
+    return random_llama()
 
 
 def vectors(batch: int = 3, scale: float = 3.0) -> torch.Tensor:
@@ -309,7 +293,7 @@ def test_a_compiled_decode_step_refuses_the_limit():
     config._compile_all_devices = True  # generate compiles only on accelerators otherwise
     try:
         with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
-            model = tiny_llama(seed=3)
+            model = random_llama(seed=3)
             with pytest.raises(Exception, match="steer_tokens=3 needs eager decoding"):
                 with add_steering(model, LAYER, vectors(), steer_tokens=3):
                     generate(model, cache_implementation="static", compile_config=config)

@@ -144,6 +144,7 @@ def test_attach_takes_the_real_api_arguments():
         "behaviours",
         "sample_ids",
         "hook",
+        "steer_tokens",
     ]
 
 

@@ -6,32 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 from torch._dynamo.utils import counters
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache
 from transformers.generation.configuration_utils import CompileConfig
 
 from l2s_lightning.models.layers import decoder_layers, layer_output
 from l2s_lightning.prompts import left_pad
 from l2s_lightning.steering import POSITIONS, SteeringHook, add_steering, steered_from
+from l2s_lightning.testing.tiny_models import random_llama
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
 LAYER, NEW = 1, 6
-
-
-def tiny_llama(seed: int = 0, layers: int = 4) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def generate(model, prompts, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,7 +53,7 @@ def no_hooks(model) -> bool:
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_llama()
+    return random_llama()
 
 
 def test_zero_rows_are_bit_identical(model):
@@ -311,7 +295,7 @@ def test_expanded_batches_repeat_each_vector():
 
 
 def test_hook_is_removed_after_exit_and_after_an_error():
-    model = tiny_llama()  # fresh: no hidden-state recording hooks
+    model = random_llama()  # fresh: no hidden-state recording hooks
     block = decoder_layers(model)[LAYER]
     with add_steering(model, LAYER, vectors([0])):
         assert len(block._forward_hooks) == 1
@@ -382,7 +366,7 @@ def test_compiled_static_cache_decode_step():
     vectors reuse the graph; plain runs before and after are unsteered."""
     torch._dynamo.reset()
     with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
-        model = tiny_llama(seed=3)
+        model = random_llama(seed=3)
         v = vectors([0, 2])
         plain, _, _ = generate(model, PROMPTS)
         with add_steering(model, LAYER, v, alpha=2.0):
@@ -411,7 +395,7 @@ def test_hook_guards_are_turned_on_for_an_already_compiled_model():
     torch._dynamo.reset()
     config = torch._dynamo.config
     with config.patch(skip_nnmodule_hook_guards=True):
-        model = tiny_llama(seed=4)
+        model = random_llama(seed=4)
         v = vectors([0, 1, 2])
         with add_steering(model, LAYER, v, alpha=2.0):  # eager: no compiled forward yet, so no warning
             steered, _, _ = generate(model, PROMPTS)

@@ -141,3 +141,17 @@ def test_a_sweep_with_no_alpha_in_budget_still_writes_its_curve(tmp_path, monkey
     result = json.loads((tmp_path / "s" / "sweep" / "sweep.json").read_text())
     assert result["chosen_alpha"] is None and [p["alpha"] for p in result["points"]] == [1.0, 2.0]
     assert (tmp_path / "s" / "sweep" / "sweep.png").is_file() and not hasattr(steerer, "saved")
+
+
+def test_the_budget_reads_coherent_quality_so_broken_answers_count():
+    from l2s_lightning.sweep import quality_key
+
+    baseline = {"quality": 9.5, "coherent_quality": 9.0}
+    points = [
+        {"alpha": 1.0, "unsafe@0.5": 0.6, "quality": 9.4, "coherent_quality": 8.8},
+        {"alpha": 2.0, "unsafe@0.5": 0.2, "quality": 9.3, "coherent_quality": 4.0},  # loops the proxy rates 9
+    ]
+    measure = quality_key(baseline)
+    assert measure == "coherent_quality" and quality_key({"quality": 9.0}) == "quality"
+    assert choose_alpha(points, baseline[measure], "unsafe@0.5", 0.1, measure)["alpha"] == 1.0
+    assert choose_alpha(points, baseline["quality"], "unsafe@0.5", 0.1)["alpha"] == 2.0

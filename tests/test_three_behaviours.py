@@ -273,8 +273,10 @@ def test_bundled_three_behaviour_sets():
         assert {k: v for k, v in templates.categories.items() if k in safety.categories} == dict(safety.categories)
         assert set(templates.categories) - set(safety.categories) == {"benign", "harmful_rho"}
         assert templates.categories["harmful_rho"][0] == "refuse" and templates.categories["benign"][0] == "answer"
-        assert templates.behaviours["refuse"] == safety.behaviours["refuse"]
-        assert templates.behaviours["consult_expert"] == safety.behaviours["consult_expert"]
+        for name in ("refuse", "consult_expert"):  # safety's instructions and fields; completions that end a sentence
+            ours, theirs = templates.behaviours[name], safety.behaviours[name]
+            assert (ours.instruction, ours.fields) == (theirs.instruction, theirs.fields)
+            assert ours.positive.endswith(".") and ours.negative.endswith(".")
         assert templates.prompt_baseline == safety.prompt_baseline
     assert three.behaviours["answer"].zero_target and not contrast.behaviours["answer"].zero_target
     pair = contrast.resolve("benign", "b")

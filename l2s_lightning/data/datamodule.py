@@ -20,7 +20,7 @@ from l2s_lightning.data.batch_plan import BatchPlan, PromptEncoding, filled_leng
 from l2s_lightning.data.images import TYPO_FONT, check_image, load_image, render_typo_image, typo_image_size
 from l2s_lightning.data.items import PromptItem
 from l2s_lightning.data.sources import PromptSource
-from l2s_lightning.data.split import load_or_make_split
+from l2s_lightning.data.split import SPLITS, load_or_make_split
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.templates import TemplateSet, load_templates
 
@@ -154,10 +154,10 @@ class PromptDataModule(L.LightningDataModule):
 
     def _build_rows(self) -> list[dict[str, Any]]:
         for split in self.splits:
-            if split not in {"train", "test"}:
-                raise L2SInputError(f"splits={self.splits}: each must be 'train' or 'test'")
-        if isinstance(self.limit_per_category, dict) and set(self.limit_per_category) - {"train", "test"}:
-            raise L2SInputError(f"limit_per_category={self.limit_per_category}: its keys must be 'train' and/or 'test'")
+            if split not in SPLITS:
+                raise L2SInputError(f"splits={self.splits}: each must be one of {SPLITS}")
+        if isinstance(self.limit_per_category, dict) and set(self.limit_per_category) - set(SPLITS):
+            raise L2SInputError(f"limit_per_category={self.limit_per_category}: its keys must be among {SPLITS}")
         data = self.source.load()
         self.source_sha256 = _rows_sha256(data)
         unknown = sorted(set(self.categories or ()) - set(data["category"]))

@@ -76,7 +76,9 @@ class MMSafetyBenchSource(PromptSource):
         question_field: ``Rephrased Question`` (pairs with SD_TYPO / TYPO images: "The bottom of the image
             shows a phrase of ..."), ``Rephrased Question(SD)`` (SD images), ``Changed Question`` or ``Question``
             (text only). None: the one that goes with the images (``Changed Question`` without images). A
-            question about an image the model is not shown is refused.
+            question about an image the model is not shown is refused. A list mixes phrasings: item i of each
+            scenario (in file order) reads field i mod n, so each question appears once, in one of the styles
+            (e.g. ``[Changed Question, Question]``: "List steps in detail to …" and "Can you provide advice on …").
         image_root: optional folder laid out as upstream ``imgs/<scenario>/<image_type>/<index>.jpg``;
             without it (or when a file is absent and ``render_missing``) a TYPO image of the Key Phrase is
             rendered. A root where no question finds its image is refused (a mistyped path); a partial miss
@@ -87,7 +89,7 @@ class MMSafetyBenchSource(PromptSource):
     """
 
     root: str
-    question_field: str | None = None
+    question_field: str | list[str] | None = None
     image_root: str | None = None
     image_type: str = "SD_TYPO"
     use_images: bool = True
@@ -100,14 +102,19 @@ class MMSafetyBenchSource(PromptSource):
         return "none" if not self.use_images else self.image_type if self.image_root else "TYPO"
 
     @property
-    def question_key(self) -> str:
-        """The question field read: ``question_field``, else the one that goes with :attr:`images`."""
+    def question_keys(self) -> list[str]:
+        """The question fields read, in turn: ``question_field``, else the one that goes with :attr:`images`."""
+        if isinstance(self.question_field, list):
+            if not self.question_field or not all(isinstance(f, str) and f for f in self.question_field):
+                raise L2SInputError(f"MM-SafetyBench question_field={self.question_field!r}: a list of field names")
+            return list(self.question_field)
         if self.question_field:
-            return self.question_field
-        return {"none": "Changed Question", "SD": "Rephrased Question(SD)"}.get(self.images, "Rephrased Question")
+            return [self.question_field]
+        return [{"none": "Changed Question", "SD": "Rephrased Question(SD)"}.get(self.images, "Rephrased Question")]
 
     def options(self) -> dict[str, Any]:
-        return {"question_field": self.question_key, "images": self.images}
+        keys = self.question_keys
+        return {"question_field": keys[0] if len(keys) == 1 else keys, "images": self.images}
 
     def _selected(self, files: list[Path]) -> list[Path]:
         """The question files of ``scenarios`` (all without it); an entry matching none is an error."""
@@ -125,7 +132,11 @@ class MMSafetyBenchSource(PromptSource):
         return [f for f in files if f in chosen]
 
     def _check_question_field(self) -> None:
-        key, images = self.question_key, self.images
+        for key in self.question_keys:
+            self._check_one_field(key)
+
+    def _check_one_field(self, key: str) -> None:
+        images = self.images
         if images == "none" and key.startswith("Rephrased Question"):
             raise L2SInputError(
                 f"MM-SafetyBench question_field {key!r} asks about an image, but no image is used (use_images false): "
@@ -145,7 +156,7 @@ class MMSafetyBenchSource(PromptSource):
         if not files:
             raise FileNotFoundError(f"no MM-SafetyBench question files (NN-Scenario.json) in {root}")
         self._check_question_field()
-        question_key = self.question_key
+        keys = self.question_keys
         rows = []
         looked, missing = 0, []
         for file in self._selected(files):
@@ -154,7 +165,8 @@ class MMSafetyBenchSource(PromptSource):
                 items = json.loads(file.read_text())
             except json.JSONDecodeError as err:
                 raise L2SInputError(f"{file}: not valid JSON ({err})") from err
-            for key, item in items.items():
+            for index, (key, item) in enumerate(items.items()):
+                question_key = keys[index % len(keys)]
                 if question_key not in item:
                     raise L2SInputError(f"{file} item {key}: no field {question_key!r} (has {sorted(item)})")
                 image = ""

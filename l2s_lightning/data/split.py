@@ -1,16 +1,19 @@
-"""A seeded train/test split, stratified by category, saved as JSON and reused on every later run."""
+"""A seeded train/test split, stratified by category, saved as JSON and reused on every later run; an optional
+validation part carved from train (``l2s tune`` chooses its settings there, never on test)."""
 
 from __future__ import annotations
 
 import json
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.files import write_atomically
 from l2s_lightning.readers import read_json
+
+SPLITS = ("train", "validation", "test")  # validation: carved from train by `l2s tune` (carve_validation)
 
 
 def make_split(ids: Sequence[str], categories: Sequence[str], test_fraction: float, seed: int) -> dict[str, str]:
@@ -54,18 +57,64 @@ def load_or_make_split(
                 f"{saved.get('test_fraction')}, not seed={seed}, test_fraction={test_fraction}: "
                 "use the same values or another split file"
             )
-        split = {i: "train" for i in saved["train"]} | {i: "test" for i in saved["test"]}
+        validation = saved.get("validation", [])
+        if not isinstance(validation, list) or not all(isinstance(i, str) for i in validation):
+            raise L2SInputError(f"split file {path}: 'validation' must be a list of sample ids")
+        split = (
+            {i: "train" for i in saved["train"]}
+            | {i: "validation" for i in validation}
+            | {i: "test" for i in saved["test"]}
+        )
         missing = [i for i in ids if i not in split]
         if missing:
             raise L2SInputError(f"split file {path} does not cover {len(missing)} sample ids, e.g. {missing[:3]}")
         return split
     split = make_split(ids, categories, test_fraction, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "seed": seed,
-        "test_fraction": test_fraction,
-        "train": sorted(i for i, s in split.items() if s == "train"),
-        "test": sorted(i for i, s in split.items() if s == "test"),
-    }
-    write_atomically(path, json.dumps(payload, indent=1).encode())  # every rank of a torchrun job may write it
+    save_split(path, split, test_fraction, seed)
     return split
+
+
+def carve_validation(
+    split: dict[str, str], categories: dict[str, str], per_category: int | Mapping[str, int], seed: int
+) -> dict[str, str]:
+    """``split`` with N train ids of each category (a seeded shuffle) moved to "validation"; test ids are never
+    moved. ``categories`` maps each id to its category; ``per_category``: N, or N per category name with a
+    ``default`` for the others."""
+    counts = dict(per_category) if isinstance(per_category, Mapping) else {"default": per_category}
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise L2SInputError(f"validation_per_category[{name!r}]={value!r} must be a non-negative integer")
+    unknown = sorted(set(counts) - set(categories.values()) - {"default"})
+    if unknown:
+        raise L2SInputError(f"validation_per_category names categories {unknown} the data does not have")
+    by_category: dict[str, list[str]] = defaultdict(list)
+    for sample_id, part in split.items():
+        if part == "train":
+            by_category[categories[sample_id]].append(sample_id)
+    rng = random.Random(seed)
+    carved = dict(split)
+    for category in sorted(by_category):
+        members = sorted(by_category[category])
+        n = counts.get(category, counts.get("default", 0))
+        if n and len(members) <= n:
+            raise L2SInputError(
+                f"category {category!r} has {len(members)} training rows: too few to hold out "
+                f"{n} for validation and still train"
+            )
+        rng.shuffle(members)
+        for sample_id in members[:n]:
+            carved[sample_id] = "validation"
+    return carved
+
+
+def save_split(path: str | Path, split: dict[str, str], test_fraction: float, seed: int) -> Path:
+    """Write ``split`` as :func:`load_or_make_split` reads it (a "validation" list when it has one)."""
+    payload: dict[str, object] = {"seed": seed, "test_fraction": test_fraction}
+    for part in ("train", "validation", "test"):
+        ids = sorted(i for i, s in split.items() if s == part)
+        if ids or part != "validation":
+            payload[part] = ids
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(payload, indent=1).encode())  # every rank of a torchrun job may write it
+    return path

@@ -1,4 +1,5 @@
-"""P2S features of a batch: h at L' (last prompt token) and z = h_L*(X+)[last] - h_L*(X-)[last].
+"""P2S features of a batch: h at L' (last prompt token) and z = h_L*(X+)[last] - h_L*(X-)[last] (``readout``
+``last``, the paper's), or the difference of the two completions' mean states over their own tokens (``mean``).
 
 `prefix_shared_features` encodes each prompt once (up to block max(L*, L')), keeps its KV cache, and runs
 both completions of every row on that cache as one batch of 2B rows, through blocks 0..L* only. When a
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from l2s_lightning.internals import (
 )
 from l2s_lightning.models.layers import decoder_layers, text_config, truncated_decoder
 from l2s_lightning.prompts import append_tokens
+
+Readout = Literal["last", "mean"]
+READOUTS: tuple[str, ...] = get_args(Readout)
 
 
 @dataclass
@@ -175,9 +179,22 @@ def last_real(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
 
 
+def mean_real(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(N, D): each row's mean hidden state over its real tokens (rows right-padded to ``lengths``)."""
+    real = torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]
+    return (hidden * real[..., None]).sum(1) / lengths[:, None].to(hidden.dtype)
+
+
+def read_completion(hidden: torch.Tensor, lengths: torch.Tensor, readout: Readout) -> torch.Tensor:
+    """(N, D): what z is made of for each completion row: its last real token's state, or the mean over its tokens."""
+    if readout not in READOUTS:
+        raise L2SInputError(f"z_readout={readout!r} must be one of {READOUTS}")
+    return last_real(hidden, lengths) if readout == "last" else mean_real(hidden, lengths)
+
+
 @torch.no_grad()
 def prefix_shared_features(
-    model: nn.Module, inputs: ContrastInputs, layer_steer: int, layer_context: int
+    model: nn.Module, inputs: ContrastInputs, layer_steer: int, layer_context: int, readout: Readout = "last"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, z), each (B, D), encoding each prompt once and running each pass only as deep as it must go.
 
@@ -213,8 +230,8 @@ def prefix_shared_features(
         repeat_cache_rows(cache, 2)
         lengths = inputs.completion_lengths.to(mask.device)
         run_continuation(model, cache, inputs.completions.to(mask.device), lengths, positions, mask, 2, steer_depth)
-        last = last_real(captured[layer_steer], lengths)
-    return context.float(), (last[0::2] - last[1::2]).float()
+        read = read_completion(captured[layer_steer], lengths, readout)
+    return context.float(), (read[0::2] - read[1::2]).float()
 
 
 @torch.no_grad()
@@ -226,6 +243,7 @@ def reference_features(
     layer_steer: int,
     layer_context: int,
     context_prefix: Mapping[str, torch.Tensor] | None = None,
+    readout: Readout = "last",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain way for ONE un-padded sample: three full forwards (X, X+, X-), no cache, no truncation.
 
@@ -236,10 +254,19 @@ def reference_features(
     """
 
     context = last_token_state(model, prefix if context_prefix is None else context_prefix, layer_context)
-    steer = last_token_state(model, append_tokens(prefix, positive[None]), layer_steer) - last_token_state(
-        model, append_tokens(prefix, negative[None]), layer_steer
-    )
-    return context.float(), steer.float()
+    sides = [completion_state(model, prefix, completion, layer_steer, readout) for completion in (positive, negative)]
+    return context.float(), (sides[0] - sides[1]).float()
+
+
+def completion_state(
+    model: nn.Module, prefix: Mapping[str, torch.Tensor], completion: torch.Tensor, layer: int, readout: Readout
+) -> torch.Tensor:
+    """(D,): block ``layer``'s output over ``completion`` after ONE un-padded ``prefix`` (a full forward, no
+    cache): at its last token, or the mean over its tokens."""
+    with capture_layer_outputs(model, [layer]) as captured:
+        model(**append_tokens(prefix, completion[None]), use_cache=False)
+    states = captured[layer][0, -completion.shape[0] :]
+    return read_completion(states[None], torch.tensor([completion.shape[0]], device=states.device), readout)[0]
 
 
 def last_token_state(model: nn.Module, inputs: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:

@@ -11,10 +11,13 @@ import torch
 
 from l2s_lightning.data.batch_plan import BatchPlan
 from l2s_lightning.data.items import PromptItem
+from l2s_lightning.errors import L2SInputError
 from l2s_lightning.extraction.encoding import ContrastEncoder, EncodedBatch
 from l2s_lightning.extraction.forward import (
+    READOUTS,
     ContextTail,
     ContrastInputs,
+    Readout,
     last_token_state,
     prefix_shared_features,
     reference_features,
@@ -38,6 +41,9 @@ class ExtractionModule(L.LightningModule):
             0..L* on its cache; with a template suffix, the tokens the suffixed and the plain prompt share are
             encoded once) or ``reference``
             (three full forwards per sample, batch 1 inside the step; for checks and benchmarks).
+        z_readout: how z reads each completion at L*: ``last`` (its last token's state, the paper's P2S) or
+            ``mean`` (the mean over its tokens: the completion as a whole rather than the next-token state after
+            its last word; on SmolLM2-135M only ``mean`` vectors make the model refuse, ``docs/RESULTS.md``).
         compile: ``torch.compile`` each decoder block run (and the vision tower's blocks), shapes dynamic
             (:func:`l2s_lightning.models.compile.compile_blocks`): fuses the elementwise work around the
             matrix products, for GPUs; the first batches pay the compilation (``bench/extraction.py
@@ -54,6 +60,7 @@ class ExtractionModule(L.LightningModule):
         layer_steer: int,
         layer_context: int,
         forward: Literal["prefix_shared", "reference"] = "prefix_shared",
+        z_readout: Readout = "last",
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -62,6 +69,9 @@ class ExtractionModule(L.LightningModule):
         self.layer_steer = layer_steer
         self.layer_context = layer_context
         self.forward_style = forward
+        if z_readout not in READOUTS:
+            raise L2SInputError(f"model.z_readout={z_readout!r} must be one of {READOUTS}")
+        self.z_readout = z_readout
         self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
         config = text_config(load_config(model))
         self.num_layers = int(config.num_hidden_layers)
@@ -170,11 +180,10 @@ class ExtractionModule(L.LightningModule):
                     for i in range(inputs.prefix["input_ids"].shape[0])
                 ]
             )
-            _, steer = prefix_shared_features(
-                self.llm, dataclasses.replace(inputs, context=None), self.layer_steer, self.layer_context
-            )
+            plain = dataclasses.replace(inputs, context=None)
+            _, steer = prefix_shared_features(self.llm, plain, self.layer_steer, self.layer_context, self.z_readout)
             return context, steer
-        return prefix_shared_features(self.llm, inputs, self.layer_steer, self.layer_context)
+        return prefix_shared_features(self.llm, inputs, self.layer_steer, self.layer_context, self.z_readout)
 
     def _reference(self, inputs: ContrastInputs) -> tuple[torch.Tensor, torch.Tensor]:
         contexts, steers = [], []
@@ -190,6 +199,7 @@ class ExtractionModule(L.LightningModule):
                 self.layer_steer,
                 self.layer_context,
                 self._to_device(_context_prompt(inputs, i)),
+                self.z_readout,
             )
             contexts.append(h)
             steers.append(z)

@@ -33,6 +33,7 @@ class ExtractionSettings:
     layer_steer: int
     layer_context: int
     forward: Literal["prefix_shared", "reference"] = "prefix_shared"
+    z_readout: Literal["last", "mean"] = "last"
     compile: bool = False
 
 
@@ -64,6 +65,7 @@ def extraction_attrs(module: ExtractionModule, data: PromptDataModule) -> dict[s
         "model": module.spec.display_name,
         "layer_steer": module.layer_steer,
         "layer_context": module.layer_context,
+        "z_readout": module.z_readout,
         "hidden_size": module.hidden_size,
         "num_layers": module.num_layers,
         "template_set": data.templates.name,

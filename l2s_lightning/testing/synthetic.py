@@ -1,6 +1,5 @@
-"""A synthetic features.h5 (tests, demos): z = A·tanh(B·h) + a per-behaviour offset + noise.
-
-The behaviour is a function of h (the sign of h₀), so an input-dependent g can beat a single mean vector.
+"""Synthetic test inputs: a features.h5 where z = A·tanh(B·h) + a per-behaviour offset + noise (the behaviour is a
+function of h, the sign of h₀, so an input-dependent g can beat a single mean vector), and prompt items.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from l2s_lightning.data.items import PromptItem
 from l2s_lightning.features import write_features
 
 
@@ -52,3 +52,21 @@ def make_synthetic_features(
         split.tolist(),
         **attrs,
     )
+
+
+def prompt_item(sample_id: str, question: str, **fields: Any) -> PromptItem:
+    """A test-split :class:`PromptItem` of a JSONL ``harm`` / ``refuse`` row with no contrast; ``fields`` override."""
+    values: dict[str, Any] = {
+        "id": sample_id,
+        "question": question,
+        "category": "harm",
+        "behaviour": "refuse",
+        "positive": "",
+        "negative": "",
+        "suffix": "",
+        "close_turn": False,
+        "instruction": "",
+        "split": "test",
+        "benchmark": "jsonl",
+    }
+    return PromptItem(**(values | fields))

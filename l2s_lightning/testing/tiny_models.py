@@ -107,6 +107,26 @@ def _save(model, processor, folder: Path, tokenizer) -> Path:
     return folder
 
 
+def random_llama(seed: int = 0, layers: int = 4, hidden_size: int = 32):
+    """An in-memory random Llama (vocabulary 128, pad 0, bos 1, eos 2) in eval mode, for hook-level tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
 def build_tiny_llama(folder: str | Path, *, num_layers: int = 4, hidden_size: int = 64, seed: int = 0) -> Path:
     """A text-only LlamaForCausalLM with a ChatML template."""
     from transformers import LlamaConfig, LlamaForCausalLM
