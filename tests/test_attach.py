@@ -13,7 +13,7 @@ from transformers.generation.configuration_utils import CompileConfig
 from l2s_lightning.models.layers import decoder_layers
 from l2s_lightning.prompts import left_pad
 from l2s_lightning.steering import ContextCapture, SteeringHook, add_steering, attach_steerer
-from l2s_lightning.testing.tiny_models import random_llama
+from l2s_lightning.testing.tiny_models import greedy_generate, random_llama
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]
 OTHER = [[30, 31, 32, 33], [34, 35], [36, 37, 38, 39, 40]]
@@ -21,18 +21,7 @@ NEW, DIM = 6, 32
 
 
 def generate(model, prompts, **kwargs):
-    ids, mask = left_pad(prompts, 0)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        max_new_tokens=NEW,
-        min_new_tokens=NEW,
-        do_sample=False,
-        pad_token_id=0,
-        output_logits=True,
-        return_dict_in_generate=True,
-        **kwargs,
-    )
+    _, out = greedy_generate(model, prompts, NEW, **kwargs)
     return out.sequences, torch.stack(out.logits, 1)
 
 

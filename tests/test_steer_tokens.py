@@ -24,7 +24,7 @@ from l2s_lightning.steering import (
     steered_from,
     steered_until,
 )
-from l2s_lightning.testing.tiny_models import random_llama
+from l2s_lightning.testing.tiny_models import greedy_generate, random_llama
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
 LAYER, NEW, DIM, EOS = 1, 6, 32, 2
@@ -42,19 +42,8 @@ def vectors(batch: int = 3, scale: float = 3.0) -> torch.Tensor:
 
 def generate(model, prompts=PROMPTS, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """(new tokens (B, NEW), raw logits (B, NEW, V)) of a greedy run of NEW tokens."""
-    ids, mask = left_pad(prompts, 0)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        max_new_tokens=NEW,
-        min_new_tokens=NEW,
-        do_sample=False,
-        pad_token_id=0,
-        output_logits=True,
-        return_dict_in_generate=True,
-        **kwargs,
-    )
-    return out.sequences[:, ids.shape[1] :], torch.stack(out.logits, 1)
+    width, out = greedy_generate(model, prompts, NEW, **kwargs)
+    return out.sequences[:, width:], torch.stack(out.logits, 1)
 
 
 def steered_positions(mode: str, width: int, k: int | None) -> Callable[[int], bool]:

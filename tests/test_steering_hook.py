@@ -12,7 +12,7 @@ from transformers.generation.configuration_utils import CompileConfig
 from l2s_lightning.models.layers import decoder_layers, layer_output
 from l2s_lightning.prompts import left_pad
 from l2s_lightning.steering import POSITIONS, SteeringHook, add_steering, steered_from
-from l2s_lightning.testing.tiny_models import random_llama
+from l2s_lightning.testing.tiny_models import greedy_generate, random_llama
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
 LAYER, NEW = 1, 6
@@ -20,19 +20,7 @@ LAYER, NEW = 1, 6
 
 def generate(model, prompts, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sequences, scores (B, T, V), raw logits (B, T, V)) of a greedy run of NEW tokens."""
-    ids, mask = left_pad(prompts, 0)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        max_new_tokens=NEW,
-        min_new_tokens=NEW,
-        do_sample=False,
-        pad_token_id=0,
-        output_scores=True,
-        output_logits=True,
-        return_dict_in_generate=True,
-        **kwargs,
-    )
+    _, out = greedy_generate(model, prompts, NEW, **kwargs)
     return out.sequences, torch.stack(out.scores, 1), torch.stack(out.logits, 1)
 
 

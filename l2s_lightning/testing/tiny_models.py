@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -125,6 +126,27 @@ def random_llama(seed: int = 0, layers: int = 4, hidden_size: int = 32):
         eos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def greedy_generate(model, prompts, new_tokens: int, **kwargs) -> tuple[int, Any]:
+    """A greedy run of exactly ``new_tokens`` tokens on token-id ``prompts`` (left-padded with 0), scores and raw
+    logits kept: (the padded prompt width, ``generate``'s output)."""
+    from l2s_lightning.prompts import left_pad
+
+    ids, mask = left_pad(prompts, 0)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        output_logits=True,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    return ids.shape[1], out
 
 
 def build_tiny_llama(folder: str | Path, *, num_layers: int = 4, hidden_size: int = 64, seed: int = 0) -> Path:
