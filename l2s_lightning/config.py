@@ -65,10 +65,14 @@ def nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_record(value: Any) -> Any:
-    """``value`` as plain YAML data: a dataclass or mapping as a mapping, a path as text, any other object (a
-    callback, a logger) as its ``class_path``."""
+    """``value`` as plain YAML data: a dataclass, mapping or jsonargparse ``Namespace`` as a mapping, a path as text,
+    any other object (a callback, a logger) as its ``class_path``."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {field.name: config_record(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if callable(
+        getattr(value, "as_dict", None)
+    ):  # a jsonargparse Namespace (a nested mapping given on the command line)
+        return config_record(value.as_dict())
     if isinstance(value, Mapping):
         return {str(key): config_record(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

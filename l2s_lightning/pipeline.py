@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from l2s_lightning.config import fields_dict, parse_dataclass_config
+from l2s_lightning.config import config_record, fields_dict, parse_dataclass_config
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.bootstrap import macro_mean, paired_difference_ci
 from l2s_lightning.evaluation.config import resolve_eval_config
@@ -340,7 +340,7 @@ def build_report(
         rows.append(row)
     pooled = next((run["summary"].get("unsafe_scenarios") for run in runs), None)
     return {
-        "config": config.__dict__,
+        "config": config_record(config),
         "judge": metrics.get("judge"),
         "benchmark": benchmark,
         "unsafe_scenarios": pooled,

@@ -30,7 +30,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from l2s_lightning.config import parse_dataclass_config
+from l2s_lightning.config import config_record, parse_dataclass_config
 from l2s_lightning.data.split import carve_validation, make_split, save_split
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.config import resolve_eval_config
@@ -313,7 +313,7 @@ def run_tune(config: TuneConfig, console: Console | None = None) -> dict[str, An
         candidate |= _metrics(Path(candidate["predictions"]), eval_config)
     choice = choose(candidates, baseline, budgets)
     result = {
-        "config": asdict(config),
+        "config": config_record(config),
         "budgets": asdict(budgets),
         "signals": [p.as_row() for p in signals],
         "baseline": baseline,
@@ -343,7 +343,7 @@ def tuned_overrides(chosen: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def write_tuned_run(source: str, run_config: RunConfig, chosen: dict[str, Any], path: Path) -> Path:
     """``run_config`` with the chosen setting merged into its overrides (the tuner's keys win), as a run YAML."""
-    values = asdict(run_config)
+    values = config_record(run_config)
     for key, overrides in tuned_overrides(chosen).items():
         values[key] = {**values[key], **overrides}
     values["out_dir"] = str(Path(run_config.out_dir).with_name(Path(run_config.out_dir).name + "_tuned"))

@@ -287,3 +287,19 @@ def test_run_composes_the_stages(configs, tmp_path):
     ]
     assert predict_cli.predict_main(argv) == 0
     assert _rows(tmp_path / "l2s.jsonl") == _rows(out / "predictions" / "l2s.jsonl")
+
+
+def test_a_run_config_with_a_nested_override_is_recorded_as_plain_data(tmp_path):
+    """A mapping given as one override's value (a whole data.source) parses to a jsonargparse Namespace; the
+    report's config and the tuned run YAML record it as plain data."""
+    from l2s_lightning.config import config_record
+    from l2s_lightning.pipeline import parse_run_config
+
+    source = {"class_path": "l2s_lightning.data.sources.JsonlSource", "init_args": {"path": "q.jsonl"}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"extract_overrides": {"data.source": source}}))
+    config = parse_run_config(["--config", str(tmp_path / "run.yaml")])
+    record = config_record(config)
+    recorded = record["extract_overrides"]["data.source"]  # the parser fills in the class's defaults
+    assert recorded["class_path"] == source["class_path"] and recorded["init_args"]["path"] == "q.jsonl"
+    json.dumps(record)
+    yaml.safe_dump(record)
