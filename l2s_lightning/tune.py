@@ -179,12 +179,15 @@ def best_per_steer_layer(signals: list[PairSignals], count: int) -> list[PairSig
     return list(chosen.values())
 
 
-def write_pair_features(layer_files: dict[int, Path], context_layer: int, steer_layer: int, path: Path) -> Path:
-    """A features.h5 of h at L' (from one layer's file) and z at L* (from another's), with L*'s attributes."""
+def write_pair_features(
+    layers: dict[int, dict[str, np.ndarray]], steer_file: Path, context_layer: int, steer_layer: int, path: Path
+) -> Path:
+    """A features.h5 of h at L' and z at L* (from the per-layer features :func:`read_layer` gave), with the
+    attributes of L*'s file ``steer_file``."""
     if path.is_file():
         return path
-    h, z = read_layer(layer_files[context_layer]), read_layer(layer_files[steer_layer])
-    attrs = FeatureFile(layer_files[steer_layer]).meta.to_attrs() | {"layer_context": context_layer}
+    h, z = layers[context_layer], layers[steer_layer]
+    attrs = FeatureFile(steer_file).meta.to_attrs() | {"layer_context": context_layer}
     attrs = {k: v for k, v in attrs.items() if k not in ("splits", "num_rows")}
     tmp = path.with_name(path.name + ".tmp")
     columns = [z[name].tolist() for name in ("sample_id", "category", "behaviour", "split")]
@@ -264,7 +267,9 @@ def run_tune(config: TuneConfig, console: Console | None = None) -> dict[str, An
     candidates: list[dict[str, Any]] = []
     for pair in chosen_pairs:
         pair_dir = out / "pairs" / f"C{pair.layer_context}_S{pair.layer_steer}"
-        features = write_pair_features(layer_files, pair.layer_context, pair.layer_steer, pair_dir / "features.h5")
+        features = write_pair_features(
+            layers, layer_files[pair.layer_steer], pair.layer_context, pair.layer_steer, pair_dir / "features.h5"
+        )
         fit.run(
             replace(
                 stages.fit,

@@ -24,7 +24,7 @@ from l2s_lightning.steering import (
     steered_from,
     steered_until,
 )
-from l2s_lightning.testing.tiny_models import greedy_generate, random_llama
+from l2s_lightning.testing.tiny_models import greedy_generate, next_block_inputs, random_llama
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
 LAYER, NEW, DIM, EOS = 1, 6, 32, 2
@@ -163,15 +163,9 @@ def test_which_calls_receive_the_vector(model, mode):
     assert steered == [prefill] + [[0]] * (k - 1) + [[]] * (NEW - k)  # NEW - 1 decode steps (the last token is not fed)
 
 
-def _block_outputs(model, run: Callable[[], None]) -> torch.Tensor:
+def _block_outputs(model, run) -> torch.Tensor:
     """Everything block LAYER+1 received during ``run()`` (= block LAYER's output), concatenated over calls."""
-    seen: list[torch.Tensor] = []
-    handle = decoder_layers(model)[LAYER + 1].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
-    try:
-        run()
-    finally:
-        handle.remove()
-    return torch.cat(seen, dim=1)
+    return next_block_inputs(model, LAYER, run)
 
 
 @pytest.mark.parametrize("mode", POSITIONS)

@@ -12,7 +12,7 @@ from transformers.generation.configuration_utils import CompileConfig
 from l2s_lightning.models.layers import decoder_layers, layer_output
 from l2s_lightning.prompts import left_pad
 from l2s_lightning.steering import POSITIONS, SteeringHook, add_steering, steered_from
-from l2s_lightning.testing.tiny_models import greedy_generate, random_llama
+from l2s_lightning.testing.tiny_models import greedy_generate, next_block_inputs, random_llama
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14, 15, 16, 17]]  # different lengths: left padding
 LAYER, NEW = 1, 6
@@ -97,13 +97,7 @@ def test_the_hook_never_edits_the_hidden_state_in_place(model, mode):
 
 def _inputs_of_next_block(model, run) -> torch.Tensor:
     """Everything block LAYER+1 received during ``run()`` (= block LAYER's output), concatenated over calls."""
-    seen: list[torch.Tensor] = []
-    handle = decoder_layers(model)[LAYER + 1].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
-    try:
-        run()
-    finally:
-        handle.remove()
-    return torch.cat(seen, dim=1)
+    return next_block_inputs(model, LAYER, run)
 
 
 def test_added_at_layer_on_generated_positions_only_in_generate(model):

@@ -149,6 +149,20 @@ def greedy_generate(model, prompts, new_tokens: int, **kwargs) -> tuple[int, Any
     return ids.shape[1], out
 
 
+def next_block_inputs(model, layer: int, run: Callable[[], None]) -> torch.Tensor:
+    """Everything block ``layer + 1`` received during ``run()`` (= block ``layer``'s output), concatenated over
+    calls along the sequence axis."""
+    from l2s_lightning.models.layers import decoder_layers
+
+    seen: list[torch.Tensor] = []
+    handle = decoder_layers(model)[layer + 1].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return torch.cat(seen, dim=1)
+
+
 def build_tiny_llama(folder: str | Path, *, num_layers: int = 4, hidden_size: int = 64, seed: int = 0) -> Path:
     """A text-only LlamaForCausalLM with a ChatML template."""
     from transformers import LlamaConfig, LlamaForCausalLM
