@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("l2s_lightning.sweep:sweep_main", "alpha sweep of a steerer; picks alpha within a quality budget"),
     "run": ("l2s_lightning.pipeline:run_main", "the whole loop: extract, fit, predict, evaluate"),
     "tune": ("l2s_lightning.tune:tune_main", "choose L*, L', alpha and positions on a validation split"),
+    "cache": ("l2s_lightning.models.cache_cli:cache_main", "list (info) or delete (clear) the dequantised GGUF models"),
 }
 
 
@@ -26,8 +27,10 @@ def _load(target: str) -> Callable[[list[str]], int]:
 
 
 def usage() -> str:
-    lines = ["usage: l2s <command> [--config FILE] [--field value ...]", "", "commands:"]
+    """``l2s --help``: the command list, and where each command's options are."""
+    lines = ["usage: l2s <command> [--config FILE] [--option value ...]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "l2s <command> --help lists that command's options."]
     return "\n".join(lines)
 
 

@@ -14,12 +14,16 @@ ConfigT = TypeVar("ConfigT")
 
 
 def parse_dataclass_config(cls: type[ConfigT], prog: str, description: str | None, argv: list[str] | None) -> ConfigT:
-    """A config dataclass from ``--config FILE`` and/or ``--field value`` arguments (jsonargparse)."""
+    """A config dataclass from ``--config FILE`` and/or ``--field value`` arguments (jsonargparse); ``--help``
+    shows the first paragraph of ``description`` (a module docstring) and the fields."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog=prog, description=description)
+    from l2s_lightning.cli_help import USAGE, HelpFormatter, describe, tidy_help
+
+    parser = ArgumentParser(prog=prog, usage=USAGE, description=describe(description), formatter_class=HelpFormatter)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(cls, nested_key=None)
+    tidy_help(parser)
     parsed: Any = parser.parse_args(argv)
     return cls(**{k: v for k, v in parsed.items() if k in cls.__dataclass_fields__})  # type: ignore[attr-defined]
 

@@ -17,6 +17,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from l2s_lightning.quiet import quiet_output
+
 TRACEBACK_ENV = "L2S_TRACEBACK"  # set to 1 to see the traceback of a bad-input error
 
 
@@ -60,10 +62,12 @@ def error_message(error: BaseException, command: str = "") -> str:
 
 
 def run_reporting_errors(command: str, entry: Callable[[], int | None]) -> int:
-    """``entry()``'s exit status; an error with an :func:`exit_status` is printed as one line (``L2S_TRACEBACK=1``
-    re-raises it), any other error propagates with its traceback."""
+    """``entry()``'s exit status, run in :func:`~l2s_lightning.quiet.quiet_output`; an error with an
+    :func:`exit_status` is printed as one line (``L2S_TRACEBACK=1`` re-raises it), any other error propagates with
+    its traceback."""
     try:
-        return int(entry() or 0)
+        with quiet_output():
+            return int(entry() or 0)
     except Exception as error:
         status = exit_status(error)
         if status is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):

@@ -1,4 +1,5 @@
-"""Every use of a transformers / torch internal, one function each; ``tests/test_internals.py`` checks each one.
+"""Every use of a transformers / torch / jsonargparse internal, one function each; ``tests/test_internals.py``
+checks each one.
 
 Each docstring names the library behaviour the function relies on. When a new release changes one, its
 test says what changed; the fix belongs here.
@@ -35,20 +36,21 @@ def replace_layer_output(output: object, hidden: torch.Tensor) -> object:
 
 
 @contextlib.contextmanager
-def truncated_layers(owner: nn.Module, configs: list[Any], n_layers: int) -> Iterator[None]:
-    """Keep only the first ``n_layers`` of ``owner.layers`` (and set ``num_hidden_layers`` of ``configs``) while
-    open; restored afterwards, even on error. Relies on: the decoder's ``forward`` runs the blocks of
-    ``self.layers`` (at most ``config.num_hidden_layers`` of them) and its ``DynamicCache`` has one layer per
-    block it runs (sized from the config); ``layer_types`` of the configs is restored too."""
-    layers = cast(nn.ModuleList, owner.layers)
+def truncated_layers(owner: nn.Module, configs: list[Any], n_layers: int, name: str = "layers") -> Iterator[None]:
+    """Keep only the first ``n_layers`` of ``owner.<name>`` (``layers``; GPT-2: ``h``) (and set
+    ``num_hidden_layers`` of ``configs``) while open; restored afterwards, even on error. Relies on: the decoder's
+    ``forward`` runs the blocks of that list (at most ``config.num_hidden_layers`` of them) and its
+    ``DynamicCache`` has one layer per block it runs (sized from the config); ``layer_types`` of the configs is
+    restored too."""
+    layers = cast(nn.ModuleList, getattr(owner, name))
     saved = [(c, c.num_hidden_layers, getattr(c, "layer_types", None)) for c in configs]
-    owner.layers = nn.ModuleList(list(layers)[:n_layers])
+    setattr(owner, name, nn.ModuleList(list(layers)[:n_layers]))
     for c, _, _ in saved:
         c.num_hidden_layers = n_layers
     try:
         yield
     finally:
-        owner.layers = layers
+        setattr(owner, name, layers)
         for c, n, layer_types in saved:
             c.num_hidden_layers = n
             if layer_types is not None:
@@ -231,3 +233,26 @@ def _new_image_only(processor_class: type) -> Any:
     """An empty instance of ``image_only(processor_class)``: unpickling fills its attributes."""
     cls: Any = image_only(processor_class)
     return cls.__new__(cls)
+
+
+# --- command-line parsing -------------------------------------------------------------------------------------
+
+
+def is_group_file_option(action: object) -> bool:
+    """Whether an argparse action is jsonargparse's ``--<group> FILE`` option (a group's settings read from a YAML
+    file of their own). Relies on: jsonargparse adds those options as its private ``_actions._ActionConfigLoad``."""
+    from jsonargparse._actions import _ActionConfigLoad
+
+    return isinstance(action, _ActionConfigLoad)
+
+
+# --- Lightning ------------------------------------------------------------------------------------------------
+
+
+def set_module_device(module: nn.Module, device: torch.device) -> None:
+    """Make a LightningModule's ``device`` read ``device`` without moving any weight (a model already placed,
+    maybe across devices, used outside a Trainer). Relies on: Lightning's ``_DeviceDtypeModuleMixin`` keeps the
+    device in ``_device``, set on the module and its submodules by ``device_dtype_mixin._update_properties``."""
+    from lightning.fabric.utilities.device_dtype_mixin import _update_properties
+
+    _update_properties(module, device=torch.device(device))

@@ -9,7 +9,7 @@ on, where it acts when the model starts answering, the continuation's tokens ste
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -112,3 +112,37 @@ def steerer_log_odds(
     return behaviour_log_odds(
         loaded, items, eval_templates, vectors, steerer.layer_steer, alpha=alpha, steer_tokens=steer_tokens
     )
+
+
+def batched_log_odds(
+    loaded: LoadedModel,
+    items: Sequence[PromptItem],
+    eval_templates: TemplateSet,
+    steerer: Any = None,
+    context: torch.Tensor | None = None,
+    alpha: float | torch.Tensor | None = None,
+    steer_tokens: int | None = None,
+    instructions: Sequence[str] | None = None,
+    batch_size: int = 16,
+    advance: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Per item, in batches of ``batch_size`` items: :func:`steerer_log_odds` from ``context`` (N, D) with a
+    ``steerer``, else :func:`behaviour_log_odds` after ``instructions`` (one per item, or None); ``advance(n)``
+    after each batch of n items (e.g. a :func:`l2s_lightning.quiet.progress` bar's)."""
+    if steerer is not None and context is None:
+        raise L2SInputError("batched_log_odds: a steerer needs the contexts of the items")
+    scores = []
+    for start in range(0, len(items), batch_size):
+        stop = start + batch_size
+        batch = items[start:stop]
+        if steerer is not None:
+            assert context is not None
+            scores.append(
+                steerer_log_odds(loaded, batch, eval_templates, steerer, context[start:stop], alpha, steer_tokens)
+            )
+        else:
+            prompt = list(instructions[start:stop]) if instructions is not None else None
+            scores.append(behaviour_log_odds(loaded, batch, eval_templates, instructions=prompt))
+        if advance is not None:
+            advance(len(batch))
+    return torch.cat(scores) if scores else torch.zeros(0)

@@ -8,22 +8,58 @@ the prediction writer of ``l2s extract`` / ``l2s predict`` (``--writer.output``)
 
 from __future__ import annotations
 
+import argparse
+import sys
 import warnings
 from argparse import ArgumentError
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from l2s_lightning.cli_help import HelpFormatter, ShortHelpFormatter, describe, tidy_help
 from l2s_lightning.config import build_dataclass, nest
 from l2s_lightning.errors import L2SInputError
 from l2s_lightning.stages.common import WRITER_TRAINER_DEFAULTS
 
 ConfigT = TypeVar("ConfigT")
 
-# parser keys that are no setting of a stage: the config file, and the optimizer groups LightningCLI adds
-_CLI_ONLY_KEYS = ("config", "optimizer", "lr_scheduler")
+USAGE = "%(prog)s [-h] [--config FILE] [--print_config] [--GROUP.OPTION VALUE ...]"
+
+
+class _HelpIn(argparse._HelpAction):
+    """``--help-full`` / ``--help-trainer``: the help in another :attr:`StageParser.help_mode`, then exit."""
+
+    def __init__(self, option_strings: list[str], mode: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, **kwargs)
+        self.mode = mode
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        parser.help_mode = self.mode
+        super().__call__(parser, namespace, values, option_string)
+
+
+class StageParser(LightningArgumentParser):
+    """The parser of a stage: ``--help`` shows the gist of the stage's own options, ``--help-trainer`` of the
+    Trainer's, ``--help-full`` every option in full."""
+
+    help_mode = "short"  # "short", "trainer" or "full"
+
+    def format_help(self, formatter: argparse.HelpFormatter | None = None) -> str:
+        trainer = {id(group) for key, group in (self.groups or {}).items() if key.split(".")[0] == "trainer"}
+        saved = self._action_groups, self.epilog, self.formatter_class
+        ours = [group for group in saved[0] if id(group) not in trainer]
+        theirs = [group for group in saved[0] if id(group) in trainer]
+        self._action_groups = {"short": ours, "trainer": theirs, "full": ours + theirs}[self.help_mode]
+        if self.help_mode != "full":
+            self.formatter_class = ShortHelpFormatter
+        if self.help_mode != "short":
+            self.epilog = None
+        try:
+            return super().format_help(formatter)
+        finally:
+            self._action_groups, self.epilog, self.formatter_class = saved
 
 
 class StageCLI(LightningCLI, Generic[ConfigT]):
@@ -37,8 +73,10 @@ class StageCLI(LightningCLI, Generic[ConfigT]):
     data_class: ClassVar[type]
     default_trainer: ClassVar[dict[str, Any]] = {}
     default_seed: ClassVar[bool | int] = True
-    optimizer_args: ClassVar[bool] = True  # LightningCLI's --optimizer / --lr_scheduler groups (parsed, unused)
-    parser_settings: ClassVar[dict[str, Any]] = {}
+    group_titles: ClassVar[dict[str, str]] = {
+        "trainer": "Lightning's Trainer",
+        "model.model": "the LLM to load",
+    }  # --help
 
     stage_config: ConfigT
 
@@ -59,9 +97,31 @@ class StageCLI(LightningCLI, Generic[ConfigT]):
                 save_config_callback=None,
                 trainer_defaults=dict(self.default_trainer),
                 seed_everything_default=self.default_seed,
-                auto_configure_optimizers=self.optimizer_args,
-                parser_kwargs={**self.parser_settings, **(parser_kwargs or {})},
+                auto_configure_optimizers=False,  # no --optimizer / --lr_scheduler: each module sets its own
+                parser_kwargs=dict(parser_kwargs or {}),
+                parser_class=StageParser,
             )
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """A :class:`StageParser` named after the command, its description the module docstring's first paragraph."""
+        epilog = f"Trainer options (--trainer.*): {self.command} --help-trainer"
+        description = describe(sys.modules[type(self).__module__].__doc__)
+        kwargs = dict(prog=self.command, usage=USAGE, description=description, epilog=epilog) | kwargs
+        parser = super().init_parser(formatter_class=HelpFormatter, **kwargs)
+        parser.add_argument("--help-full", action=_HelpIn, mode="full", help="show every option in full and exit")
+        parser.add_argument(
+            "--help-trainer", action=_HelpIn, mode="trainer", help="show the Trainer's options and exit"
+        )
+        return parser
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        """LightningCLI's parser, with short built-in help texts and our group titles (``group_titles``)."""
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        tidy_help(self.parser)
+        for key, group in (self.parser.groups or {}).items():
+            group.title = f"{key}: {self.group_titles[key]}" if key in self.group_titles else key
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -70,7 +130,7 @@ class StageCLI(LightningCLI, Generic[ConfigT]):
 
     def instantiate_classes(self) -> None:
         values = self.parser.instantiate(self.config, instantiate_groups=False).as_dict()
-        settings = {key: value for key, value in values.items() if key not in _CLI_ONLY_KEYS}
+        settings = {key: value for key, value in values.items() if key != "config"}
         self.stage_config = build_dataclass(self.config_class, settings, where=self.command)
 
 

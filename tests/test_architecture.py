@@ -14,7 +14,20 @@ _TARGET = re.compile(r"^(l2s_lightning(?:\.\w+)+):\w+$")
 
 # lowest first: a module imports only modules of its own layer or of a lower one
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "readers", "files", "jsonl", "internals", "models.names", "part_writer", "mlp", "methods", "config"),
+    (
+        "errors",
+        "quiet",
+        "readers",
+        "files",
+        "jsonl",
+        "internals",
+        "models.names",
+        "part_writer",
+        "mlp",
+        "methods",
+        "config",
+        "cli_help",
+    ),
     ("models", "templates", "features", "prompts"),
     ("data", "steering", "steerer", "scoring"),
     ("extraction", "generation", "training", "evaluation", "tuning"),

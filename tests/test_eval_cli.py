@@ -145,14 +145,10 @@ def test_cli_end_to_end(inputs, capsys):
         table = md.split(f"### unsafe@{t} by scenario")[1].split("###")[0]
         assert "| scenario | l2s α=0 | l2s α=2.2 | mean α=2.2 |" in table and "| 13-Gov_Decision |" in table
     assert "overall unsafe@t pools scenarios 01, 02, 10, 12, 13" in md
-    for name in (
-        "mm_safetybench_vs_alpha.png",
-        "mm_safetybench_unsafe_at_0.5_by_group.png",
-        "pope_vs_alpha.png",
-        "pope_f1_by_group.png",
-        "chair_vs_alpha.png",
-    ):
+    for name in ("mm_safetybench_vs_alpha.png", "mm_safetybench_unsafe_at_0.5_by_group.png", "pope_f1_by_group.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # one α per method (POPE: l2s α=1 and none; CHAIR: one run): a metrics-vs-α plot would show nothing
+    assert not (out / "pope_vs_alpha.png").exists() and not (out / "chair_vs_alpha.png").exists()
     scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == 30 + 30 + 1
 
@@ -352,7 +348,7 @@ def test_custom_categories_by_config_and_default_ed(custom_inputs):
     assert "### unsafe@0.5 by category" in md and "| ed_score |" in md
     assert "ed_score scores categories medical (n_ed_scored responses)." in md
     assert "overall unsafe@t pools categories cooking, medical, violence (n_unsafe_scored responses)." in md
-    for name in ("jsonl_unsafe_at_0.5_by_group.png", "jsonl_ed_score_by_group.png", "jsonl_vs_alpha.png"):
+    for name in ("jsonl_unsafe_at_0.5_by_group.png", "jsonl_ed_score_by_group.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
     config = tmp_path / "eval.yaml"

@@ -329,3 +329,28 @@ def test_processor_workaround_still_needed(tiny_qwen2_vl_dir: Path) -> None:
     except Exception:
         return
     pytest.fail("transformers now builds Qwen2-VL processors without torchvision: drop internals.image_only")
+
+
+def test_group_file_options_are_recognised() -> None:
+    from dataclasses import dataclass
+
+    from jsonargparse import ArgumentParser
+
+    @dataclass
+    class Settings:
+        size: int = 1
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(Settings, "model")
+    kinds = {o: internals.is_group_file_option(a) for a in parser._actions for o in a.option_strings}
+    assert kinds["--model"] is True and kinds["--model.size"] is False and kinds["--help"] is False
+
+
+def test_module_device_is_set_without_moving_weights() -> None:
+    import lightning as L
+
+    module = L.LightningModule()
+    module.inner = nn.Linear(2, 2)
+    internals.set_module_device(module, torch.device("meta"))
+    assert module.device == torch.device("meta"), CHANGED
+    assert module.inner.weight.device == torch.device("cpu")

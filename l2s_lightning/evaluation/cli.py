@@ -1,8 +1,10 @@
-"""``l2s evaluate``: metrics, tables and plots from prediction JSONL files.
+"""`l2s evaluate`: metrics, tables and plots of prediction JSONL files (``l2s predict``'s; MM-SafetyBench, POPE,
+CHAIR; several methods and α values). A judge scores each answer; the metrics go to ``--out`` (metrics.json,
+metrics.md, scores.jsonl, plots) and the table is printed. Command-line options override the YAML config.
 
     l2s evaluate preds/*.jsonl --out results/ [--config eval.yaml] [--judge http --judge-arg base_url=... ...]
 
-Command-line options override the YAML config (format in :mod:`l2s_lightning.evaluation.config`).
+The YAML format is in :mod:`l2s_lightning.evaluation.config`.
 Exit codes: 0 success, 2 bad input or config (or a file that cannot be read or written), 3 judge failure
 (unreachable, unparseable answers).
 """
@@ -15,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from l2s_lightning.cli_help import describe
 from l2s_lightning.errors import L2SInputError, run_reporting_errors
 from l2s_lightning.evaluation.config import EvalConfig, merge_judge
 from l2s_lightning.evaluation.judges.registry import JUDGES
@@ -26,7 +29,9 @@ _RESET = {"unsafe_scenarios": "all", "ed_scenarios": "default"}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="l2s evaluate",
-        description="Evaluate prediction JSONL files (MM-SafetyBench, POPE, CHAIR; several methods and α values).",
+        usage="%(prog)s [-h] PREDICTIONS.jsonl [...] --out DIR [--config FILE] [--OPTION VALUE ...]",
+        description=describe(__doc__),
+        epilog="Exit status: 0 success, 2 bad input or config, 3 a judge that could not score.",
     )
     parser.add_argument("predictions", nargs="+", help="prediction JSONL files")
     parser.add_argument(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,6 +21,7 @@ from l2s_lightning.evaluation.judges.registry import build_judge
 from l2s_lightning.evaluation.pope import pope_metrics
 from l2s_lightning.evaluation.records import PredictionFormatError, Run, group_runs
 from l2s_lightning.evaluation.safety import categories_of, safety_metrics
+from l2s_lightning.quiet import ProgressHook, progress
 
 FORMAT_VERSION = 1
 _JUDGED = ("mm_safetybench", "jsonl")
@@ -35,21 +37,61 @@ def _config(config: EvalConfig | Mapping[str, Any] | str | Path | None) -> EvalC
     return EvalConfig.from_dict(config)
 
 
-def judge_runs(runs: Sequence[Run], judge: Judge, quality: bool) -> dict[tuple[str, str], tuple[float, float | None]]:
+def judge_runs(
+    runs: Sequence[Run], judge: Judge, quality: bool, hook: ProgressHook | None = None
+) -> dict[tuple[str, str], tuple[float, float | None]]:
     """(prompt, response) → (p_unsafe, quality) for every distinct non-empty response of the runs.
 
-    One call per judge method over all distinct pairs (so identical answers are judged once). Empty
-    responses are not sent. Any judge failure propagates: no partial scores.
+    One call per judge method over all distinct pairs (so identical answers are judged once), shown by a
+    :func:`~l2s_lightning.quiet.progress` bar where the judge reports as it scores (has ``on_scored``; the
+    keyword judge, instant, has none); ``hook(done, total)`` as it advances. Empty responses are not sent. Any
+    judge failure propagates: no partial scores.
     """
     pairs = sorted({(row.judged_prompt, row.response) for run in runs for row in run.rows if not row.is_empty})
     if not pairs:
         return {}
     prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
-    p_unsafe = check_scores(judge.p_unsafe(prompts, responses), len(pairs), 0.0, 1.0, "p_unsafe")
     ratings: list[float | None] = [None] * len(pairs)
-    if quality:
-        ratings = list(check_scores(judge.quality(prompts, responses), len(pairs), 1.0, 10.0, "quality"))
+    name = describe_judge(judge).get("name", type(judge).__name__)
+    total, shown = len(pairs) * (2 if quality else 1), hasattr(judge, "on_scored")  # a fast judge: no bar
+    with progress(f"judging ({name})", total, hook, shown) as advance:
+        p_unsafe = check_scores(
+            _scored(judge.p_unsafe, judge, prompts, responses, advance), len(pairs), 0.0, 1.0, "p_unsafe"
+        )
+        if quality:
+            values = _scored(judge.quality, judge, prompts, responses, advance)
+            ratings = list(check_scores(values, len(pairs), 1.0, 10.0, "quality"))
     return {pair: (p, q) for pair, p, q in zip(pairs, p_unsafe, ratings)}
+
+
+def _scored(
+    method: Callable[[Sequence[str], Sequence[str]], list[float]],
+    judge: Judge,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    advance: Callable[[int], None],
+) -> list[float]:
+    """``method(prompts, responses)``; the judge's ``on_scored`` (where it has one) advances the bar as it
+    scores, the rest of the responses are counted when it returns."""
+    counted, lock = 0, threading.Lock()
+
+    def on_scored(n: int) -> None:
+        nonlocal counted
+        with lock:
+            counted += n
+        advance(n)
+
+    reports = hasattr(judge, "on_scored")
+    if reports:
+        judge.on_scored = on_scored  # type: ignore[attr-defined]
+    try:
+        values = method(prompts, responses)
+    finally:
+        if reports:
+            judge.on_scored = None  # type: ignore[attr-defined]
+    if len(responses) > counted:
+        advance(len(responses) - counted)
+    return values
 
 
 def safety_categories(runs: Sequence[Run]) -> set[str]:

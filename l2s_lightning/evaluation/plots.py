@@ -29,13 +29,15 @@ def _alpha_metrics(benchmark: str, runs: list[dict]) -> list[str]:
 
 
 def plot_vs_alpha(benchmark: str, runs: list[dict], path: Path) -> Path | None:
-    """One panel per metric; a line per method over its α values; runs without α as dashed levels."""
+    """One panel per metric; a line per method over its α values; runs without α as dashed levels. None (no
+    plot) when no method has two α values: the plot would carry no information."""
     metrics = _alpha_metrics(benchmark, runs)
-    if not metrics:
-        return None
     by_method: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         by_method[run.get("series", run["method"])].append(run)
+    swept = any(len({r["alpha"] for r in group if r["alpha"] is not None}) > 1 for group in by_method.values())
+    if not metrics or not swept:
+        return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for index, (method, method_runs) in enumerate(by_method.items()):

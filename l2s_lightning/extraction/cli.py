@@ -1,4 +1,8 @@
-"""`l2s extract`: P2S features of a dataset written to features.h5 (LightningCLI; resumable; DDP).
+"""`l2s extract`: the P2S features of a dataset, written to features.h5. For each prompt X of the chosen splits,
+h is the context state at layer L' (``--model.layer_context``) on X's last token and z the steering vector at
+layer L* (``--model.layer_steer``): the state after X + T+ minus the state after X + T-, with (T+, T-) the
+completions of X's category in the template set (``--data.templates``). Resumes a killed run; several devices
+(``--trainer.devices``) share the work.
 
 The command parses its arguments into an :class:`~l2s_lightning.stages.extract.ExtractConfig` and runs
 :func:`l2s_lightning.stages.extract.run`.
@@ -15,13 +19,18 @@ from l2s_lightning.extraction.module import ExtractionModule
 from l2s_lightning.extraction.writer import HDF5FeatureWriter
 from l2s_lightning.stages import extract
 from l2s_lightning.stages.extract import ExtractConfig
-from l2s_lightning.writer_cli import WriterCLI, load_stage_config, parse_stage_config
+from l2s_lightning.writer_cli import StageCLI, WriterCLI, load_stage_config, parse_stage_config
 
 
 class ExtractCLI(WriterCLI[ExtractConfig]):
     """``l2s extract``: ExtractionModule + PromptDataModule + the HDF5 writer (``--writer.output``)."""
 
     command = "l2s extract"
+    group_titles = StageCLI.group_titles | {
+        "model": "what is extracted, and how",
+        "data": "the prompts and their contrast completions",
+        "writer": "the features file",
+    }
     config_class = ExtractConfig
     module_class = ExtractionModule
     data_class = PromptDataModule

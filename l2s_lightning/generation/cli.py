@@ -1,4 +1,6 @@
-"""`l2s predict`: steered generation of a dataset split into JSONL (LightningCLI; resumable; DDP).
+"""`l2s predict`: steered generation on a dataset split (test by default) into JSONL. The steerer
+(``--model.method``, ``--model.steerer``) adds α times its vector to the residual stream of layer L*; ``none``
+and ``prompt`` are the unsteered references. Resumes a killed run; several devices share the work.
 
 The command parses its arguments into a :class:`~l2s_lightning.stages.predict.PredictConfig` and runs
 :func:`l2s_lightning.stages.predict.run`.
@@ -16,13 +18,18 @@ from l2s_lightning.generation.writer import JsonlPredictionWriter
 from l2s_lightning.models.loading import ModelCache
 from l2s_lightning.stages import predict
 from l2s_lightning.stages.predict import PredictConfig
-from l2s_lightning.writer_cli import WriterCLI, load_stage_config, parse_stage_config
+from l2s_lightning.writer_cli import StageCLI, WriterCLI, load_stage_config, parse_stage_config
 
 
 class PredictCLI(WriterCLI[PredictConfig]):
     """``l2s predict``: SteeredGenerationModule + PromptDataModule (test split) + the JSONL writer."""
 
     command = "l2s predict"
+    group_titles = StageCLI.group_titles | {
+        "model": "steering and generation",
+        "data": "the prompts (the test split by default)",
+        "writer": "the predictions file",
+    }
     config_class = PredictConfig
     module_class = SteeredGenerationModule
     data_class = PromptDataModule

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -106,19 +107,61 @@ def resolve_model_path(name_or_path: str) -> str:
     return locations[0] if locations else os.path.dirname(spec.origin or "")
 
 
+GGUF_INDEX = "index.json"  # in gguf_cache_root: resolved path → size, mtime and sha256 of each GGUF file seen
+GGUF_SOURCE = "l2s_source.json"  # in each cached copy: the GGUF file it was made from
+
+
 def _default_cache_dir() -> Path:
     return Path(os.environ.get("L2S_CACHE", Path.home() / ".cache" / "l2s_lightning"))
 
 
+def gguf_cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The folder of the safetensors copies of GGUF files: ``<cache_dir>/gguf``."""
+    return (Path(cache_dir) if cache_dir else _default_cache_dir()) / "gguf"
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
+
+
+def gguf_sha256(source: Path, root: Path) -> str:
+    """The sha256 of a GGUF file's content, remembered in ``root/index.json`` under its resolved path, size and
+    mtime: an unchanged file is hashed once (~0.4 s for SmolLM2's 98 MB), not at every load."""
+    stat, path = source.stat(), str(source.resolve())
+    seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    entry = _read_index(root / GGUF_INDEX).get(path)
+    if isinstance(entry, dict) and entry.get("sha256") and {k: entry.get(k) for k in seen} == seen:
+        return str(entry["sha256"])
+    digest = hashlib.sha256()
+    with source.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    index = {p: e for p, e in _read_index(root / GGUF_INDEX).items() if os.path.exists(p)}  # others' entries too
+    index[path] = {**seen, "sha256": sha}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=GGUF_INDEX + ".", suffix=".tmp")
+        with os.fdopen(fd, "w") as file:
+            json.dump(index, file, indent=1)
+        os.replace(tmp, root / GGUF_INDEX)  # atomic: readers see the old index or the new one
+    except OSError:  # a read-only cache: hashed again next time
+        pass
+    return sha
+
+
 def gguf_cache_folder(folder: str, gguf_file: str, cache_dir: str | None = None) -> Path:
-    """Where the safetensors copy of a GGUF file lives (keyed by its path, size and mtime); nothing is made."""
+    """Where the safetensors copy of a GGUF file lives, keyed by the file's content (one copy for every clone,
+    venv or path holding the same file); only the hash index is written here."""
     source = Path(folder) / gguf_file
     if not source.is_file():
         raise FileNotFoundError(f"GGUF file not found: {source}")
-    stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    target = Path(cache_dir) if cache_dir else _default_cache_dir()
-    return target / "gguf" / f"{source.stem}-{key}"
+    root = gguf_cache_root(cache_dir)
+    return root / f"{source.stem}-{gguf_sha256(source, root)[:16]}"
 
 
 def dequantized_gguf_folder(folder: str, gguf_file: str, cache_dir: str | None = None) -> Path:
@@ -135,6 +178,7 @@ def dequantized_gguf_folder(folder: str, gguf_file: str, cache_dir: str | None =
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))  # one per process
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    (tmp / GGUF_SOURCE).write_text(json.dumps({"gguf_file": Path(gguf_file).name}))
     try:
         tmp.replace(target)
     except OSError:  # another process (a DDP rank, a second job) made it first: theirs is complete, keep it

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from l2s_lightning.data.sources import PromptSource
@@ -74,15 +74,32 @@ def sigterm_as_terminated(message: str | Callable[[], str]) -> Iterator[None]:
         raise Terminated(message if isinstance(message, str) else message()) from None
 
 
-def writer_trainer(settings: Mapping[str, Any], writer: Any):
+PROGRESS_LABELS = {"HDF5FeatureWriter": "Extracting", "JsonlPredictionWriter": "Generating"}
+"""The progress bar's label by writer class (Lightning's own: "Predicting")."""
+
+
+class LabelledProgressBar(RichProgressBar):
+    """Lightning's Rich progress bar, its predict bar labelled ``label`` (on Lightning's console: its
+    ``console_kwargs`` would reconfigure Rich's global console, that the fit's model summary prints to)."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    @property
+    def predict_description(self) -> str:
+        return self.label
+
+
+def writer_trainer(settings: Mapping[str, Any], writer: Any, label: str | None = None):
     """The Trainer of ``l2s extract`` / ``l2s predict``: ``settings`` over :data:`WRITER_TRAINER_DEFAULTS`, the
-    writer after the configured callbacks, a SIGTERM stop after it, then a Rich progress bar unless
-    ``enable_progress_bar`` is false."""
+    writer after the configured callbacks, a SIGTERM stop after it, then a Rich progress bar labelled ``label``
+    (None: as :data:`PROGRESS_LABELS` says for the writer) unless ``enable_progress_bar`` is false."""
     from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import RichProgressBar
 
     kwargs = {**WRITER_TRAINER_DEFAULTS, **settings}
     callbacks = [*as_list(kwargs.get("callbacks")), writer, StopOnSigterm()]
     if kwargs.get("enable_progress_bar", True) is not False:
-        callbacks.append(RichProgressBar())
+        label = label or PROGRESS_LABELS.get(type(writer).__name__, "Predicting")
+        callbacks.append(LabelledProgressBar(label))
     return Trainer(**{**kwargs, "callbacks": callbacks})

@@ -29,7 +29,12 @@ from l2s_lightning.training.data import FeatureDataModule
 from l2s_lightning.training.module import L2SModule
 
 FitMethod = Literal[SteererMethodName, "all"]
-FIT_TRAINER_DEFAULTS: dict[str, Any] = {"max_epochs": 100, "deterministic": True, "log_every_n_steps": 10}
+FIT_TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 100,
+    "deterministic": True,
+    "log_every_n_steps": 10,
+    "enable_model_summary": False,  # the fit report says what was trained
+}
 """Trainer settings of ``l2s fit`` that differ from Lightning's."""
 
 
@@ -233,7 +238,7 @@ def _fit(cfg: FitConfig) -> FitResult:
         steerer.save(out_dir / "steerers" / method)
     report = _report(steerers, data)
     (out_dir / "fit_report.json").write_text(json.dumps(report, indent=2))
-    _print_report(report, out_dir, console)
+    _print_report(report, console)
     console.print(f"[green]steerers[/] in {out_dir / 'steerers'}; report {out_dir / 'fit_report.json'}")
     return FitResult(out_dir, saved, report)
 
@@ -324,25 +329,24 @@ def _report(steerers: dict[str, tuple[Steerer, bool]], data: FeatureDataModule) 
     }
 
 
-def _print_report(report: dict[str, Any], out_dir: Path, console: Console) -> None:
+def _print_report(report: dict[str, Any], console: Console) -> None:
     table = Table(
         title=f"l2s fit: {report['model']} L*={report['layer_steer']} L'={report['layer_context']} "
         f"(rows {report['rows']})"
     )
-    for column in ("method", "val cos", "val MSE", "test cos", "test MSE", "steerer"):
-        table.add_column(column, justify="left" if column in ("method", "steerer") else "right")
+    for column in ("method", "val cos", "val MSE", "test cos", "test MSE", "saved"):
+        table.add_column(column, justify="left" if column == "method" else "right")
 
     def cell(result: dict[str, float] | None, key: str) -> str:
         return "–" if result is None else f"{result[key]:.4f}" if key == "cos" else f"{result[key]:.4g}"
 
     for method, result in report["methods"].items():
-        where = str(out_dir / "steerers" / method) if result["saved"] else "(not saved)"
         table.add_row(
             method,
             cell(result["val"], "cos"),
             cell(result["val"], "mse"),
             cell(result["test"], "cos"),
             cell(result["test"], "mse"),
-            where,
+            "yes" if result["saved"] else "no: compared only",
         )
     console.print(table)

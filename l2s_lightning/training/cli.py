@@ -1,4 +1,6 @@
-"""`l2s fit`: train the L2S network on features.h5 and/or build the baseline steerers, then compare them.
+"""`l2s fit`: train the L2S network (an MLP mapping the context h to the steering vector z) on features.h5
+and/or build the baseline steerers (mean, mean_ba, random, p2s_oracle) from it, then compare them on the held-out
+rows. Writes one steerer folder per method under ``--out_dir``; ``--ckpt_path last`` resumes a killed training.
 
     l2s fit --config configs/fit/smollm2.yaml [--method l2s|mean|mean_ba|random|p2s_oracle|all]
             [--ckpt_path last] [--out_dir DIR] [--model.lr 5e-5] [--trainer.max_epochs 20] ...
@@ -35,13 +37,12 @@ class FitCLI(StageCLI[FitConfig]):
     ``--torch_threads``; the module's ``dim`` is not an argument (the stage takes it from the features file)."""
 
     command = "l2s fit"
+    group_titles = StageCLI.group_titles | {"model": "the L2S network g and its training", "data": "the features file"}
     config_class = FitConfig
     module_class = L2SModule
     data_class = FeatureDataModule
     default_trainer = FIT_TRAINER_DEFAULTS
     default_seed = 0
-    optimizer_args = False
-    parser_settings = {"prog": "l2s fit", "description": __doc__.split("\n\n")[0], "default_env": False}
 
     def add_core_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(self.trainer_class, "trainer")

@@ -12,7 +12,10 @@ from l2s_lightning.evaluation.resources import resource_text
 
 @runtime_checkable
 class Judge(Protocol):
-    """Scores responses: ``p_unsafe`` in [0, 1] and ``quality`` in [1, 10], one value per (prompt, response)."""
+    """Scores responses: ``p_unsafe`` in [0, 1] and ``quality`` in [1, 10], one value per (prompt, response).
+
+    A slow judge has an ``on_scored`` attribute (None): the evaluation sets it to a callable that the judge calls
+    with n after each n responses scored, and shows a progress bar; a judge without one shows none."""
 
     def p_unsafe(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
 

@@ -19,7 +19,7 @@ into 10 (followed by "0") and 1 (anything else).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -82,6 +82,7 @@ class CausalLMJudge:
                 f"{unsafe_token!r} and {safe_token!r} start with the same token: vocab='pair' cannot tell them apart"
             )
         self.digit_ids, self.ten_splits = self._digit_tokens()
+        self.on_scored: Callable[[int], None] | None = None  # called with n after each batch of n texts scored
 
     def _first_token(self, word: str) -> int:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
@@ -137,6 +138,8 @@ class CausalLMJudge:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
             out.append(torch.softmax(logits.float(), dim=-1).cpu())
+            if then is None and self.on_scored is not None:
+                self.on_scored(len(out[-1]))
         return torch.cat(out) if out else torch.zeros(0, 0)
 
     def p_unsafe(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:

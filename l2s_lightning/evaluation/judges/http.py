@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -121,6 +121,7 @@ class HttpJudge:
         self._lock = threading.Lock()
         self._unavailable: str | None = None  # set once a request gives up: the other workers stop too
         self.requests_sent = 0
+        self.on_scored: Callable[[int], None] | None = None  # called with 1 after each response scored
 
     # -- transport -------------------------------------------------------------------------------------
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +243,8 @@ class HttpJudge:
         if len(prompts) != len(responses):
             raise L2SInputError("prompts and responses differ in length")
         items = list(enumerate(zip(prompts, responses)))
+        if self.on_scored is not None:
+            fn = _counted(fn, self.on_scored)
         self._unavailable = None
         if self.workers == 1 or len(items) <= 1:
             return [fn(i, p, r) for i, (p, r) in items]
@@ -275,6 +278,17 @@ class HttpJudge:
             # filled in by the scoring: verdicts read from logprobs (a probability) vs from the text (0 or 1)
             "verdicts_from": dict(self.verdicts_from),
         }
+
+
+def _counted(fn: Callable[..., float], on_scored: Callable[[int], None]) -> Callable[..., float]:
+    """``fn`` that calls ``on_scored(1)`` after each score."""
+
+    def scored(*args: Any) -> float:
+        value = fn(*args)
+        on_scored(1)
+        return value
+
+    return scored
 
 
 _LOGPROBS_REJECTED = (400, 422)  # a server that does not do logprobs answers one of these: ask again without
