@@ -42,7 +42,8 @@ class RunConfig:
         extract_config / fit_config / predict_config: the sub-commands' YAML configs.
         limit_per_category: rows per category and split (a quick run), e.g. ``{train: 40, test: 8}``.
         methods: the methods predicted and compared.
-        alpha: α for every steering method (None: each steerer's ``default_alpha``).
+        alpha: α for every steering method, or per method (``{mean: 0.8, l2s: 1.25}``; a method not named, or
+            None: the predict config's α, else the steerer's ``default_alpha``).
         max_new_tokens: generation length.
         evaluate_config: an ``l2s evaluate`` YAML (judge, safety, ...; examples in ``configs/evaluate/``);
             None: the defaults (keyword judge).
@@ -63,7 +64,7 @@ class RunConfig:
     predict_config: str = "configs/predict/smollm2_mmsafetybench.yaml"
     limit_per_category: dict[str, int] | None = None
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
-    alpha: float | None = None
+    alpha: float | dict[str, float] | None = None
     max_new_tokens: int = 48
     evaluate_config: str | None = None
     judge: str | dict[str, Any] | None = None
@@ -121,10 +122,9 @@ def method_config(config: RunConfig, base: PredictConfig, method: str) -> Predic
     out = Path(config.out_dir)
     model = replace(base.model, method=cast(MethodName, method), steerer=None)
     if METHOD_REGISTRY[method].has_steerer:
+        alpha = config.alpha.get(method) if isinstance(config.alpha, dict) else config.alpha
         model = replace(
-            model,
-            steerer=str(out / "steerers" / method),
-            alpha=base.model.alpha if config.alpha is None else config.alpha,
+            model, steerer=str(out / "steerers" / method), alpha=base.model.alpha if alpha is None else alpha
         )
     return replace(base, model=model, writer=replace(base.writer, output=str(out / "predictions" / f"{method}.jsonl")))
 
@@ -134,6 +134,10 @@ def run_pipeline(config: RunConfig, console: Console | None = None) -> dict[str,
     unknown = sorted(set(config.methods) - set(ALL_METHODS))
     if unknown:
         raise L2SInputError(f"methods {unknown} are not among {ALL_METHODS}")
+    if isinstance(config.alpha, dict):
+        steerless = sorted(m for m in config.alpha if m not in config.methods or not METHOD_REGISTRY[m].has_steerer)
+        if steerless:
+            raise L2SInputError(f"alpha names {steerless}: not steering methods of this run {config.methods}")
     eval_config = resolve_eval_config(config.evaluate_config, config.judge, where="l2s run")  # fails before extraction
     stages = stage_configs(config)
     if config.logodds_templates or eval_config.safety.names_categories:
@@ -187,7 +191,8 @@ def run_logodds(
     from l2s_lightning.data.datamodule import PromptDataModule
     from l2s_lightning.features import FeatureFile
     from l2s_lightning.prompts import baseline_instructions
-    from l2s_lightning.scoring import behaviour_log_odds, steerer_log_odds
+    from l2s_lightning.quiet import progress
+    from l2s_lightning.scoring import batched_log_odds
     from l2s_lightning.templates import load_templates
 
     if not config.logodds_templates:
@@ -208,22 +213,19 @@ def run_logodds(
     row_of = {str(sample_id): i for i, sample_id in enumerate(features.sample_id)}
     context = torch.from_numpy(features.read([row_of[item.id] for item in items], columns=("context",))["context"])
     results: dict[str, dict[str, float]] = {}
-    for method in config.methods:
-        steerer = Steerer.load(out / "steerers" / method) if METHOD_REGISTRY[method].has_steerer else None
-        scores = []
-        for i in range(0, len(items), 16):
-            batch, h = items[i : i + 16], context[i : i + 16]
-            if steerer is not None:
-                tokens = predict_cfg.model.steer_tokens
-                scores.append(steerer_log_odds(loaded, batch, eval_templates, steerer, h, config.alpha, tokens))
-            else:
-                prompt = baseline_instructions(batch, data.templates.prompt_baseline) if method == "prompt" else None
-                scores.append(behaviour_log_odds(loaded, batch, eval_templates, instructions=prompt))
-        values = torch.cat(scores)
-        results[method] = {
-            behaviour: values[torch.tensor([it.behaviour == behaviour for it in items])].mean().item()
-            for behaviour in sorted({it.behaviour for it in items})
-        }
+    with progress("log-odds", len(items) * len(config.methods)) as advance:
+        for method in config.methods:
+            steerer = Steerer.load(out / "steerers" / method) if METHOD_REGISTRY[method].has_steerer else None
+            alpha = method_config(config, predict_cfg, method).model.alpha
+            prompt = baseline_instructions(items, data.templates.prompt_baseline) if method == "prompt" else None
+            tokens = predict_cfg.model.steer_tokens
+            values = batched_log_odds(
+                loaded, items, eval_templates, steerer, context, alpha, tokens, prompt, advance=advance
+            )
+            results[method] = {
+                behaviour: values[torch.tensor([it.behaviour == behaviour for it in items])].mean().item()
+                for behaviour in sorted({it.behaviour for it in items})
+            }
     return results
 
 

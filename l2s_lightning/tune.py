@@ -36,7 +36,7 @@ from l2s_lightning.errors import L2SInputError
 from l2s_lightning.evaluation.config import resolve_eval_config
 from l2s_lightning.evaluation.evaluate import evaluate_predictions
 from l2s_lightning.features import FeatureFile, write_features
-from l2s_lightning.methods import STEERER_METHODS, MethodName
+from l2s_lightning.methods import METHOD_REGISTRY, STEERER_METHODS, MethodName
 from l2s_lightning.models.layers import check_layer_range, text_config
 from l2s_lightning.models.loading import ModelCache, load_config
 from l2s_lightning.pipeline import RunConfig, StageConfigs, stage_configs
@@ -69,6 +69,8 @@ class TuneConfig:
         max_new_tokens: length of the validation answers.
         max_degenerate: budget: the largest share of degenerate answers.
         min_answer_ratio: budget: coherent answers to benign questions, at least this share of the unsteered rate.
+        min_success: budget: a floor on the validation success rate of each behaviour named (e.g.
+            ``{consult_expert: 0.4}``); none within every budget: the setting closest to them is chosen, flagged.
     """
 
     run_config: str = "configs/run/smollm2_quick.yaml"
@@ -85,11 +87,12 @@ class TuneConfig:
     max_new_tokens: int = 32
     max_degenerate: float = 0.1
     min_answer_ratio: float = 0.9
+    min_success: dict[str, float] = field(default_factory=dict)
 
 
 def check_tune_config(config: TuneConfig, num_layers: int, model: str) -> Budgets:
     """Refuse a bad search space before any work (one line naming the field); the budgets."""
-    budgets = Budgets(config.max_degenerate, config.min_answer_ratio)
+    budgets = Budgets(config.max_degenerate, config.min_answer_ratio, dict(config.min_success))
     for name in ("layers", "strengths", "positions", "steer_tokens"):
         if not getattr(config, name):
             raise L2SInputError(f"l2s tune: {name} is empty")
@@ -114,6 +117,19 @@ def check_tune_config(config: TuneConfig, num_layers: int, model: str) -> Budget
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise L2SInputError(f"l2s tune: {name}={value!r} must be a positive integer")
     return budgets
+
+
+def check_floors(floors: dict[str, float], data: PromptDataSettings) -> None:
+    """Each behaviour ``min_success`` names is a behaviour of the data (its templates' mapping of the categories)."""
+    if not floors:
+        return
+    from l2s_lightning.templates import load_templates
+
+    templates = load_templates(data.templates)
+    behaviours = {templates.behaviour_of(c)[0] for c in set(data_rows(data)["category"])}
+    for name in floors:
+        if name not in behaviours:
+            raise L2SInputError(f"l2s tune: min_success names {name!r}; the data's behaviours: {sorted(behaviours)}")
 
 
 def validation_split(data: PromptDataSettings, path: Path, per_category: int | dict[str, int]) -> Path:
@@ -226,6 +242,7 @@ def run_tune(config: TuneConfig, console: Console | None = None) -> dict[str, An
     train_limit = config.train_per_category
     if train_limit is None and run_config.limit_per_category:
         train_limit = run_config.limit_per_category.get("train")
+    check_floors(config.min_success, stages.extract.data)
     split_file = validation_split(stages.extract.data, out / "split.json", config.validation_per_category)
     started = time.time()
 
@@ -331,26 +348,39 @@ def run_tune(config: TuneConfig, console: Console | None = None) -> dict[str, An
     (out / "search.json").write_text(json.dumps(result, indent=1))
     (out / "search.md").write_text(search_markdown(result))
     plot_search(result, out / "search.png")
-    write_tuned_run(config.run_config, run_config, choice.candidate, out / "tuned_run.yaml")
+    write_tuned_run(config.run_config, run_config, choice.candidate, out / "tuned_run.yaml", config.method)
     print_search(result, console)
     return result
 
 
-def tuned_overrides(chosen: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The run overrides that apply a chosen candidate."""
+def tuned_overrides(chosen: dict[str, Any], method: str = "l2s") -> dict[str, Any]:
+    """The run settings that apply a chosen candidate of ``method``: layers and positions as overrides; the α as
+    the steerers' ``default_alpha`` for ``l2s``, as the run's per-method ``alpha`` for another method."""
     layers = {"layer_steer": chosen["layer_steer"], "layer_context": chosen["layer_context"]}
-    return {
+    alpha = round(chosen["alpha"], 4)
+    fit_overrides = {f"data.{k}": v for k, v in layers.items()} | ({"default_alpha": alpha} if method == "l2s" else {})
+    settings: dict[str, Any] = {
         "extract_overrides": {f"model.{k}": v for k, v in layers.items()},
-        "fit_overrides": {f"data.{k}": v for k, v in layers.items()} | {"default_alpha": round(chosen["alpha"], 4)},
+        "fit_overrides": fit_overrides,
         "predict_overrides": {"model.positions": chosen["positions"], "model.steer_tokens": chosen["steer_tokens"]},
     }
+    return settings if method == "l2s" else settings | {"alpha": {method: alpha}}
 
 
-def write_tuned_run(source: str, run_config: RunConfig, chosen: dict[str, Any], path: Path) -> Path:
-    """``run_config`` with the chosen setting merged into its overrides (the tuner's keys win), as a run YAML."""
+def write_tuned_run(
+    source: str, run_config: RunConfig, chosen: dict[str, Any], path: Path, method: str = "l2s"
+) -> Path:
+    """``run_config`` with the chosen setting merged into its overrides and α (the tuner's keys win), as a run
+    YAML."""
     values = config_record(run_config)
-    for key, overrides in tuned_overrides(chosen).items():
-        values[key] = {**values[key], **overrides}
+    for key, setting in tuned_overrides(chosen, method).items():
+        if key == "alpha":
+            before = values["alpha"]
+            if isinstance(before, (int, float)):
+                before = {m: before for m in run_config.methods if METHOD_REGISTRY[m].has_steerer}
+            values["alpha"] = {**(before or {}), **setting}
+        else:
+            values[key] = {**values[key], **setting}
     values["out_dir"] = str(Path(run_config.out_dir).with_name(Path(run_config.out_dir).name + "_tuned"))
     header = f"# `l2s run` config: {source} with the setting `l2s tune` chose ({path.parent / 'search.md'})\n"
     path.write_text(header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True))

@@ -128,6 +128,18 @@ def test_run_sets_its_own_settings_over_the_stage_configs(monkeypatch, tmp_path)
     assert (l2s.model.method, l2s.model.steerer, l2s.model.alpha) == ("l2s", str(tmp_path / "steerers" / "l2s"), 0.5)
     assert (none.model.method, none.model.steerer) == ("none", None)
     assert none.writer.output == str(tmp_path / "predictions" / "none.jsonl")
+    per_method = replace(config, alpha={"mean": 0.25})
+    assert method_config(per_method, stages.predict, "mean").model.alpha == 0.25
+    assert method_config(per_method, stages.predict, "l2s").model.alpha is None  # the steerer's default_alpha
+
+
+def test_run_refuses_an_alpha_for_a_method_it_does_not_steer(tmp_path):
+    from l2s_lightning.pipeline import RunConfig, run_pipeline
+
+    config = RunConfig(out_dir=str(tmp_path), methods=["none", "l2s"], alpha={"mean": 0.5})
+    with pytest.raises(L2SInputError, match=r"alpha names \['mean'\]"):
+        run_pipeline(config)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.fixture(scope="module")

@@ -275,8 +275,10 @@ def test_bundled_three_behaviour_sets():
         assert templates.categories["harmful_rho"][0] == "refuse" and templates.categories["benign"][0] == "answer"
         for name in ("refuse", "consult_expert"):  # safety's instructions and fields; completions that end a sentence
             ours, theirs = templates.behaviours[name], safety.behaviours[name]
-            assert (ours.instruction, ours.fields) == (theirs.instruction, theirs.fields)
+            assert ours.instruction == theirs.instruction and set(ours.fields) == set(theirs.fields)
             assert ours.positive.endswith(".") and ours.negative.endswith(".")
+        deferral = templates.resolve("12-Health_Consultation", "h")  # the positive completion is the deferral itself
+        assert deferral.positive == "Please consult a qualified medical professional about this."
         assert templates.prompt_baseline == safety.prompt_baseline
     assert three.behaviours["answer"].zero_target and not contrast.behaviours["answer"].zero_target
     pair = contrast.resolve("benign", "b")

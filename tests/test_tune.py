@@ -64,10 +64,27 @@ def test_benign_budget_is_relative_to_no_steering_and_skipped_without_benign_row
     assert excess(_candidate(0.5, 0.0, None), BASELINE, Budgets()) == 0.0
 
 
+def test_a_behaviour_floor_passes_over_a_higher_score_that_misses_it():
+    candidates = [
+        _candidate(0.8, 0.0, 1.0, name="refuses only", success={"refuse": 0.9, "consult": 0.2}),
+        _candidate(0.7, 0.0, 1.0, name="both", success={"refuse": 0.6, "consult": 0.45}),
+    ]
+    floors = Budgets(min_success={"consult": 0.4})
+    choice = choose(candidates, BASELINE, floors)
+    assert choice.candidate["name"] == "both" and choice.within_budget
+    assert choose(candidates, BASELINE, Budgets()).candidate["name"] == "refuses only"
+    missed = choose(candidates[:1], BASELINE, floors)
+    assert not missed.within_budget and excess(candidates[0], BASELINE, floors) == pytest.approx(0.2)
+    with pytest.raises(L2SInputError, match="'defer', not a behaviour"):
+        excess(candidates[0], BASELINE, Budgets(min_success={"defer": 0.4}))
+
+
 @pytest.mark.parametrize("field", ["max_degenerate", "min_answer_ratio"])
 def test_budgets_out_of_range_are_refused(field):
     with pytest.raises(L2SInputError, match=f"budgets.{field}"):
         Budgets(**{field: 1.5})
+    with pytest.raises(L2SInputError, match="budgets.min_success.refuse"):
+        Budgets(min_success={"refuse": -0.1})
 
 
 def _layers(rng: np.random.Generator, n: int = 120, dim: int = 16):
@@ -258,11 +275,12 @@ def test_pairs_go_on_with_distinct_steering_layers():
     assert len(best_per_steer_layer(ranked, 10)) == 3
 
 
-def test_the_shipped_tune_config_parses_and_its_search_space_is_valid():
+@pytest.mark.parametrize("name", ["smollm2_quick", "smollm2_quick_mean"])
+def test_the_shipped_tune_configs_parse_and_their_search_space_is_valid(name):
     from l2s_lightning.tune import check_tune_config, parse_tune_config
 
     root = Path(__file__).resolve().parents[1]
-    config = parse_tune_config(["--config", str(root / "configs" / "tune" / "smollm2_quick.yaml")])
+    config = parse_tune_config(["--config", str(root / "configs" / "tune" / f"{name}.yaml")])
     budgets = check_tune_config(config, num_layers=30, model="SmolLM2-135M-Instruct")
     assert (root / config.run_config).is_file() and budgets.max_degenerate == config.max_degenerate
 
@@ -275,3 +293,19 @@ def test_the_quick_run_uses_the_setting_the_committed_search_chose():
     run = yaml.safe_load((root / "configs" / "run" / "smollm2_quick.yaml").read_text())
     for key, overrides in tuned_overrides(chosen).items():
         assert run[key] == overrides, key
+    mean = json.loads((root / "experiments" / "results" / "tune_smollm2_mean.json").read_text())["chosen"]
+    assert run["alpha"] == tuned_overrides(mean, "mean")["alpha"]
+    assert (mean["layer_steer"], mean["layer_context"]) == (chosen["layer_steer"], chosen["layer_context"])
+
+
+def test_a_tuned_baseline_sets_its_own_alpha_and_keeps_the_others(tmp_path):
+    from l2s_lightning.pipeline import RunConfig
+    from l2s_lightning.tune import write_tuned_run
+
+    chosen = {"layer_steer": 12, "layer_context": 9, "alpha": 0.81234, "positions": "all", "steer_tokens": 4}
+    run = RunConfig(methods=["none", "mean", "l2s"], alpha=1.5)
+    values = yaml.safe_load(write_tuned_run("run.yaml", run, chosen, tmp_path / "tuned.yaml", "mean").read_text())
+    assert values["alpha"] == {"mean": 0.8123, "l2s": 1.5}
+    assert "default_alpha" not in values["fit_overrides"] and values["fit_overrides"]["data.layer_steer"] == 12
+    values = yaml.safe_load(write_tuned_run("run.yaml", run, chosen, tmp_path / "tuned.yaml").read_text())
+    assert values["alpha"] == 1.5 and values["fit_overrides"]["default_alpha"] == 0.8123

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from l2s_lightning.errors import L2SInputError
@@ -20,15 +20,18 @@ from l2s_lightning.errors import L2SInputError
 
 @dataclass(frozen=True)
 class Budgets:
-    """How much a chosen setting may break: ``max_degenerate`` (share of answers), ``min_answer_ratio`` (coherent
-    answers to benign questions, relative to no steering)."""
+    """How much a chosen setting may break and what it must reach: ``max_degenerate`` (share of answers),
+    ``min_answer_ratio`` (coherent answers to benign questions, relative to no steering), ``min_success`` (a floor
+    on the success rate of each behaviour named)."""
 
     max_degenerate: float = 0.1
     min_answer_ratio: float = 0.9
+    min_success: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("max_degenerate", "min_answer_ratio"):
-            value = getattr(self, name)
+        values = {"max_degenerate": self.max_degenerate, "min_answer_ratio": self.min_answer_ratio}
+        values |= {f"min_success.{name}": value for name, value in self.min_success.items()}
+        for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise L2SInputError(f"budgets.{name}={value!r} must be a number in [0, 1]")
 
@@ -44,11 +47,16 @@ class Choice:
 
 def excess(candidate: dict[str, Any], baseline: dict[str, Any], budgets: Budgets) -> float:
     """How far ``candidate`` is outside the budgets (0 inside): degenerate share over its cap plus the coherent
-    answer rate under its floor."""
+    answer rate and each floored behaviour's success rate under their floors."""
     over = max(0.0, _number(candidate, "degenerate_share") - budgets.max_degenerate)
     answer, base = candidate.get("coherent_answer_rate"), baseline.get("coherent_answer_rate")
     if answer is not None and base is not None:
         over += max(0.0, budgets.min_answer_ratio * base - answer)
+    success = candidate.get("success", {})
+    for name, floor in budgets.min_success.items():
+        if success.get(name) is None:
+            raise L2SInputError(f"budgets.min_success names {name!r}, not a behaviour of the validation rows")
+        over += max(0.0, floor - float(success[name]))
     return over
 
 
