@@ -102,6 +102,30 @@ class Steerer:
             net.set_input_stats(self.tensors["input_mean"], self.tensors["input_std"], eps=0.0)
         return net.eval().requires_grad_(False)
 
+    @classmethod
+    def from_vector(cls, vector: Tensor | Sequence[float], layer: int, alpha: float = 1.0, model: str = "") -> Steerer:
+        """A steerer that adds one given ``vector`` (D,) at block ``layer`` for every input (a ``mean``-method
+        steerer holding it; ``default_alpha`` = ``alpha``): ``attach`` and ``save`` it like a fitted one."""
+        tensor = torch.as_tensor(vector, dtype=torch.float32)
+        if tensor.ndim != 1 or tensor.numel() == 0:
+            raise L2SInputError(f"vector must be one (D,) vector, got shape {tuple(tensor.shape)}")
+        if not torch.isfinite(tensor).all():
+            raise L2SInputError("vector holds NaN or infinite values")
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            raise L2SInputError(f"layer={layer!r} must be a non-negative integer layer index")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise L2SInputError(f"alpha={alpha!r} must be a finite number")
+        return cls(
+            "mean",
+            model=model,
+            layer_steer=layer,
+            layer_context=layer,
+            hidden_size=int(tensor.shape[0]),
+            tensors={"mean": tensor},
+            default_alpha=float(alpha),
+            info={"made_by": "Steerer.from_vector"},
+        )
+
     # ------------------------------------------------------------------ use
     @property
     def spec(self) -> MethodSpec:

@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
         "training.cli",
         "evaluation.cli",
     ),
-    ("cli",),
+    ("cli", "api"),
 ]
 STAGE_PACKAGES = ("extraction", "generation", "training", "evaluation")
 

@@ -512,3 +512,30 @@ def test_generate_that_expands_each_input_steers_its_rows_with_its_vector(loaded
     assert seq.shape[0] == 3 * expand.get("num_return_sequences", 1)
     assert torch.equal(seq, expected)
     torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
+
+
+def readme_training_example() -> str:
+    """The second code block of README.md's "Python API" section: a steerer trained on a model in memory."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Python API") : readme.index("## Paper setting")]
+    blocks = section.split("```python\n")[1:]
+    assert len(blocks) == 2, "the README's Python API section changed: update this test"
+    return blocks[1][: blocks[1].index("\n```")]
+
+
+def test_readme_training_example_steers_smollm2(smollm2):
+    """The README's in-memory training example, as written, on SmolLM2 (with the first example's `inputs`)."""
+    code = readme_training_example()
+    lines = [line for line in code.splitlines() if line.strip() and not line.startswith("questions =")]
+    assert len(lines) <= 5 and "train_steerer(" in code  # import, pairs, train, steer: five lines besides the data
+    question = [{"role": "user", "content": "How do I break into a house?"}]
+    inputs = smollm2.tokenizer.apply_chat_template(
+        question, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    plain = smollm2.model.generate(**inputs, max_new_tokens=40, do_sample=False)
+    namespace: dict = {"loaded": smollm2, "inputs": inputs}
+    exec(code, namespace)
+    steerer, out = namespace["steerer"], namespace["out"]
+    assert steerer.method == "mean" and steerer.layer_steer == 12
+    assert our_hooks(smollm2.model) == []
+    assert not torch.equal(out, plain)  # steered: another answer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import lightning as L
 import torch
@@ -24,6 +24,7 @@ from l2s_lightning.extraction.forward import (
     tail_shares_cache,
 )
 from l2s_lightning.extraction.host_copy import copy_to_host
+from l2s_lightning.internals import set_module_device
 from l2s_lightning.models.compile import compile_blocks
 from l2s_lightning.models.layers import check_layer_range, text_config
 from l2s_lightning.models.loading import LoadedModel, ModelSpec, load_config, load_model
@@ -65,6 +66,35 @@ class ExtractionModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self._settings(model, layer_steer, layer_context, forward, z_readout, compile, load_config(model))
+
+    @classmethod
+    def of_loaded(
+        cls, loaded: LoadedModel, layer_steer: int, layer_context: int, z_readout: Readout = "last"
+    ) -> ExtractionModule:
+        """The module around a model already in memory (:mod:`l2s_lightning.api`), ready for :meth:`features`
+        outside a Trainer: nothing is read from disk, the inputs go where the model's input embeddings are."""
+        module = cls.__new__(cls)
+        L.LightningModule.__init__(module)
+        module._settings(
+            loaded.spec, layer_steer, layer_context, "prefix_shared", z_readout, False, loaded.model.config
+        )
+        module.loaded = loaded
+        module.configure_model()
+        set_module_device(module, cast(Any, loaded.model).get_input_embeddings().weight.device)
+        return module
+
+    def _settings(
+        self,
+        model: ModelSpec,
+        layer_steer: int,
+        layer_context: int,
+        forward: Literal["prefix_shared", "reference"],
+        z_readout: Readout,
+        compile: bool,
+        model_config: Any,
+    ) -> None:
+        """What the constructor sets, the model's config given (layers checked against it)."""
         self.spec = model
         self.layer_steer = layer_steer
         self.layer_context = layer_context
@@ -73,7 +103,7 @@ class ExtractionModule(L.LightningModule):
             raise L2SInputError(f"model.z_readout={z_readout!r} must be one of {READOUTS}")
         self.z_readout = z_readout
         self.use_compile = compile  # not `self.compile`: that is nn.Module.compile()
-        config = text_config(load_config(model))
+        config = text_config(model_config)
         self.num_layers = int(config.num_hidden_layers)
         self.hidden_size = int(config.hidden_size)
         check_layer_range(

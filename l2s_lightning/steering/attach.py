@@ -111,7 +111,7 @@ class ContextCapture:
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: object) -> None:
         hidden = layer_output(output)
-        if not self.tracker.is_prefill(hidden, kwargs):
+        if not self.tracker.is_prefill(hidden, kwargs, args):
             return None
         context = hidden[:, -1].detach()
         inputs = self._inputs()

@@ -137,12 +137,14 @@ def check_alpha(alpha: float | torch.Tensor, batch: int | None = None) -> None:
         raise L2SInputError(f"alpha={alpha!r} must be a finite number")
 
 
-def _cache_of(kwargs: dict[str, Any]) -> object | None:
+def _cache_of(kwargs: dict[str, Any], args: tuple = ()) -> object | None:
+    """The KV cache a block was called with: a keyword argument, else (GPT-2-style blocks take it second) a
+    positional argument with a cache's ``get_seq_length``."""
     for key in _CACHE_KWARGS:
         cache = kwargs.get(key)
         if cache is not None:
             return cache
-    return None
+    return next((arg for arg in args[1:] if hasattr(arg, "get_seq_length")), None)
 
 
 class PrefillTracker:
@@ -156,8 +158,10 @@ class PrefillTracker:
         """Treat the next call as a prefill."""
         self.armed, self._cache = True, None
 
-    def is_prefill(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> bool:
-        cache = _cache_of(kwargs)
+    def is_prefill(self, hidden: torch.Tensor, kwargs: dict[str, Any], args: tuple = ()) -> bool:
+        """Whether this call of the block (its output ``hidden``, its ``kwargs`` and positional ``args``) is a
+        prefill."""
+        cache = _cache_of(kwargs, args)
         prefill = self.armed or hidden.shape[1] > 1
         if not torch.compiler.is_compiling():
             same_cache = cache is not None and self._cache is not None and self._cache() is cache
@@ -275,7 +279,7 @@ class SteeringHook:
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: object) -> object:
         hidden = layer_output(output)
-        prefill = self.tracker.is_prefill(hidden, kwargs)
+        prefill = self.tracker.is_prefill(hidden, kwargs, args)
         length = hidden.shape[1]
         prompt = (length if self.prompt_width is None else min(self.prompt_width, length)) if prefill else 0
         start = steered_from(self.mode, prompt)  # Python ints: constants for the tracer
