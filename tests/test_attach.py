@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -480,8 +481,9 @@ def test_readme_python_api_example(tiny_llama_dir, l2s, tmp_path, capsys):
     plain = loaded.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     assert not torch.equal(out, plain)
     mode = "last_prompt_and_generated" if '"last_prompt_and_generated"' in code else "generated"
+    tokens = re.search(r"steer_tokens=(\d+)", code)
     v = steerer.default_alpha * g_by_hand(steerer, last_token_h(loaded, dict(inputs), steerer.layer_context))
-    with add_steering(loaded.model, steerer.layer_steer, v, mode=mode):
+    with add_steering(loaded.model, steerer.layer_steer, v, mode=mode, steer_tokens=tokens and int(tokens[1])):
         by_hand = loaded.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     assert torch.equal(out, by_hand)
 
