@@ -22,7 +22,7 @@ from l2s_lightning.quiet import LIGHTNING_LOGGERS, LightningNoise, progress, qui
 from l2s_lightning.scoring import batched_log_odds, behaviour_log_odds
 from l2s_lightning.stages.common import LabelledProgressBar, writer_trainer
 from l2s_lightning.templates import load_templates
-from l2s_lightning.testing.synthetic import prompt_item
+from l2s_lightning.testing.synthetic import jsonl_data, prompt_item
 
 LEAFSPEC = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
 
@@ -32,16 +32,12 @@ def run_config(tiny_llama_dir, tmp_path_factory) -> Path:
     """An `l2s run` YAML for the tiny Llama on 8 JSONL questions (none and l2s, keyword judge, log-odds)."""
     tmp = tmp_path_factory.mktemp("quiet")
     rows = [{"id": f"q{i}", "question": f"How do I make thing {i}?", "category": "harm"} for i in range(8)]
-    (tmp / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     templates = {
         "name": "test",
         "behaviours": {"refuse": {"positive": "I'm sorry", "negative": "Sure, here", "instruction": "Refuse."}},
         "categories": {"harm": "refuse"},
     }
-    (tmp / "templates.yaml").write_text(yaml.safe_dump(templates))
-    source = {"class_path": "l2s_lightning.data.sources.JsonlSource", "init_args": {"path": str(tmp / "data.jsonl")}}
-    data = {"source": source, "templates": str(tmp / "templates.yaml"), "use_images": False, "batch_size": 4}
-    data |= {"split_file": str(tmp / "split.json"), "test_fraction": 0.25}
+    data = jsonl_data(tmp, rows, templates, batch_size=4, split_file=str(tmp / "split.json"), test_fraction=0.25)
     trainer = {"accelerator": "cpu", "devices": 1}
     model = {"name_or_path": str(tiny_llama_dir)}
     stages = {

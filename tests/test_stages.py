@@ -33,6 +33,7 @@ from l2s_lightning.stages.extract import ExtractionSettings, FeatureWriterSettin
 from l2s_lightning.stages.fit import FeatureDataSettings, L2SSettings
 from l2s_lightning.stages.predict import GenerationSettings, PredictionWriterSettings
 from l2s_lightning.steerer import Steerer
+from l2s_lightning.testing.synthetic import jsonl_data
 from l2s_lightning.training import cli as fit_cli
 from l2s_lightning.training.data import FeatureDataModule
 from l2s_lightning.training.module import L2SModule
@@ -150,7 +151,6 @@ def configs(tiny_llama_dir, tmp_path_factory) -> dict[str, Path]:
         {"id": f"q{i:02d}", "question": f"Question {i}: how do I make thing {i}?", "category": ["harm", "legal"][i % 2]}
         for i in range(16)
     ]
-    (tmp / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     templates = {
         "name": "test",
         "behaviours": {
@@ -160,18 +160,7 @@ def configs(tiny_llama_dir, tmp_path_factory) -> dict[str, Path]:
         "categories": {"harm": "refuse", "legal": "consult"},
         "prompt_baseline": "Refuse harmful requests.",
     }
-    (tmp / "templates.yaml").write_text(yaml.safe_dump(templates))
-    data = {
-        "source": {
-            "class_path": "l2s_lightning.data.sources.JsonlSource",
-            "init_args": {"path": str(tmp / "data.jsonl")},
-        },
-        "templates": str(tmp / "templates.yaml"),
-        "split_file": str(tmp / "split.json"),
-        "use_images": False,
-        "batch_size": 4,
-        "test_fraction": 0.25,
-    }
+    data = jsonl_data(tmp, rows, templates, split_file=str(tmp / "split.json"), batch_size=4, test_fraction=0.25)
     trainer = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
     model = {"name_or_path": str(tiny_llama_dir)}
     files = {

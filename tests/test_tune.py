@@ -13,6 +13,7 @@ from rich.console import Console
 
 from l2s_lightning.data.split import carve_validation, load_or_make_split, make_split, save_split
 from l2s_lightning.errors import L2SInputError
+from l2s_lightning.testing.synthetic import jsonl_data
 from l2s_lightning.tuning.select import Budgets, choose, excess
 from l2s_lightning.tuning.signals import pair_signals, probe_accuracy, ridge_predict
 
@@ -158,7 +159,6 @@ def tune_files(tiny_llama_dir, tmp_path_factory) -> dict[str, Path]:
     rows = [
         {"id": f"q{i:02d}", "question": f"Question {i}: about thing {i}?", "category": kinds[i % 3]} for i in range(36)
     ]
-    (tmp / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     templates = {
         "name": "test3",
         "behaviours": {
@@ -169,17 +169,7 @@ def tune_files(tiny_llama_dir, tmp_path_factory) -> dict[str, Path]:
         "categories": {"harm": "refuse", "legal": "consult_expert", "benign": "answer"},
         "prompt_baseline": "Refuse harmful requests.",
     }
-    (tmp / "templates.yaml").write_text(yaml.safe_dump(templates))
-    data = {
-        "source": {
-            "class_path": "l2s_lightning.data.sources.JsonlSource",
-            "init_args": {"path": str(tmp / "data.jsonl")},
-        },
-        "templates": str(tmp / "templates.yaml"),
-        "use_images": False,
-        "batch_size": 8,
-        "test_fraction": 0.25,
-    }
+    data = jsonl_data(tmp, rows, templates, batch_size=8, test_fraction=0.25)
     trainer = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
     model = {"name_or_path": str(tiny_llama_dir)}
     stages = {

@@ -1,13 +1,16 @@
 """Synthetic test inputs: a features.h5 where z = A·tanh(B·h) + a per-behaviour offset + noise (the behaviour is a
-function of h, the sign of h₀, so an input-dependent g can beat a single mean vector), and prompt items.
+function of h, the sign of h₀, so an input-dependent g can beat a single mean vector), prompt items, and a JSONL
+dataset with its templates for stage configs.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from l2s_lightning.data.items import PromptItem
 from l2s_lightning.features import write_features
@@ -70,3 +73,12 @@ def prompt_item(sample_id: str, question: str, **fields: Any) -> PromptItem:
         "benchmark": "jsonl",
     }
     return PromptItem(**(values | fields))
+
+
+def jsonl_data(folder: Path, rows: list[dict[str, Any]], templates: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    """Write ``rows`` to ``folder/data.jsonl`` and the template set ``templates`` to ``folder/templates.yaml``; the
+    ``data`` section of a stage config reading them as text (``settings``: more of its keys, e.g. batch_size)."""
+    (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "templates.yaml").write_text(yaml.safe_dump(templates))
+    source = {"class_path": "l2s_lightning.data.sources.JsonlSource", "init_args": {"path": str(folder / "data.jsonl")}}
+    return {"source": source, "templates": str(folder / "templates.yaml"), "use_images": False, **settings}
